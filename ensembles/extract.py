@@ -1,0 +1,108 @@
+"""Raw model text -> a label of the set; token log-probabilities -> a soft vote.
+
+Why forgiving: small models wrap labels in quotes, punctuation, JSON or extra words. Anything
+that still maps to exactly one label counts; anything else is an abstention with a reason,
+never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+_EDGE = re.compile(r"^[\s\"'`*_.,:;!?()\[\]{}<>-]+|[\s\"'`*_.,:;!?()\[\]{}<>-]+$")
+_SPACE = re.compile(r"[\s_-]+")
+
+
+def fold(text: str) -> str:
+    """Case-, space- and edge-punctuation-insensitive form used for matching."""
+    return _SPACE.sub(" ", _EDGE.sub("", text).casefold()).strip()
+
+
+def parse_answer(raw: str | None, labels: Sequence[str]) -> tuple[str | None, str | None]:
+    """Map a raw answer to one label; returns (label, None) or (None, reason)."""
+    if raw is None or not raw.strip():
+        return None, "empty answer"
+    folded = {fold(label): label for label in labels}
+    text = _from_json(raw.strip())
+    key = fold(text)
+    if key in folded:
+        return folded[key], None
+    # The answer starts with exactly one label ("positive sentiment", "negative.\nBecause...").
+    starts = [label for f, label in folded.items() if key.startswith(f + " ") or key == f]
+    if len(starts) == 1:
+        return starts[0], None
+    # The answer is an unambiguous prefix of one label ("pos" -> "positive").
+    prefixed = [label for f, label in folded.items() if key and f.startswith(key)]
+    if len(prefixed) == 1:
+        return prefixed[0], None
+    snippet = raw.strip()[:60]
+    return None, f"answer {snippet!r} matches no label of {list(labels)}"
+
+
+def _from_json(text: str) -> str:
+    """`{"label": "x"}` or `"x"` -> `x`; anything else unchanged."""
+    if not text.startswith(("{", '"')):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        strings = [v for v in value.values() if isinstance(v, str)]
+        if "label" in value and isinstance(value["label"], str):
+            return value["label"]
+        if len(strings) == 1:
+            return strings[0]
+    return text
+
+
+def soft_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[float, ...] | None:
+    """A distribution over `labels` from the first answer token's top log-probabilities.
+
+    Each candidate token that is a non-empty prefix of exactly one label gives that label its
+    probability; the result is renormalised over the labels. Returns None when the member sent
+    no log-probabilities or none of them identifies a label (the hard vote is used then).
+    """
+    top = _first_top_logprobs(choice.get("logprobs"))
+    if not top:
+        return None
+    folded = [fold(label) for label in labels]
+    mass = [0.0] * len(labels)
+    for token, logprob in top:
+        piece = fold(token)
+        if not piece:
+            continue
+        hits = [i for i, f in enumerate(folded) if f.startswith(piece)]
+        if len(hits) == 1:
+            mass[hits[0]] += math.exp(logprob)
+    total = sum(mass)
+    if total <= 0.0:
+        return None
+    return tuple(m / total for m in mass)
+
+
+def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
+    """Candidates for the first token, from the chat or the legacy completions shape."""
+    if not isinstance(logprobs, Mapping):
+        return []
+    content = logprobs.get("content")
+    if isinstance(content, list):  # chat: {"content": [{"token", "logprob", "top_logprobs": [...]}, ...]}
+        for entry in content:
+            tops = entry.get("top_logprobs") or [entry]
+            pairs = [(t.get("token", ""), t.get("logprob", -math.inf)) for t in tops]
+            if any(fold(token) for token, _ in pairs):
+                return pairs
+        return []
+    tops = logprobs.get("top_logprobs")  # completions: {"top_logprobs": [{token: logprob}, ...]}
+    if isinstance(tops, list):
+        for entry in tops:
+            if isinstance(entry, Mapping) and any(fold(token) for token in entry):
+                return [(str(token), float(lp)) for token, lp in entry.items()]
+    return []

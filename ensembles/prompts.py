@@ -1,0 +1,49 @@
+"""Render an annotation item into the prompt a crowd worker sees (chat messages or completion text).
+
+Why one place: the gateway, the benchmarks and the template-tuning scripts must build byte-identical
+prompts, or measured worker accuracy would not carry over to serving. Tiny models (135M-270M) are
+near chance zero-shot and near perfect with a few labeled examples, so examples are first-class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from gateway.config import Template
+
+DEFAULT_INSTRUCTIONS = "Classify the text. Answer with exactly one label: {labels}."
+_WHITESPACE = re.compile(r"\s+")
+
+
+def render_instructions(template: Template, labels: Sequence[str]) -> str:
+    """The template's instructions with `{labels}` replaced by the comma-separated label set."""
+    text = template.instructions or DEFAULT_INSTRUCTIONS
+    return text.replace("{labels}", ", ".join(labels)).strip()
+
+
+def render_chat(template: Template, text: str, labels: Sequence[str]) -> list[dict[str, str]]:
+    """System instructions, each example as a user/assistant turn pair, then the item as a user turn."""
+    messages = [{"role": "system", "content": render_instructions(template, labels)}]
+    for example in template.examples:
+        messages.append({"role": "user", "content": one_line(example.text)})
+        messages.append({"role": "assistant", "content": example.label})
+    messages.append({"role": "user", "content": one_line(text)})
+    return messages
+
+
+def render_completion(template: Template, text: str, labels: Sequence[str]) -> str:
+    """Instructions, blank line, `Text: ...\\nLabel: ...` blocks, ending in `Text: {item}\\nLabel:`.
+
+    The model continues after `Label:`; the gateway constrains that continuation to the label set.
+    """
+    parts = [render_instructions(template, labels), ""]
+    for example in template.examples:
+        parts.append(f"Text: {one_line(example.text)}\nLabel: {example.label}\n")
+    parts.append(f"Text: {one_line(text)}\nLabel:")
+    return "\n".join(parts)
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace so an item cannot break the `Text:`/`Label:` layout with its own newlines."""
+    return _WHITESPACE.sub(" ", text).strip()

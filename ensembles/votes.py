@@ -1,0 +1,38 @@
+"""The vote: one member's answer to one item, the unit every aggregator consumes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Vote:
+    """A member's answer. `label` is None when it abstained (error or an answer outside the set).
+
+    `probs` is a soft vote over the label set (same order) read from token log-probabilities,
+    when the member returned them; aggregators that can use it do, the others use `label`.
+    """
+
+    member: str
+    label: str | None
+    raw: str | None = None
+    probs: tuple[float, ...] | None = None
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.label is not None
+
+    def wire(self) -> dict[str, Any]:
+        """The vote as it appears in the response's `annotation.votes`."""
+        out = asdict(self)
+        out["latency_ms"] = round(self.latency_ms, 3)
+        out["cost_usd"] = round(self.cost_usd, 12)
+        if self.probs is not None:
+            out["probs"] = [round(p, 6) for p in self.probs]
+        return out

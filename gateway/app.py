@@ -1,0 +1,35 @@
+"""The app factory: FastAPI app with the gateway's routes, error handlers and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.config import Config, load_config
+from gateway.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from gateway.routes import router
+from gateway.state import GatewayState
+
+
+def create_app(config: Config | None = None) -> FastAPI:
+    """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
+    state = GatewayState.build(config or load_config())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.upstreams.start()
+        try:
+            yield
+        finally:
+            await state.upstreams.close()
+
+    app = FastAPI(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = state
+    app.include_router(router)
+    app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected)
+    return app

@@ -1,0 +1,221 @@
+"""The YAML config model: members, ensembles, tasks and gateway settings, validated with pydantic.
+
+An invalid file stops startup with a message that names the offending field, so a typo in a
+config never becomes a runtime surprise. Secrets are never in the file: only the names of the
+environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "CROWD_GATEWAY_CONFIG"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a misspelt option must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(Strict):
+    input_usd_per_mtok: float = Field(0.0, ge=0)
+    output_usd_per_mtok: float = Field(0.0, ge=0)
+
+
+class Example(Strict):
+    text: str
+    label: str
+
+
+class Template(Strict):
+    """How a worker is prompted: the same model with two templates is two crowd workers."""
+
+    instructions: str = ""
+    examples: list[Example] = Field(default_factory=list)
+    prompt_style: Literal["chat", "completion"] = "chat"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(8, ge=1, le=4096)
+
+
+class Task(Template):
+    """A named annotation task: its label set plus a default prompt template."""
+
+    name: str
+    labels: list[str]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str]) -> list[str]:
+        return check_label_set(labels)
+
+
+class Member(Strict):
+    name: str
+    base_url: str
+    model: str
+    dialect: Literal["vllm", "llamacpp", "openai", "litellm"] = "vllm"
+    timeout_s: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+    retries: int = Field(2, ge=0, le=10)
+    price: Price = Price()
+    api_key_env: str | None = None
+    template: Template | None = None
+    health_path: str = "/health"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Escalation(Strict):
+    below: float = Field(ge=0, le=1)
+    to: str
+
+
+class Review(Strict):
+    below: float = Field(ge=0, le=1)
+
+
+class Ensemble(Strict):
+    name: str
+    members: list[str] = Field(min_length=1)
+    aggregator: str = "majority"
+    router: str = "fanout"
+    quorum: int = Field(1, ge=1)
+    deadline_s: float = Field(30.0, gt=0)
+    escalation: Escalation | None = None
+    review: Review | None = None
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> Ensemble:
+        if self.quorum > len(self.members):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members)} members")
+        return self
+
+
+class Breaker(Strict):
+    failure_threshold: int = Field(5, ge=1)
+    reset_after_s: float = Field(30.0, gt=0)
+
+
+class GatewaySettings(Strict):
+    api_keys_env: str | None = "CROWD_GATEWAY_API_KEYS"
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    breaker: Breaker = Breaker()
+
+    def api_keys(self) -> frozenset[str]:
+        raw = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
+        return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+class StoreSettings(Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url_env: str = "CROWD_GATEWAY_REDIS_URL"
+    retention_days: float = Field(30.0, gt=0)
+
+
+class PoolServer(Strict):
+    """One local model server started by `crowd-gateway pool up` (CPU, real small models)."""
+
+    name: str
+    engine: Literal["vllm", "llamacpp"]
+    model: Literal["smollm2-135m-instruct", "gemma3-270m"]
+    port: int = Field(ge=1024, le=65535)
+    args: list[str] = Field(default_factory=list)
+
+
+class Pool(Strict):
+    servers: list[PoolServer] = Field(min_length=1)
+    ready_timeout_s: float = Field(600.0, gt=0)
+
+
+class Config(Strict):
+    gateway: GatewaySettings = GatewaySettings()
+    store: StoreSettings = StoreSettings()
+    pool: Pool | None = None
+    members: list[Member] = Field(min_length=1)
+    ensembles: list[Ensemble] = Field(default_factory=list)
+    tasks: list[Task] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Config:
+        members = _unique("members", [m.name for m in self.members])
+        ensembles = _unique("ensembles", [e.name for e in self.ensembles])
+        _unique("tasks", [t.name for t in self.tasks])
+        if clash := members & ensembles:
+            raise ValueError(f"names used for both a member and an ensemble: {sorted(clash)}")
+        for ens in self.ensembles:
+            for name in ens.members:
+                if name not in members:
+                    raise ValueError(f"ensemble {ens.name!r} names unknown member {name!r}")
+            if ens.escalation and ens.escalation.to not in members:
+                raise ValueError(f"ensemble {ens.name!r} escalates to unknown member {ens.escalation.to!r}")
+        return self
+
+    def member(self, name: str) -> Member:
+        return next(m for m in self.members if m.name == name)
+
+    def task(self, name: str) -> Task | None:
+        return next((t for t in self.tasks if t.name == name), None)
+
+
+class ConfigError(Exception):
+    """Raised with a one-line, field-naming message when a config cannot be used."""
+
+
+def check_label_set(labels: list[str]) -> list[str]:
+    """A label set needs two or more distinct, non-empty labels (compared case-insensitively)."""
+    cleaned = [str(label).strip() for label in labels]
+    if len(cleaned) < 2:
+        raise ValueError("needs at least two labels")
+    if any(not label for label in cleaned):
+        raise ValueError("labels must be non-empty strings")
+    folded = [label.casefold() for label in cleaned]
+    if len(set(folded)) != len(folded):
+        dupes = sorted({label for label in cleaned if folded.count(label.casefold()) > 1})
+        raise ValueError(f"duplicate labels: {dupes}")
+    return cleaned
+
+
+def _unique(kind: str, names: list[str]) -> set[str]:
+    seen = set(names)
+    if len(seen) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate {kind} names: {dupes}")
+    return seen
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a YAML config; the path comes from the argument or CROWD_GATEWAY_CONFIG."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no config: pass --config FILE or set {CONFIG_ENV}")
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: object, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config {source}: {problems}") from None

@@ -1,0 +1,78 @@
+"""Shape one member's request for its server's dialect, so its answer can only be a label.
+
+vLLM takes `structured_outputs: {"choice": [...]}` and returns token log-probabilities (soft
+votes); llama.cpp's server takes a GBNF `grammar`; OpenAI-style providers take a json_schema
+`response_format` with an enum. The prompt comes from the member's template, else the task's,
+else the client's own messages are forwarded as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ensembles.prompts import render_chat, render_completion
+from gateway.config import Member, Template
+from gateway.task import AnnotationTask
+
+TOP_LOGPROBS = 5
+DEFAULT_MAX_TOKENS = 16
+FORWARDED = ("temperature", "top_p", "seed", "stop", "max_tokens", "max_completion_tokens")
+
+
+def shape(member: Member, task: AnnotationTask) -> tuple[str, bytes]:
+    """(path under the member's base_url, JSON body) for asking `member` to label `task`."""
+    template = member.template or task.template
+    body: dict[str, Any] = {"model": member.model}
+    if template is not None:
+        kind = template.prompt_style
+        if kind == "completion":
+            body["prompt"] = render_completion(template, task.text, task.labels)
+        else:
+            body["messages"] = render_chat(template, task.text, task.labels)
+        body["temperature"] = template.temperature
+        body["max_tokens"] = template.max_tokens
+    else:
+        kind = task.kind
+        if kind == "completion":
+            body["prompt"] = task.text
+        else:
+            body["messages"] = task.body["messages"]
+        body.update((k, task.body[k]) for k in FORWARDED if k in task.body)
+        body.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    _constrain(member, body, kind, task.labels, template)
+    return ("/completions" if kind == "completion" else "/chat/completions"), orjson.dumps(body)
+
+
+def _constrain(member: Member, body: dict[str, Any], kind: str, labels: Sequence[str],
+               template: Template | None) -> None:
+    if member.dialect == "vllm":
+        body["structured_outputs"] = {"choice": list(labels)}
+        _ask_logprobs(body, kind)
+    elif member.dialect == "llamacpp":
+        body["grammar"] = gbnf_choice(labels)
+        _ask_logprobs(body, kind)
+    elif kind == "chat":  # openai, litellm: JSON schema with an enum
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "label", "strict": True,
+            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": list(labels)}},
+                       "required": ["label"], "additionalProperties": False}}}
+        body.pop("max_tokens", None)
+        if template is None:
+            body.pop("max_completion_tokens", None)
+
+
+def _ask_logprobs(body: dict[str, Any], kind: str) -> None:
+    if kind == "completion":
+        body["logprobs"] = TOP_LOGPROBS
+    else:
+        body["logprobs"] = True
+        body["top_logprobs"] = TOP_LOGPROBS
+
+
+def gbnf_choice(labels: Sequence[str]) -> str:
+    """A GBNF grammar whose only sentences are the labels."""
+    quoted = (label.replace("\\", "\\\\").replace('"', '\\"') for label in labels)
+    return "root ::= " + " | ".join(f'"{q}"' for q in quoted)

@@ -1,0 +1,75 @@
+"""OpenAI-style error bodies: every failure a client sees is `{"error": {...}}` with the right status.
+
+Why one module: handlers raise `APIError` anywhere on the request path; the app's exception
+handlers turn it (and anything unexpected) into the body the OpenAI SDK knows how to raise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("crowd_gateway")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    """An error with an HTTP status, rendered as OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+async def handle_api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def handle_http_exception(_: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 for unknown routes, in OpenAI's shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = "unknown_url" if exc.status_code == 404 else None
+    return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """Last resort: log the traceback server-side, never send it to the client."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return APIError(500, "internal error in the gateway; the server log has the details",
+                    type="server_error", code="internal_error").response()

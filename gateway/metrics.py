@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway (names and labels are part of the product: dashboards use them).
+
+Labels stay low-cardinality: ensemble, member, outcome, route, kind; never item ids or text.
+Under several uvicorn workers, prometheus-client's multiprocess mode is used when
+PROMETHEUS_MULTIPROC_DIR is set (the CLI sets it up before the workers start).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+REQUESTS = Counter("crowd_gateway_requests", "Requests answered, by ensemble or member and outcome",
+                   ["ensemble", "outcome"])
+REQUEST_DURATION = Histogram("crowd_gateway_request_duration_seconds", "Time to answer a request",
+                             ["ensemble"], buckets=LATENCY_BUCKETS)
+OVERHEAD = Histogram("crowd_gateway_overhead_seconds", "Gateway time: total minus waiting for upstreams",
+                     ["route"], buckets=OVERHEAD_BUCKETS)
+UPSTREAM_REQUESTS = Counter("crowd_gateway_upstream_requests", "Calls to members, by outcome",
+                            ["member", "outcome"])
+UPSTREAM_DURATION = Histogram("crowd_gateway_upstream_duration_seconds", "Member call latency, retries included",
+                              ["member"], buckets=LATENCY_BUCKETS)
+CONFIDENCE = Histogram("crowd_gateway_confidence", "Confidence of returned labels", ["ensemble"],
+                       buckets=UNIT_BUCKETS)
+AGREEMENT = Histogram("crowd_gateway_agreement", "Share of valid votes that agree with the returned label",
+                      ["ensemble"], buckets=UNIT_BUCKETS)
+COST = Counter("crowd_gateway_cost_usd", "Money spent on member calls", ["member"])
+TOKENS = Counter("crowd_gateway_tokens", "Tokens used by member calls", ["member", "kind"])
+CIRCUIT = Gauge("crowd_gateway_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+                ["member"], multiprocess_mode="max")
+ESCALATIONS = Counter("crowd_gateway_escalations", "Items escalated to a stronger member", ["ensemble", "to"])
+REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
+                     multiprocess_mode="max")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition, merged across worker processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,99 @@
+"""Plain proxying to one member: the body goes out unchanged (but for the upstream model id) and
+the answer comes back unchanged, streamed as it arrives when `stream: true`.
+
+A stream the upstream cuts before `data: [DONE]` ends with an SSE error event, so the client's
+SDK raises instead of returning a silently truncated answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from gateway import metrics
+from gateway.config import Member
+from gateway.errors import APIError
+from gateway.pricing import cost_usd, usage_tokens
+from gateway.upstream import UpstreamError, Upstreams
+
+_STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
+_DONE = b"data: [DONE]"
+
+
+def upstream_failure(exc: UpstreamError) -> APIError:
+    return APIError(_STATUS.get(exc.kind, 502), f"member {exc.member!r}: {exc.message}", code=f"upstream_{exc.kind}")
+
+
+async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes) -> Response:
+    """Forward a non-streaming request; relay the member's status and body."""
+    if body.get("model") != member.model:
+        raw = orjson.dumps({**body, "model": member.model})
+    started = time.perf_counter()
+    try:
+        reply = await upstreams.post(member.name, path, raw)
+    except UpstreamError as exc:
+        raise upstream_failure(exc) from None
+    waited = time.perf_counter() - started
+    headers = {}
+    if reply.status == 200 and member.price.input_usd_per_mtok + member.price.output_usd_per_mtok > 0:
+        headers["x-crowd-cost-usd"] = f"{_reply_cost(member, reply.body):.10f}"
+    response = Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
+    response.upstream_wait_s = waited  # type: ignore[attr-defined]
+    return response
+
+
+def _reply_cost(member: Member, body: bytes) -> float:
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0.0
+    prompt, completion = usage_tokens(usage)
+    cost = cost_usd(member.price, prompt, completion)
+    metrics.COST.labels(member.name).inc(cost)
+    metrics.TOKENS.labels(member.name, "prompt").inc(prompt)
+    metrics.TOKENS.labels(member.name, "completion").inc(completion)
+    return cost
+
+
+async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any]) -> Response:
+    """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through."""
+    raw = orjson.dumps({**body, "model": member.model})
+    started = time.perf_counter()
+    try:
+        resp = await upstreams.stream(member.name, path, raw)
+    except UpstreamError as exc:
+        raise upstream_failure(exc) from None
+    if resp.status != 200:
+        data = await resp.read()
+        resp.release()
+        upstreams.record_stream_end(member.name, resp.status < 500, time.perf_counter() - started)
+        return Response(data, status_code=resp.status, media_type=resp.headers.get("Content-Type"))
+    return StreamingResponse(_relay(upstreams, member.name, resp, started), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float) -> AsyncIterator[bytes]:
+    tail = b""
+    ok = False
+    try:
+        async for chunk in resp.content.iter_any():
+            tail = (tail + chunk)[-64:]
+            yield chunk
+        ok = _DONE in tail
+        if not ok:
+            yield _error_event(name, "the member closed the stream before it finished")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        yield _error_event(name, f"the member's stream was cut: {exc.__class__.__name__}")
+    finally:
+        resp.release()
+        upstreams.record_stream_end(name, ok, time.perf_counter() - started)
+
+
+def _error_event(name: str, message: str) -> bytes:
+    body = APIError(502, f"member {name!r}: {message}", code="upstream_stream_cut").body()
+    return b"\n\ndata: " + orjson.dumps(body) + b"\n\n"

@@ -1,0 +1,154 @@
+"""Route handlers of the wire contract: completions (ensemble or passthrough), models, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import metrics
+from gateway.errors import APIError
+from gateway.passthrough import proxy, proxy_stream
+from gateway.responses import annotation_block, completion_body, usage_block
+from gateway.schemas import validate_body
+from gateway.state import GatewayState
+from gateway.task import Kind, build_task
+
+router = APIRouter()
+
+_OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 503: "unavailable"}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def authorize(state: GatewayState, request: Request) -> None:
+    if not state.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or key.strip() not in state.api_keys:
+        raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
+
+
+async def read_json(state: GatewayState, request: Request) -> tuple[dict[str, Any], bytes]:
+    """The body as (dict, raw bytes), refusing oversized or malformed ones before any work."""
+    limit = state.config.gateway.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                       code="request_too_large")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_body")
+    return body, raw
+
+
+async def _complete(request: Request, kind: Kind, path: str) -> Response:
+    state: GatewayState = request.app.state.gateway
+    started = time.perf_counter()
+    name = "-"
+    try:
+        authorize(state, request)
+        body, raw = await read_json(state, request)
+        model = body.get("model")
+        name = model if isinstance(model, str) and (model in state.annotators or model in state.members) else name
+        validate_body(body, kind)
+        if model in state.annotators:
+            response, waited = await _annotate(state, model, body, kind)
+            route = "ensemble"
+        elif model in state.members:
+            member = state.members[model]
+            if body.get("stream"):
+                response = await proxy_stream(state.upstreams, member, path, body)
+                metrics.REQUESTS.labels(name, "ok" if response.status_code < 400 else "error").inc()
+                return response
+            response = await proxy(state.upstreams, member, path, body, raw)
+            waited, route = response.upstream_wait_s, "passthrough"  # type: ignore[attr-defined]
+        else:
+            raise APIError(404, f"the model {model!r} does not exist: it names no ensemble or member of this "
+                                f"gateway (GET /v1/models lists them)", param="model", code="model_not_found")
+    except APIError as exc:
+        metrics.REQUESTS.labels(name, _OUTCOMES.get(exc.status, "error")).inc()
+        return exc.response()
+    elapsed = time.perf_counter() - started
+    metrics.REQUESTS.labels(name, "ok" if response.status_code < 400 else "error").inc()
+    metrics.REQUEST_DURATION.labels(name).observe(elapsed)
+    metrics.OVERHEAD.labels(route).observe(max(elapsed - waited, 0.0))
+    return response
+
+
+async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind) -> tuple[Response, float]:
+    if body.get("stream"):
+        raise APIError(400, "stream: true is supported when `model` names a member (passthrough), not for an "
+                            "ensemble, whose answer exists only once the votes are in", param="stream",
+                       code="unsupported_value")
+    annotator = state.annotators[model]
+    task = build_task(body, kind, state.config)
+    outcome = await annotator.run(task)
+    annotation = annotation_block(outcome, task, annotator.aggregator.name)
+    usage = usage_block(outcome)
+    metrics.CONFIDENCE.labels(model).observe(annotation["confidence"])
+    metrics.AGREEMENT.labels(model).observe(outcome.agreement)
+    headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}"}
+    return _json(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, "chat", "/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _complete(request, "completion", "/completions")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    created = state.started
+    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "crowd-gateway", "kind": "ensemble",
+             "members": e.members, "aggregator": e.aggregator} for e in state.config.ensembles]
+    data += [{"id": m.name, "object": "model", "created": created, "owned_by": "crowd-gateway", "kind": "member",
+              "dialect": m.dialect} for m in state.config.members]
+    return _json({"object": "list", "data": data})
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready when every ensemble has at least `quorum` members passing their health check."""
+    state: GatewayState = request.app.state.gateway
+    names = sorted({n for e in state.config.ensembles for n in e.members} or state.members)
+    results = await asyncio.gather(*(state.upstreams.healthy(n) for n in names))
+    healthy = {n for n, ok in zip(names, results) if ok}
+    ensembles = {e.name: {"healthy": sorted(healthy & set(e.members)), "quorum": e.quorum,
+                          "ready": len(healthy & set(e.members)) >= e.quorum} for e in state.config.ensembles}
+    ready = all(e["ready"] for e in ensembles.values()) if ensembles else bool(healthy)
+    return _json({"ready": ready, "ensembles": ensembles, "members": {n: n in healthy for n in names}},
+                 status=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    payload, content_type = metrics.exposition()
+    return Response(payload, media_type=content_type)

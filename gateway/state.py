@@ -1,0 +1,37 @@
+"""What one gateway process holds between requests: config, upstream client, one annotator per ensemble."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ensembles.aggregators import get_aggregator
+from gateway.annotate import Annotator
+from gateway.config import Config, ConfigError, Member
+from gateway.upstream import Upstreams
+from routers import get_router
+
+
+@dataclass
+class GatewayState:
+    config: Config
+    upstreams: Upstreams
+    annotators: dict[str, Annotator]
+    members: dict[str, Member]
+    api_keys: frozenset[str]
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def build(cls, config: Config) -> GatewayState:
+        """Wire the config's names to objects; unknown aggregator or router names are config errors."""
+        members = {m.name: m for m in config.members}
+        upstreams = Upstreams(config.members, config.gateway.breaker)
+        annotators = {}
+        for ens in config.ensembles:
+            try:
+                annotators[ens.name] = Annotator(ens, members, upstreams, get_router(ens.router),
+                                                 get_aggregator(ens.aggregator))
+            except KeyError as exc:
+                raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
+        return cls(config=config, upstreams=upstreams, annotators=annotators, members=members,
+                   api_keys=config.gateway.api_keys())

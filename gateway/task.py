@@ -1,0 +1,134 @@
+"""From an OpenAI-shaped body to an annotation task: the item, its label set, ids and template.
+
+The label set comes from, first found: `labels` in the body, a `response_format` JSON schema with
+one enum property, vLLM's `structured_outputs.choice`, or the named `task` of the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from gateway.config import Config, Template, check_label_set
+from gateway.errors import APIError, bad_request
+
+Kind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationTask:
+    kind: Kind
+    labels: tuple[str, ...]
+    text: str
+    """The item to label: the last user message, or the completion prompt."""
+    body: Mapping[str, Any]
+    """The client's body, forwarded (constrained) to members that have no template."""
+    template: Template | None
+    schema: str
+    """Task name, or a hash of the label set: votes on one schema are comparable."""
+    item_id: str
+    json_field: str | None = None
+    """When the labels came from a JSON schema, the property the answer must be wrapped in."""
+
+
+def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> AnnotationTask:
+    """Validate the annotation-specific parts of a body; raises APIError(400) naming the param."""
+    task_name = body.get("task")
+    task = None
+    if task_name is not None:
+        if not isinstance(task_name, str) or (task := config.task(task_name)) is None:
+            known = [t.name for t in config.tasks]
+            raise APIError(400, f"unknown task {task_name!r}; configured tasks: {known}", param="task",
+                           code="task_not_found")
+    labels, json_field = _label_set(body, task.labels if task else None)
+    text = _item_text(body, kind)
+    schema = task.name if task else "labels-" + _digest("\x1f".join(labels))[:12]
+    item_id = body.get("item_id") or _metadata_item_id(body) or "item-" + _digest(schema + "\x1e" + text)[:20]
+    if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
+        raise bad_request("item_id must be a non-empty string of at most 256 characters", "item_id")
+    return AnnotationTask(kind=kind, labels=labels, text=text, body=body, template=task, schema=schema,
+                          item_id=item_id, json_field=json_field)
+
+
+def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None) -> tuple[tuple[str, ...], str | None]:
+    if (labels := body.get("labels")) is not None:
+        return _checked(labels, "labels"), None
+    if (fmt := body.get("response_format")) is not None:
+        found = _enum_from_response_format(fmt)
+        if found is not None:
+            field, values = found
+            return _checked(values, "response_format"), field
+    outputs = body.get("structured_outputs")
+    if isinstance(outputs, Mapping) and outputs.get("choice") is not None:
+        return _checked(outputs["choice"], "structured_outputs.choice"), None
+    if task_labels is not None:
+        return tuple(task_labels), None
+    raise APIError(400, "no label set: send `labels` (extra_body), a response_format JSON schema with one enum "
+                        "property, structured_outputs.choice, or a configured `task`", param="labels",
+                   code="missing_labels")
+
+
+def _checked(labels: Any, param: str) -> tuple[str, ...]:
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise bad_request(f"{param} must be a list of strings", param)
+    try:
+        return tuple(check_label_set(labels))
+    except ValueError as exc:
+        raise bad_request(f"{param}: {exc}", param) from None
+
+
+def _enum_from_response_format(fmt: Any) -> tuple[str, list[Any]] | None:
+    """`{"type": "json_schema", "json_schema": {"schema": {"properties": {p: {"enum": [...]}}}}}`."""
+    if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema") or {}
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(props, Mapping):
+        return None
+    enums = [(name, p["enum"]) for name, p in props.items() if isinstance(p, Mapping) and "enum" in p]
+    if len(enums) != 1 or len(props) != 1:
+        return None
+    return enums[0]
+
+
+def _item_text(body: Mapping[str, Any], kind: Kind) -> str:
+    if kind == "completion":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise bad_request("prompt must be a non-empty string (one item per request)", "prompt")
+        return prompt
+    for message in reversed(body["messages"]):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    raise bad_request("messages must contain a user message holding the item to label", "messages")
+
+
+def _content_text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return ""
+
+
+def _metadata_item_id(body: Mapping[str, Any]) -> str | None:
+    metadata = body.get("metadata")
+    return metadata.get("item_id") if isinstance(metadata, Mapping) else None
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def wrap_label(task: AnnotationTask, label: str) -> str:
+    """The assistant content for a label: JSON when the client asked for a JSON schema."""
+    if task.json_field is None:
+        return label
+    return orjson.dumps({task.json_field: label}).decode()

@@ -1,0 +1,229 @@
+"""Calls to pool members over pooled HTTP: per-member concurrency, timeout, retry, circuit breaker.
+
+Why aiohttp: on this path every microsecond is overhead the gateway adds to each member call;
+aiohttp's client costs a fraction of httpx's per request. Upstream never knows about labels: it
+moves bytes and reports what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from gateway import metrics
+from gateway.breaker import CircuitBreaker, State
+from gateway.config import Breaker, Member
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 10.0
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str
+    latency_s: float
+
+
+class UpstreamError(Exception):
+    """A call that produced no usable HTTP answer. `kind`: connection, timeout, circuit_open, http."""
+
+    def __init__(self, member: str, kind: str, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{member}: {message}")
+        self.member = member
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _RetryableStatus(Exception):
+    """Internal: a retryable HTTP status, carrying the reply to return if retries run out."""
+
+    def __init__(self, reply: Reply, retry_after: float | None) -> None:
+        self.reply = reply
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), capped."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class _WaitRetryAfter:
+    """Exponential backoff with jitter, unless the upstream said how long to wait."""
+
+    def __init__(self) -> None:
+        self.backoff = wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = getattr(exc, "retry_after", None)
+        return hinted if hinted is not None else self.backoff(state)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (_RetryableStatus, aiohttp.ClientConnectionError)) and not isinstance(
+        exc, aiohttp.ServerTimeoutError)
+
+
+class MemberClient:
+    """Everything needed to call one member: its limits, breaker and headers."""
+
+    def __init__(self, member: Member, breaker: Breaker) -> None:
+        self.member = member
+        self.breaker = CircuitBreaker(breaker.failure_threshold, breaker.reset_after_s)
+        self.slots = asyncio.Semaphore(member.max_concurrency)
+        self.timeout = aiohttp.ClientTimeout(total=member.timeout_s)
+        key = member.api_key()
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.root = member.base_url.removesuffix("/v1")
+        self._gauge = metrics.CIRCUIT.labels(member.name)
+        self._gauge.set(0)
+
+    def publish_state(self) -> State:
+        state = self.breaker.state
+        self._gauge.set(int(state))
+        return state
+
+
+class Upstreams:
+    """The pooled HTTP client for all members; one per gateway process."""
+
+    def __init__(self, members: list[Member], breaker: Breaker) -> None:
+        self.clients = {m.name: MemberClient(m, breaker) for m in members}
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                             auto_decompress=True)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def usable(self, name: str) -> bool:
+        return self.clients[name].breaker.would_allow()
+
+    async def post(self, name: str, path: str, body: bytes) -> Reply:
+        """POST with retries; returns the final HTTP reply (any status) or raises UpstreamError."""
+        client = self.clients[name]
+        member = client.member
+        if not client.breaker.allow():
+            metrics.UPSTREAM_REQUESTS.labels(member.name, "circuit_open").inc()
+            client.publish_state()
+            raise UpstreamError(member.name, "circuit_open", "circuit open after repeated failures")
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with client.slots:
+                reply = await self._post_with_retries(client, path, body)
+            outcome = "ok" if reply.status < 400 else "error"
+            if reply.status >= 500:
+                client.breaker.failure()
+            else:
+                client.breaker.success()
+            return reply
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            client.breaker.cancelled()
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            outcome = "timeout"
+            client.breaker.failure()
+            raise UpstreamError(member.name, "timeout", f"no answer within {member.timeout_s:g}s") from None
+        except aiohttp.ClientError as exc:
+            client.breaker.failure()
+            raise UpstreamError(member.name, "connection", f"connection failed: {exc.__class__.__name__}: {exc}") \
+                from None
+        finally:
+            metrics.UPSTREAM_REQUESTS.labels(member.name, outcome).inc()
+            metrics.UPSTREAM_DURATION.labels(member.name).observe(time.perf_counter() - started)
+            client.publish_state()
+
+    async def _post_with_retries(self, client: MemberClient, path: str, body: bytes) -> Reply:
+        retrying = AsyncRetrying(stop=stop_after_attempt(client.member.retries + 1), wait=_WaitRetryAfter(),
+                                 retry=retry_if_exception(_retryable), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._post_once(client, path, body)
+        except _RetryableStatus as exc:
+            return exc.reply
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _post_once(self, client: MemberClient, path: str, body: bytes) -> Reply:
+        assert self.session is not None, "Upstreams.start() was not awaited"
+        started = time.perf_counter()
+        async with self.session.post(client.member.base_url + path, data=body, headers=client.headers,
+                                     timeout=client.timeout) as resp:
+            data = await resp.read()
+            reply = Reply(resp.status, data, resp.headers.get("Content-Type", "application/json"),
+                          time.perf_counter() - started)
+            if resp.status in RETRY_STATUSES:
+                raise _RetryableStatus(reply, _retry_after(resp.headers))
+            return reply
+
+    async def stream(self, name: str, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """Open a streaming POST (no retries once bytes may have reached the client)."""
+        assert self.session is not None, "Upstreams.start() was not awaited"
+        client = self.clients[name]
+        if not client.breaker.allow():
+            metrics.UPSTREAM_REQUESTS.labels(name, "circuit_open").inc()
+            raise UpstreamError(name, "circuit_open", "circuit open after repeated failures")
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.member.timeout_s,
+                                        sock_read=client.member.timeout_s)
+        try:
+            resp = await self.session.post(client.member.base_url + path, data=body, headers=client.headers,
+                                           timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            client.breaker.failure()
+            client.publish_state()
+            metrics.UPSTREAM_REQUESTS.labels(name, "error").inc()
+            raise UpstreamError(name, "connection", f"connection failed: {exc.__class__.__name__}") from None
+        return resp
+
+    def record_stream_end(self, name: str, ok: bool, seconds: float) -> None:
+        client = self.clients[name]
+        (client.breaker.success if ok else client.breaker.failure)()
+        client.publish_state()
+        metrics.UPSTREAM_REQUESTS.labels(name, "ok" if ok else "error").inc()
+        metrics.UPSTREAM_DURATION.labels(name).observe(seconds)
+
+    async def healthy(self, name: str, timeout_s: float = 2.0) -> bool:
+        """Probe a member's health endpoint; dialects without one count as healthy unless the circuit is open."""
+        client = self.clients[name]
+        if client.publish_state() is State.OPEN:
+            return False
+        path = {"vllm": client.member.health_path, "llamacpp": "/v1/models"}.get(client.member.dialect)
+        if path is None:
+            return True
+        assert self.session is not None
+        try:
+            async with self.session.get(client.root + path, headers=client.headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False

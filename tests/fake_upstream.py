@@ -1,0 +1,171 @@
+"""A scriptable OpenAI-compatible test server: the test double of a pool of model servers.
+
+One process serves many members under `/m/{name}/v1/...`. Each member's behaviour is set with
+`POST /_script/{name}` (JSON): `answer` (fixed content), `keywords` ({substring: answer}, matched
+against the request's text), `latency_ms`, `fail` (list of statuses returned by the next calls,
+in order), `retry_after` (header sent with failures), `drop` (close the connection without an
+answer), `down` (health fails), `logprobs` ({token: logprob} for the first answer token),
+`usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop). `GET
+/_calls/{name}` returns how many calls arrived and the last body. Used by the integration tests
+and by bench/ as the fast upstream.
+
+Run: python tests/fake_upstream.py --port 8199
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+DEFAULT = {"answer": None, "keywords": {}, "latency_ms": 0, "fail": [], "retry_after": None, "drop": False,
+           "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False}
+
+
+class Members:
+    def __init__(self) -> None:
+        self.scripts: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, int] = {}
+        self.last: dict[str, Any] = {}
+
+    def script(self, name: str) -> dict[str, Any]:
+        return self.scripts.setdefault(name, {**DEFAULT, "fail": []})
+
+
+def _answer(script: dict[str, Any], body: dict[str, Any]) -> str:
+    text = orjson.dumps(body.get("messages") or body.get("prompt") or "").decode()
+    for keyword, answer in script["keywords"].items():
+        if keyword in text:
+            return answer
+    if script["answer"] is not None:
+        return script["answer"]
+    choice = (body.get("structured_outputs") or {}).get("choice")
+    return choice[0] if choice else "ok"
+
+
+def _logprobs(script: dict[str, Any], chat: bool) -> Any:
+    top = script["logprobs"]
+    if not top:
+        return None
+    if chat:
+        first = max(top, key=top.get)
+        return {"content": [{"token": first, "logprob": top[first],
+                             "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top.items()]}]}
+    return {"tokens": [max(top, key=top.get)], "top_logprobs": [top]}
+
+
+async def completion(request: web.Request) -> web.StreamResponse:
+    members: Members = request.app["members"]
+    name = request.match_info["name"]
+    script = members.script(name)
+    members.calls[name] = members.calls.get(name, 0) + 1
+    body = await request.json(loads=orjson.loads)
+    members.last[name] = body
+    if script["latency_ms"]:
+        await asyncio.sleep(script["latency_ms"] / 1000)
+    if script["drop"]:
+        request.transport.close()
+        raise ConnectionResetError("dropped on purpose")
+    if script["fail"]:
+        status = script["fail"].pop(0)
+        headers = {"Retry-After": str(script["retry_after"])} if script["retry_after"] is not None else None
+        err = {"error": {"message": f"scripted failure {status}", "type": "server_error", "param": None,
+                         "code": None}}
+        return web.Response(body=orjson.dumps(err), status=status, content_type="application/json", headers=headers)
+    chat = request.path.endswith("/chat/completions")
+    answer = _answer(script, body)
+    prompt_tokens, completion_tokens = script["usage"]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    if body.get("stream"):
+        return await _stream(request, body, answer, usage, script["cut_stream"])
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": _logprobs(script, chat)}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": answer}
+    else:
+        choice["text"] = answer
+    data = {"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": body.get("model", name), "choices": [choice], "usage": usage}
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+async def _stream(request: web.Request, body: dict[str, Any], answer: str, usage: dict[str, int],
+                  cut: bool) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    words = answer.split(" ") * 3
+    for i, word in enumerate(words):
+        chunk = {"id": "fake-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
+                 "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if cut and i == 1:
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            return resp
+    final = {"id": "fake-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
+             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+    await resp.write(b"data: " + orjson.dumps(final) + b"\n\ndata: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def health(request: web.Request) -> web.Response:
+    script = request.app["members"].script(request.match_info["name"])
+    return web.Response(status=503 if script["down"] else 200, text="")
+
+
+async def models(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+
+async def set_script(request: web.Request) -> web.Response:
+    members: Members = request.app["members"]
+    name = request.match_info["name"]
+    members.scripts[name] = {**DEFAULT, "fail": [], **(await request.json())}
+    return web.json_response({"ok": True})
+
+
+async def get_calls(request: web.Request) -> web.Response:
+    members: Members = request.app["members"]
+    name = request.match_info["name"]
+    return web.json_response({"calls": members.calls.get(name, 0), "last": members.last.get(name)})
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app["members"].__init__()
+    return web.json_response({"ok": True})
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app["members"] = Members()
+    app.router.add_post("/m/{name}/v1/chat/completions", completion)
+    app.router.add_post("/m/{name}/v1/completions", completion)
+    app.router.add_get("/m/{name}/health", health)
+    app.router.add_get("/m/{name}/v1/models", models)
+    app.router.add_post("/_script/{name}", set_script)
+    app.router.add_get("/_calls/{name}", get_calls)
+    app.router.add_post("/_reset", reset)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
