@@ -1,0 +1,104 @@
+"""Per-worker accuracy and throughput of the config's members on a labeled JSONL file.
+
+Why: a crowd is only as good as its workers, and tiny models swing from chance to near perfect with
+the prompt template; templates are tuned on the dev slice with this script, never on the evaluation
+files. Bodies are built by the gateway's own dialect code, so what is measured is what is served.
+Usage: python bench/worker_accuracy.py --config deploy/local-pool.yaml \
+           --items gateway/data/sentiment_dev.jsonl [--members a,b] [--task sentiment]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gateway.config import Config, Member, load_config
+from gateway.dialects import shape
+from gateway.task import AnnotationTask
+
+
+@dataclass
+class Score:
+    member: str
+    correct: int
+    total: int
+    failed: int
+    seconds: float
+    predicted: Counter[str]
+    prompt_tokens: int
+
+    def line(self) -> str:
+        dist = " ".join(f"{k}={v}" for k, v in sorted(self.predicted.items()))
+        return (f"{self.member:14s} acc {self.correct / self.total:5.3f} ({self.correct}/{self.total})  "
+                f"{self.total / self.seconds:5.2f} req/s  failed {self.failed}  "
+                f"prompt_tokens/item {self.prompt_tokens / max(self.total - self.failed, 1):5.1f}  {dist}")
+
+
+def answer_text(reply: dict) -> str:
+    choice = reply["choices"][0]
+    return (choice.get("text") if "text" in choice else choice["message"]["content"]) or ""
+
+
+async def score(client: httpx.AsyncClient, member: Member, items: list[dict], labels: tuple[str, ...],
+                concurrency: int) -> Score:
+    slots = asyncio.Semaphore(concurrency)
+    predicted: Counter[str] = Counter()
+    tokens = 0
+    failed = 0
+
+    async def one(item: dict) -> bool:
+        nonlocal tokens, failed
+        task = AnnotationTask(kind="chat", labels=labels, text=item["text"], body={}, template=None,
+                              schema="sentiment", item_id=item["id"])
+        path, body = shape(member, task)
+        async with slots:
+            resp = await client.post(member.base_url + path, content=body,
+                                     headers={"Content-Type": "application/json"})
+        if resp.status_code != 200:
+            failed += 1
+            predicted[f"http{resp.status_code}"] += 1
+            return False
+        reply = resp.json()
+        tokens += reply.get("usage", {}).get("prompt_tokens", 0)
+        label = answer_text(reply).strip()
+        predicted[label if label in labels else "other"] += 1
+        return label == item["label"]
+
+    began = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in items))
+    return Score(member.name, sum(results), len(items), failed, time.perf_counter() - began, predicted, tokens)
+
+
+async def main_async(config: Config, items: list[dict], names: list[str], labels: tuple[str, ...]) -> None:
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+        for name in names:
+            member = config.member(name)
+            result = await score(client, member, items, labels, min(member.max_concurrency, 4))
+            print(result.line(), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="deploy/local-pool.yaml")
+    parser.add_argument("--items", type=Path, default=Path("gateway/data/sentiment_dev.jsonl"))
+    parser.add_argument("--members", help="comma-separated member names (default: all)")
+    parser.add_argument("--task", default="sentiment", help="configured task whose labels to use")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    task = config.task(args.task)
+    if task is None:
+        raise SystemExit(f"no task {args.task!r} in {args.config}")
+    items = [json.loads(line) for line in args.items.open()]
+    names = args.members.split(",") if args.members else [m.name for m in config.members]
+    asyncio.run(main_async(config, items, names, tuple(task.labels)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Raw answers -> labels, and log-probabilities -> soft votes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ensembles.extract import parse_answer, soft_vote
+
+LABELS = ["positive", "negative", "very negative"]
+
+
+@pytest.mark.parametrize("raw, label", [
+    ("positive", "positive"), ("  Positive.\n", "positive"), ('"negative"', "negative"), ("**NEGATIVE**", "negative"),
+    ('{"label": "negative"}', "negative"), ('{"sentiment": "positive"}', "positive"), ("pos", "positive"),
+    ("positive sentiment overall", "positive"), ("Very  negative!", "very negative"), ("very_negative", "very negative"),
+])
+def test_parse_answer_maps_to_one_label(raw: str, label: str) -> None:
+    assert parse_answer(raw, LABELS) == (label, None)
+
+
+@pytest.mark.parametrize("raw", ["", None, "   ", "maybe", "neutral", "{not json", '{"a": "x", "b": "y"}'])
+def test_parse_answer_abstains_with_reason(raw: str | None) -> None:
+    label, error = parse_answer(raw, LABELS)
+    assert label is None and error
+
+
+def test_ambiguous_prefix_abstains() -> None:
+    label, error = parse_answer("ne", ["negative", "neutral"])
+    assert label is None and "matches no label" in error
+
+
+def test_soft_vote_from_chat_logprobs() -> None:
+    choice = {"logprobs": {"content": [{"token": "pos", "logprob": math.log(0.6), "top_logprobs": [
+        {"token": "pos", "logprob": math.log(0.6)}, {"token": "neg", "logprob": math.log(0.3)},
+        {"token": "the", "logprob": math.log(0.1)}]}]}}
+    assert soft_vote(choice, ["positive", "negative"]) == pytest.approx((2 / 3, 1 / 3))
+
+
+def test_soft_vote_from_completion_logprobs_skips_whitespace_tokens() -> None:
+    choice = {"logprobs": {"tokens": [" ", "neg"], "top_logprobs": [{" ": -0.01}, {"neg": math.log(0.8),
+                                                                                  "positive": math.log(0.2)}]}}
+    assert soft_vote(choice, ["positive", "negative"]) == pytest.approx((0.2, 0.8))
+
+
+def test_soft_vote_absent_or_ambiguous_is_none() -> None:
+    assert soft_vote({"logprobs": None}, LABELS) is None
+    shared = {"logprobs": {"content": [{"token": "very", "logprob": 0.0, "top_logprobs": [{"token": "very", "logprob": 0.0}]}]}}
+    assert soft_vote(shared, ["very positive", "very negative"]) is None
