@@ -29,9 +29,9 @@ def upstream_failure(exc: UpstreamError) -> APIError:
     return APIError(_STATUS.get(exc.kind, 502), f"member {exc.member!r}: {exc.message}", code=f"upstream_{exc.kind}")
 
 
-async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes) -> Response:
+async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None) -> Response:
     """Forward a non-streaming request; relay the member's status and body."""
-    if body.get("model") != member.model:
+    if raw is None or body.get("model") != member.model:
         raw = orjson.dumps({**body, "model": member.model})
     started = time.perf_counter()
     try:

@@ -59,13 +59,21 @@ async def read_json(state: GatewayState, request: Request) -> tuple[dict[str, An
 
 async def _complete(request: Request, kind: Kind, path: str) -> Response:
     state: GatewayState = request.app.state.gateway
-    started = time.perf_counter()
-    name = "-"
     try:
         authorize(state, request)
         body, raw = await read_json(state, request)
-        model = body.get("model")
-        name = model if isinstance(model, str) and (model in state.annotators or model in state.members) else name
+    except APIError as exc:
+        metrics.REQUESTS.labels("-", _OUTCOMES.get(exc.status, "error")).inc()
+        return exc.response()
+    return await execute(state, body, raw, kind, path)
+
+
+async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str) -> Response:
+    """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response."""
+    started = time.perf_counter()
+    model = body.get("model")
+    name = model if isinstance(model, str) and (model in state.annotators or model in state.members) else "-"
+    try:
         validate_body(body, kind)
         if model in state.annotators:
             response, waited = await _annotate(state, model, body, kind)
