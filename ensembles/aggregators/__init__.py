@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from ensembles.aggregators.base import Aggregator, pick
+from ensembles.aggregators.base import Aggregator, Params, pick
+from ensembles.aggregators.dawid_skene import DawidSkene
+from ensembles.aggregators.glad import Glad
+from ensembles.aggregators.mace import Mace
 from ensembles.aggregators.majority import Majority
+from ensembles.aggregators.one_coin import OneCoin
+from ensembles.aggregators.skill_weighted import Wawa, ZeroBasedSkill
 from ensembles.aggregators.weighted import Weighted
 
-REGISTRY: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Majority, Weighted)}
+REGISTRY: dict[str, type[Aggregator]] = {
+    cls.name: cls for cls in (Majority, Weighted, DawidSkene, OneCoin, Glad, Mace, Wawa, ZeroBasedSkill)
+}
 
 
 def get_aggregator(name: str) -> Aggregator:
@@ -17,4 +24,4 @@ def get_aggregator(name: str) -> Aggregator:
         raise KeyError(f"unknown aggregator {name!r}; known: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["Aggregator", "REGISTRY", "get_aggregator", "pick"]
+__all__ = ["Aggregator", "Params", "REGISTRY", "get_aggregator", "pick"]

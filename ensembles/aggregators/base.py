@@ -9,6 +9,7 @@ that several gateway replicas share.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -17,6 +18,12 @@ from ensembles.votes import Vote
 
 Params = Mapping[str, Any]
 """Fitted parameters as JSON-able data (e.g. per-member skills or confusion matrices)."""
+
+Triple = tuple[str, str, str]
+"""(item id, member, label): one hard vote, the unit crowd-kit fits on."""
+
+DEFAULT_SKILL = 0.7
+"""One-coin accuracy assumed for a member the fitted model has not seen (or before any fit)."""
 
 
 class Aggregator(ABC):
@@ -28,8 +35,12 @@ class Aggregator(ABC):
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         """P(true label = labels[k] | votes), in label-set order; abstaining votes are ignored."""
 
-    def fit(self, votes: Sequence[tuple[str, str, str]], labels: Sequence[str]) -> Params | None:
-        """Learn parameters from (item, member, label) triples; None when there is nothing to learn."""
+    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params | None:
+        """Learn parameters from (item, member, label) triples, off the request path.
+
+        `gold` maps item ids to known true labels, for the algorithms that can be anchored by
+        them. Returns None when the algorithm has nothing to learn.
+        """
         return None
 
 
@@ -57,3 +68,11 @@ def normalise(mass: list[float]) -> list[float]:
     if total <= 0.0:
         return [1.0 / len(mass)] * len(mass)
     return [m / total for m in mass]
+
+
+def softmax(logits: list[float]) -> list[float]:
+    """Log-space scores -> probabilities, shifted by the max so nothing underflows."""
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]

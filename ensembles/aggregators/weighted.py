@@ -1,32 +1,33 @@
-"""Weighted soft voting: a linear pool of each member's distribution.
+"""Weighted soft voting: a linear pool of each member's (soft) vote, weighted by its log-odds of being right.
 
 A member that returned token log-probabilities contributes its soft vote; the others a one-hot
-vote. Member weights come from fitted parameters (`{"weights": {member: w}}`) when published,
-otherwise every member weighs 1.
+vote. Weights are log((K-1) s / (1-s)) of the member's one-coin accuracy s (the optimal weighted
+vote under the one-coin model), fitted with crowd-kit's OneCoinDawidSkene; members no better
+than chance weigh nothing. Before any fit every member weighs the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
-from ensembles.aggregators.base import Aggregator, Params, normalise
-from ensembles.votes import Vote
+from ensembles.aggregators.base import DEFAULT_SKILL, Params, Triple
+from ensembles.aggregators.one_coin import OneCoin
+from ensembles.aggregators.skill_weighted import SkillWeighted
 
 
-class Weighted(Aggregator):
+def log_odds(skill: float, k: int) -> float:
+    skill = min(max(skill, 1e-6), 1 - 1e-6)
+    return max(math.log((k - 1) * skill / (1 - skill)), 0.0)
+
+
+class Weighted(SkillWeighted):
     name = "weighted"
+    key = "weights"
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
-        weights = (params or {}).get("weights", {})
-        index = {label: i for i, label in enumerate(labels)}
-        mass = [0.0] * len(labels)
-        for vote in votes:
-            if vote.label is None:
-                continue
-            w = float(weights.get(vote.member, 1.0))
-            if vote.probs is not None and len(vote.probs) == len(labels):
-                for i, p in enumerate(vote.probs):
-                    mass[i] += w * p
-            else:
-                mass[index[vote.label]] += w
-        return normalise(mass)
+    def default_weight(self, k: int) -> float:
+        return log_odds(DEFAULT_SKILL, k)
+
+    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
+        skills = OneCoin().fit(votes, labels)["skills"]
+        return {"weights": {m: log_odds(s, len(labels)) for m, s in skills.items()}}

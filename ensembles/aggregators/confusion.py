@@ -1,0 +1,93 @@
+"""Posterior under a per-member confusion model: the shared core of Dawid-Skene, one-coin, GLAD, MACE.
+
+P(true = k | votes) is proportional to prior[k] * prod over votes of P(vote | true = k), computed
+in log space. A soft vote (a distribution p over labels from log-probabilities) contributes
+log(sum_l p[l] * P(l | k)), its expected likelihood. Each subclass only says how to read its
+fitted parameters into a prior and a confusion matrix per member; matrices are compiled once per
+parameter set and label order, so the request path is a few list operations per vote.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, Params, softmax
+from ensembles.votes import Vote
+
+Matrix = list[list[float]]
+"""conf[k][l] = P(member answers labels[l] | true label is labels[k])."""
+
+_FLOOR = 1e-6
+
+
+def one_coin(skill: float, k: int) -> Matrix:
+    """Right with probability `skill`, otherwise uniformly wrong."""
+    skill = min(max(skill, _FLOOR), 1 - _FLOOR)
+    off = (1 - skill) / (k - 1)
+    return [[skill if i == j else off for j in range(k)] for i in range(k)]
+
+
+class Compiled:
+    """Parameters read once for one label order: log prior, and per member its matrix and log matrix."""
+
+    def __init__(self, log_prior: list[float], matrices: dict[str, Matrix], k: int) -> None:
+        self.log_prior = log_prior
+        self.matrices = matrices
+        self.logs = {m: [[math.log(max(p, _FLOOR)) for p in row] for row in mat] for m, mat in matrices.items()}
+        self.default = one_coin(DEFAULT_SKILL, k)
+        self.default_log = [[math.log(p) for p in row] for row in self.default]
+
+
+class ConfusionAggregator(Aggregator):
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, tuple[str, ...]], tuple[Params | None, Compiled]] = {}
+
+    @abstractmethod
+    def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
+        """Each fitted member's confusion matrix in `labels` order."""
+
+    def prior(self, params: Params | None, labels: Sequence[str]) -> list[float]:
+        prior = (params or {}).get("prior") or {}
+        values = [float(prior.get(label, 0.0)) for label in labels]
+        if sum(values) <= 0:
+            return [1.0 / len(labels)] * len(labels)
+        return values
+
+    def compiled(self, params: Params | None, labels: Sequence[str]) -> Compiled:
+        key = (id(params), tuple(labels))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is params:
+            return hit[1]
+        mats = self.matrices(params, labels) if params else {}
+        compiled = Compiled([math.log(max(p, _FLOOR)) for p in self.prior(params, labels)], mats, len(labels))
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[key] = (params, compiled)
+        return compiled
+
+    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+        c = self.compiled(params, labels)
+        k = len(labels)
+        index = {label: i for i, label in enumerate(labels)}
+        scores = list(c.log_prior)
+        for vote in votes:
+            if vote.label is None:
+                continue
+            if vote.probs is not None and len(vote.probs) == k:
+                mat = c.matrices.get(vote.member, c.default)
+                for t in range(k):
+                    row = mat[t]
+                    scores[t] += math.log(max(sum(p * q for p, q in zip(vote.probs, row)), _FLOOR))
+            else:
+                logs = c.logs.get(vote.member, c.default_log)
+                obs = index[vote.label]
+                for t in range(k):
+                    scores[t] += logs[t][obs]
+        return softmax(scores)
+
+
+def label_map(values: Mapping[str, Any], labels: Sequence[str], default: float = 0.0) -> list[float]:
+    return [float(values.get(label, default)) for label in labels]

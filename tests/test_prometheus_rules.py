@@ -1,0 +1,95 @@
+"""Alert rules in deploy/prometheus/: promtool's checks and unit tests, and that they cover every alert
+and use only metrics the gateway (gateway/metrics.py) or vLLM actually export."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from gateway import metrics
+from tests.k8s_support import REPO, promtool
+
+PROM_DIR = REPO / "deploy" / "prometheus"
+RULES = PROM_DIR / "crowd-gateway-rules.yaml"
+RULE_TESTS = PROM_DIR / "crowd-gateway-rules.test.yaml"
+REQUIRED_ALERTS = {
+    "CrowdGatewayMemberDown",
+    "CrowdGatewayUpstreamErrorRate",
+    "CrowdGatewayLatencyP99High",
+    "CrowdGatewayEscalationSpike",
+    "CrowdGatewayAgreementCollapse",
+    "CrowdGatewayCircuitOpen",
+}
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=120)
+
+
+def rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_promtool_check_rules() -> None:
+    proc = run("check", "rules", RULES.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_check_config_of_the_standalone_prometheus() -> None:
+    proc = run("check", "config", "prometheus.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    proc = run("test", "rules", RULE_TESTS.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_alert_has_a_firing_unit_test() -> None:
+    alerts = {r["alert"] for r in rules() if "alert" in r}
+    assert REQUIRED_ALERTS <= alerts
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert alerts == fired, f"alerts without a test that fires them: {sorted(alerts - fired)}"
+
+
+def test_every_alert_has_severity_and_text() -> None:
+    for rule in rules():
+        if "alert" in rule:
+            assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def exported_names() -> set[str]:
+    """Series names the gateway exports, from its registry (counters get _total, histograms 3 series)."""
+    names = set()
+    for value in vars(metrics).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        for family in value.describe():
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            elif family.type == "histogram":
+                names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_rules_use_only_exported_metrics() -> None:
+    exported = exported_names() | {"up", "vllm:num_requests_waiting"}
+    recorded = {r["record"] for r in rules() if "record" in r}
+    functions = {"sum", "by", "rate", "max", "max_over_time", "histogram_quantile", "or", "unless", "and", "le"}
+    used = set()
+    for rule in rules():
+        expr = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", rule["expr"])
+        used |= {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if name not in functions}
+    unknown = used - exported - recorded - {"ensemble", "member"}
+    assert not unknown, f"rules use series nobody exports: {sorted(unknown)}"
