@@ -126,6 +126,16 @@ class StoreSettings(Strict):
     retention_days: float = Field(30.0, gt=0)
 
 
+class BatchSettings(Strict):
+    """The Batch API's worker pool: lines in flight per replica, input limits, lease length."""
+
+    concurrency: int = Field(32, ge=1, le=4096)
+    max_file_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    max_lines: int = Field(50_000, ge=1)
+    lease_s: float = Field(30.0, gt=0)
+    poll_s: float = Field(0.5, gt=0)
+
+
 class PoolServer(Strict):
     """One local model server started by `crowd-gateway pool up` (CPU, real small models)."""
 
@@ -144,6 +154,7 @@ class Pool(Strict):
 class Config(Strict):
     gateway: GatewaySettings = GatewaySettings()
     store: StoreSettings = StoreSettings()
+    batches: BatchSettings = BatchSettings()
     pool: Pool | None = None
     members: list[Member] = Field(min_length=1)
     ensembles: list[Ensemble] = Field(default_factory=list)

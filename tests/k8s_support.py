@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "crowd-gateway"
@@ -156,3 +157,21 @@ def promtool() -> str:
     if not path:
         raise RuntimeError("promtool is not installed: run deploy/system.sh (Debian package prometheus)")
     return path
+
+
+def exported_names() -> set[str]:
+    """Series names the gateway exports, from its registry (counters get _total, histograms 3 series)."""
+    from gateway import metrics
+
+    names = set()
+    for value in vars(metrics).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        for family in value.describe():
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            elif family.type == "histogram":
+                names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+            else:
+                names.add(family.name)
+    return names

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.k8s_support import REPO, promtool
-from tests.test_prometheus_rules import exported_names
+from tests.k8s_support import REPO, exported_names, promtool
+
 
 DASHBOARD = REPO / "deploy" / "grafana" / "crowd-gateway.json"
 VLLM_SERIES = {"vllm:num_requests_waiting", "vllm:num_requests_running"}

@@ -3,6 +3,7 @@ config it produces, the checked-in renders in deploy/rendered/, and values the s
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import subprocess
@@ -53,6 +54,22 @@ def test_every_rendered_object_matches_its_schema(values: Path | None, renders: 
     objects = renders[values_id(values)]
     errors = [err for obj in objects for err in validation_errors(obj)]
     assert not errors, "\n".join(errors)
+
+
+def test_validation_catches_broken_objects(renders: dict) -> None:
+    """The schema checks above can fail: a typo in a core kind and in each CRD kind is reported."""
+    objects = renders["default"]
+    deployment = copy.deepcopy(find(objects, "Deployment", "crowd-gateway")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/healthz"
+    monitor = copy.deepcopy(find(objects, "ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    rule = copy.deepcopy(find(objects, "PrometheusRule")[0])
+    rule["spec"]["groups"][0]["rules"][0]["recrod"] = rule["spec"]["groups"][0]["rules"][0].pop("record")
+    pod_monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"},
+                   "spec": {"selector": {}, "podMetricsEndpoints": [{"portNumber": "http"}]}}
+    for broken, mentions in [(deployment, "paht"), (monitor, "interval"), (rule, "recrod"), (pod_monitor, "portNumber")]:
+        errors = validation_errors(broken)
+        assert errors and mentions in "".join(errors), (broken["kind"], errors)
 
 
 @VALUES

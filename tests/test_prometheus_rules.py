@@ -7,10 +7,8 @@ import re
 import subprocess
 
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
-from gateway import metrics
-from tests.k8s_support import REPO, promtool
+from tests.k8s_support import REPO, exported_names, promtool
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 RULES = PROM_DIR / "crowd-gateway-rules.yaml"
@@ -65,22 +63,6 @@ def test_every_alert_has_severity_and_text() -> None:
         if "alert" in rule:
             assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
             assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
-
-
-def exported_names() -> set[str]:
-    """Series names the gateway exports, from its registry (counters get _total, histograms 3 series)."""
-    names = set()
-    for value in vars(metrics).values():
-        if not isinstance(value, MetricWrapperBase):
-            continue
-        for family in value.describe():
-            if family.type == "counter":
-                names.add(family.name + "_total")
-            elif family.type == "histogram":
-                names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
-            else:
-                names.add(family.name)
-    return names
 
 
 def test_rules_use_only_exported_metrics() -> None:

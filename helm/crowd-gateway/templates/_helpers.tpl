@@ -144,5 +144,8 @@ crowd-gateway/member: {{ .name }}
 {{- $config := dict "gateway" $gateway "store" $store "members" $members }}
 {{- $_ := set $config "ensembles" (.Values.gateway.config.ensembles | default list) }}
 {{- $_ := set $config "tasks" (.Values.gateway.config.tasks | default list) }}
+{{- with .Values.gateway.config.batches }}
+{{- $_ := set $config "batches" . }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}

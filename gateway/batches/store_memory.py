@@ -1,0 +1,142 @@
+"""Batch store in this process's memory: the default, for one replica; a restart loses every job.
+
+Each method runs without awaiting, so on one event loop it is as atomic as the Redis scripts.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.batches.models import Record
+from gateway.batches.store import UnknownCursor
+
+
+@dataclass
+class _Lines:
+    """Per-line state of one batch: next never-claimed line, leases (line -> (owner, expiry)), results."""
+
+    next: int = 0
+    leases: dict[int, tuple[str, float]] = field(default_factory=dict)
+    results: dict[int, tuple[bool, bytes]] = field(default_factory=dict)
+
+
+class MemoryBatchStore:
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[Record, bytes, list[bytes]]] = {}
+        self.batches: dict[str, Record] = {}
+        self.lines: dict[str, _Lines] = {}
+        self.active: dict[str, None] = {}
+        self.locks: dict[str, float] = {}
+
+    async def put_file(self, rec: Record, content: bytes, lines: Sequence[bytes] = ()) -> None:
+        self.files[rec["id"]] = (copy.deepcopy(rec), content, list(lines))
+
+    async def get_file(self, file_id: str) -> Record | None:
+        entry = self.files.get(file_id)
+        return copy.deepcopy(entry[0]) if entry else None
+
+    async def file_content(self, file_id: str) -> bytes | None:
+        entry = self.files.get(file_id)
+        return entry[1] if entry else None
+
+    async def create_batch(self, rec: Record) -> None:
+        self.batches[rec["id"]] = copy.deepcopy(rec)
+        self.lines[rec["id"]] = _Lines()
+        self.active[rec["id"]] = None
+
+    async def get_batch(self, batch_id: str) -> Record | None:
+        rec = self.batches.get(batch_id)
+        return copy.deepcopy(rec) if rec else None
+
+    async def list_batches(self, after: str | None, limit: int) -> tuple[list[Record], bool]:
+        ids = list(reversed(self.batches))
+        start = 0
+        if after is not None:
+            if after not in self.batches:
+                raise UnknownCursor(after)
+            start = ids.index(after) + 1
+        page = ids[start:start + limit]
+        return [copy.deepcopy(self.batches[i]) for i in page], start + limit < len(ids)
+
+    async def active_batches(self) -> list[str]:
+        return list(self.active)
+
+    async def transition(self, batch_id: str, sources: Sequence[str], target: str, **fields: Any) -> bool:
+        rec = self.batches.get(batch_id)
+        if rec is None or rec["status"] not in sources:
+            return False
+        rec.update(fields, status=target)
+        return True
+
+    async def claim(self, batch_id: str, input_file_id: str, worker: str, n: int,
+                    lease_s: float) -> list[tuple[int, bytes]]:
+        rec, state = self.batches.get(batch_id), self.lines.get(batch_id)
+        if rec is None or state is None or rec["status"] != "in_progress":
+            return []
+        now = time.time()
+        taken = [line for line, (_, expiry) in state.leases.items() if expiry <= now][:n]
+        while len(taken) < n and state.next < rec["total"]:
+            taken.append(state.next)
+            state.next += 1
+        for line in taken:
+            state.leases[line] = (worker, now + lease_s)
+        requests = self.files[input_file_id][2]
+        return [(line, requests[line]) for line in taken]
+
+    async def renew(self, batch_id: str, worker: str, lines: Sequence[int], lease_s: float) -> int:
+        state = self.lines.get(batch_id)
+        lost = 0
+        for line in lines:
+            if state is not None and state.leases.get(line, ("",))[0] == worker:
+                state.leases[line] = (worker, time.time() + lease_s)
+            else:
+                lost += 1
+        return lost
+
+    async def release(self, batch_id: str, worker: str, lines: Sequence[int]) -> None:
+        state = self.lines.get(batch_id)
+        for line in lines:
+            if state is not None and state.leases.get(line, ("",))[0] == worker:
+                state.leases[line] = (worker, 0.0)
+
+    async def complete(self, batch_id: str, line: int, ok: bool, result: bytes) -> bool:
+        rec, state = self.batches.get(batch_id), self.lines.get(batch_id)
+        if rec is None or state is None or rec["status"] not in ("in_progress", "cancelling") or rec.get("sealed"):
+            return False
+        if line in state.results:
+            return False
+        state.results[line] = (ok, result)
+        state.leases.pop(line, None)
+        rec["completed" if ok else "failed"] += 1
+        return True
+
+    async def live_leases(self, batch_id: str) -> int:
+        state = self.lines.get(batch_id)
+        now = time.time()
+        return sum(expiry > now for _, expiry in state.leases.values()) if state else 0
+
+    async def seal(self, batch_id: str) -> None:
+        if batch_id in self.batches:
+            self.batches[batch_id]["sealed"] = 1
+
+    async def results(self, batch_id: str) -> list[tuple[bool, bytes]]:
+        state = self.lines.get(batch_id)
+        return [state.results[line] for line in sorted(state.results)] if state else []
+
+    async def try_lock(self, name: str, ttl_s: float) -> bool:
+        now = time.time()
+        if self.locks.get(name, 0.0) > now:
+            return False
+        self.locks[name] = now + ttl_s
+        return True
+
+    async def retire(self, batch_id: str) -> None:
+        self.active.pop(batch_id, None)
+        self.lines.pop(batch_id, None)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,190 @@
+"""The batch worker inside each gateway process: runs leased lines through `execute`, at most
+`batches.concurrency` at once, and moves batches through OpenAI's statuses.
+
+Why a bound on lines and not on calls: member calls are already bounded by each member's
+`max_concurrency` in the upstream layer; the line bound keeps a 50,000-line batch from queueing
+50,000 requests there, so interactive requests still get through, and it is what a replica
+leases: a replica never holds more lines than it is running. Leases are renewed every third of
+`lease_s`; the lines of a replica that dies are taken over once its leases run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from gateway.batches.jsonl import ENDPOINTS
+from gateway.batches.models import Record, file_record, now, output_line, result_file_id
+from gateway.batches.store import BatchStore
+from gateway.config import BatchSettings
+from gateway.errors import APIError
+from gateway.routes import execute
+from gateway.state import GatewayState
+
+log = logging.getLogger("crowd_gateway.batches")
+
+LINES = Counter("crowd_gateway_batch_lines", "Batch lines run by this process, by outcome "
+                "(ok, error, discarded: a result for a line that another worker had already completed)",
+                ["outcome"])
+IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines running in this process",
+                  multiprocess_mode="livesum")
+
+
+async def run_line(state: GatewayState, raw: bytes) -> tuple[bool, bytes]:
+    """One request line -> (ok, output line). Never raises: a failure is an error line, not a stopped batch."""
+    request = orjson.loads(raw)
+    body: dict[str, Any] = request["body"]
+    kind, path = ENDPOINTS[request["url"]]
+    if body.get("stream"):
+        response = APIError(400, "stream: true is not supported in a batch", param="stream",
+                            code="unsupported_value").response()
+    else:
+        try:
+            response = await execute(state, body, None, kind, path)
+        except Exception:  # a bug must cost one line, not the batch
+            log.exception("batch line %s failed unexpectedly", request["custom_id"])
+            response = APIError(500, "internal error in the gateway; the server log has the details",
+                                type="server_error", code="internal_error").response()
+    ok = response.status_code < 400
+    return ok, output_line(request["custom_id"], response.status_code, bytes(response.body))
+
+
+class BatchWorker:
+    def __init__(self, state: GatewayState, store: BatchStore, settings: BatchSettings) -> None:
+        self.state = state
+        self.store = store
+        self.settings = settings
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.running: dict[str, dict[int, asyncio.Task[None]]] = {}
+        self.wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(lines) for lines in self.running.values())
+
+    def nudge(self) -> None:
+        """Look at the store now (a batch was created or cancelled here) instead of at the next poll."""
+        self.wake.set()
+
+    async def start(self) -> None:
+        self._loops = [asyncio.create_task(self._schedule()), asyncio.create_task(self._renew())]
+
+    async def stop(self) -> None:
+        """Stop taking lines; hand the unfinished ones back so a restart or a peer takes them at once."""
+        tasks = self._loops + [t for lines in self.running.values() for t in lines.values()]
+        held = {batch_id: list(lines) for batch_id, lines in self.running.items()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for batch_id, lines in held.items():
+            with contextlib.suppress(Exception):
+                await self.store.release(batch_id, self.id, lines)
+
+    async def _schedule(self) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                await self._tick()
+            except Exception:  # the store may be briefly unreachable; try again at the next poll
+                log.exception("batch scheduler step failed")
+            if not self.wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.settings.poll_s)
+
+    async def _tick(self) -> None:
+        for batch_id in await self.store.active_batches():
+            rec = await self.store.get_batch(batch_id)
+            if rec is None:
+                await self.store.retire(batch_id)
+            else:
+                await self._advance(rec)
+
+    async def _advance(self, rec: Record) -> None:
+        batch_id, status = rec["id"], rec["status"]
+        if status == "validating":
+            if await self.store.transition(batch_id, ("validating",), "in_progress", in_progress_at=now()):
+                self.wake.set()
+        elif status == "in_progress":
+            claimed = []
+            if (free := self.settings.concurrency - self.in_flight) > 0:
+                claimed = await self.store.claim(batch_id, rec["input_file_id"], self.id, free, self.settings.lease_s)
+            for line, raw in claimed:
+                self._spawn(batch_id, line, raw)
+            if not claimed and rec["completed"] + rec["failed"] >= rec["total"]:
+                if await self.store.transition(batch_id, ("in_progress",), "finalizing", finalizing_at=now()):
+                    self.wake.set()
+        elif status == "finalizing":
+            await self._finalize(rec, "completed", "completed_at")
+        elif status == "cancelling" and await self.store.live_leases(batch_id) == 0:
+            await self._finalize(rec, "cancelled", "cancelled_at")
+
+    def _spawn(self, batch_id: str, line: int, raw: bytes) -> None:
+        task = asyncio.create_task(self._run(batch_id, line, raw))
+        self.running.setdefault(batch_id, {})[line] = task
+        IN_FLIGHT.inc()
+
+        def done(_: asyncio.Task[None]) -> None:
+            lines = self.running.get(batch_id, {})
+            lines.pop(line, None)
+            if not lines:
+                self.running.pop(batch_id, None)
+            IN_FLIGHT.dec()
+            self.wake.set()
+
+        task.add_done_callback(done)
+
+    async def _run(self, batch_id: str, line: int, raw: bytes) -> None:
+        ok, result = await run_line(self.state, raw)
+        for attempt in range(3):
+            try:
+                recorded = await self.store.complete(batch_id, line, ok, result)
+                break
+            except Exception:
+                log.warning("recording line %d of %s failed (attempt %d)", line, batch_id, attempt + 1,
+                            exc_info=True)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            return  # the lease runs out and the line is run again: never lost
+        LINES.labels(("ok" if ok else "error") if recorded else "discarded").inc()
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            for batch_id, lines in list(self.running.items()):
+                try:
+                    lost = await self.store.renew(batch_id, self.id, list(lines), self.settings.lease_s)
+                except Exception:
+                    log.warning("renewing leases of %s failed", batch_id, exc_info=True)
+                    continue
+                if lost:
+                    log.warning("%d leases of %s were lost (taken over after a stall); their results "
+                                "are recorded only if no other worker records them first", lost, batch_id)
+
+    async def _finalize(self, rec: Record, final: str, stamp: str) -> None:
+        """Write the output and error files in input order, then enter the final status: safe to redo."""
+        batch_id = rec["id"]
+        if not await self.store.try_lock(f"finalize:{batch_id}", self.settings.lease_s):
+            return
+        await self.store.seal(batch_id)
+        results = await self.store.results(batch_id)
+        files: dict[str, str | None] = {}
+        for which, wanted in (("output", True), ("error", False)):
+            content = b"".join(line for ok, line in results if ok is wanted)
+            files[f"{which}_file_id"] = None
+            if content:
+                file_id = result_file_id(batch_id, which)
+                meta = file_record(file_id, f"{batch_id}_{which}.jsonl", "batch_output", len(content),
+                                   self.state.config.store.retention_days * 86400)
+                await self.store.put_file(meta, content)
+                files[f"{which}_file_id"] = file_id
+        if await self.store.transition(batch_id, ("finalizing", "cancelling"), final, **files, **{stamp: now()}):
+            await self.store.retire(batch_id)

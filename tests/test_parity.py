@@ -1,0 +1,69 @@
+"""Each aggregator's online posterior (from its published parameters) against crowd-kit's own fit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import crowdkit.aggregation as ck
+import pytest
+
+from ensembles.aggregators import get_aggregator, pick
+from ensembles.aggregators.crowdkit_frame import frame
+from ensembles.simulation import Annotator, simulate, standard_pool
+from ensembles.votes import Vote
+
+LABELS = ["positive", "negative", "neutral"]
+CROWDKIT = {"dawid_skene": lambda: ck.DawidSkene(n_iter=100), "one_coin": lambda: ck.OneCoinDawidSkene(n_iter=100),
+            "glad": lambda: ck.GLAD(n_iter=100), "mace": lambda: ck.MACE(n_restarts=3, n_iter=50, random_state=0),
+            "wawa": ck.Wawa, "zero_based_skill": ck.ZeroBasedSkill}
+MIN_AGREEMENT = {"glad": 0.95}  # new items get the median difficulty, not their own
+
+
+@pytest.fixture(scope="module")
+def votes() -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    return simulate(standard_pool(), LABELS, n_items=150, seed=1, class_weights=[0.5, 0.3, 0.2])
+
+
+def online_labels(name: str, triples: list[tuple[str, str, str]]) -> dict[str, str]:
+    agg = get_aggregator(name)
+    params = agg.fit(triples, LABELS)
+    by_item: dict[str, list[Vote]] = defaultdict(list)
+    for item, member, label in triples:
+        by_item[item].append(Vote(member=member, label=label))
+    return {item: LABELS[pick(agg.posterior(vs, LABELS, params))] for item, vs in by_item.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CROWDKIT))
+def test_online_posterior_matches_crowdkit_labels(name: str, votes: tuple) -> None:
+    truth, triples = votes
+    ours = online_labels(name, triples)
+    theirs = CROWDKIT[name]().fit_predict(frame(triples))
+    same = sum(ours[item] == theirs[item] for item in truth) / len(truth)
+    assert same >= MIN_AGREEMENT.get(name, 0.99), f"{name}: only {same:.3f} of labels agree with crowd-kit"
+
+
+def test_dawid_skene_beats_majority_on_a_skewed_pool(votes: tuple) -> None:
+    truth, triples = votes
+
+    def accuracy(labels: dict[str, str]) -> float:
+        return sum(labels[i] == t for i, t in truth.items()) / len(truth)
+
+    assert accuracy(online_labels("dawid_skene", triples)) > accuracy(online_labels("majority", triples)) + 0.05
+
+
+def test_unseen_member_gets_the_default_one_coin_skill(votes: tuple) -> None:
+    _, triples = votes
+    agg = get_aggregator("dawid_skene")
+    params = agg.fit(triples, LABELS)
+    newcomer = agg.posterior([Vote("brand-new", "neutral")], LABELS, params)
+    assert LABELS[pick(newcomer)] == "neutral"
+
+
+def test_gold_anchors_dawid_skene() -> None:
+    pool = [Annotator("a", 0.6), Annotator("b", 0.6), Annotator("flip", 0.05)]
+    truth, triples = simulate(pool, ["positive", "negative"], n_items=200, seed=3)
+    agg = get_aggregator("dawid_skene")
+    gold = dict(list(truth.items())[:40])
+    params = agg.fit(triples, ["positive", "negative"], gold=gold)
+    # with gold the model learns that "flip" is reliably wrong, i.e. informative
+    assert params["confusion"]["flip"]["positive"]["negative"] > 0.8
