@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.batches import Batches
+from gateway.batches import router as batches_router
 from gateway.config import Config, load_config
 from gateway.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from gateway.routes import router
@@ -17,18 +19,23 @@ from gateway.state import GatewayState
 def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
+    batches = Batches.build(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.upstreams.start()
+        await batches.start()
         try:
             yield
         finally:
+            await batches.stop()
             await state.upstreams.close()
 
     app = FastAPI(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = state
+    app.state.batches = batches
     app.include_router(router)
+    app.include_router(batches_router)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected)

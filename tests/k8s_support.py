@@ -1,7 +1,7 @@
 """Shared helpers for the offline Kubernetes and Prometheus checks: helm, rendering, schema validation.
 
-Why a plain module and not conftest.py: these helpers serve only the deploy tests, and keeping them
-here leaves tests/conftest.py free for the service's own fixtures. Everything here runs offline.
+Why a plain module: only the deploy tests use these, so they stay out of tests/conftest.py (the
+service's server fixtures). Everything here runs offline; helm is installed once per session.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ def kube_version() -> str:
 
 @functools.lru_cache(maxsize=1)
 def helm_path() -> str:
-    """Install helm through deploy/tools.sh (once per machine) and return its path; fail loudly."""
-    env = dict(os.environ)
-    proc = subprocess.run([str(TOOLS_SH), "helm"], capture_output=True, text=True, env=env, timeout=300)
+    """Install helm through deploy/tools.sh (once per machine, looked up once per session); fail loudly."""
+    proc = subprocess.run([str(TOOLS_SH), "helm"], capture_output=True, text=True, timeout=300)
     path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode != 0 or not path or not os.access(path, os.X_OK):
         raise RuntimeError(

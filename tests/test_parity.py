@@ -16,7 +16,8 @@ LABELS = ["positive", "negative", "neutral"]
 CROWDKIT = {"dawid_skene": lambda: ck.DawidSkene(n_iter=100), "one_coin": lambda: ck.OneCoinDawidSkene(n_iter=100),
             "glad": lambda: ck.GLAD(n_iter=100), "mace": lambda: ck.MACE(n_restarts=3, n_iter=50, random_state=0),
             "wawa": ck.Wawa, "zero_based_skill": ck.ZeroBasedSkill}
-MIN_AGREEMENT = {"glad": 0.95}  # new items get the median difficulty, not their own
+NEAR_TIE = 0.2
+"""crowd-kit reports the E-step of its last iteration; labels may differ only where its own margin is this small."""
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,17 @@ def online_labels(name: str, triples: list[tuple[str, str, str]]) -> dict[str, s
 def test_online_posterior_matches_crowdkit_labels(name: str, votes: tuple) -> None:
     truth, triples = votes
     ours = online_labels(name, triples)
-    theirs = CROWDKIT[name]().fit_predict(frame(triples))
-    same = sum(ours[item] == theirs[item] for item in truth) / len(truth)
-    assert same >= MIN_AGREEMENT.get(name, 0.99), f"{name}: only {same:.3f} of labels agree with crowd-kit"
+    model = CROWDKIT[name]().fit(frame(triples))
+    theirs = model.labels_ if hasattr(model, "labels_") else model.predict(frame(triples))
+    differ = [item for item in truth if ours[item] != theirs[item]]
+    assert len(differ) <= 0.05 * len(truth), f"{name}: {len(differ)} of {len(truth)} labels differ from crowd-kit"
+    if name == "glad":
+        return  # a new item gets the median difficulty, not its own: only the 5% bound above applies
+    if hasattr(model, "probas_"):
+        margins = [model.probas_.loc[i, theirs[i]] - model.probas_.loc[i, ours[i]] for i in differ]
+        assert all(m < NEAR_TIE for m in margins), f"{name}: labels differ beyond near-ties: {margins}"
+    else:
+        assert not differ
 
 
 def test_dawid_skene_beats_majority_on_a_skewed_pool(votes: tuple) -> None:

@@ -7,7 +7,7 @@ clocks disagree still agree on when a lease has run out. Keys of one batch share
 Keys: `crowd:file:{id}` (hash: meta, content), `crowd:file:{id}:lines` (list of request lines),
 `crowd:batch:{id}` (hash: the record, counters, `next` cursor, `sealed`), `...:leases` (zset
 line -> expiry ms), `...:owners` (hash line -> worker), `...:results` (hash line -> flag+line),
-`crowd:batches` (zset of all batches by creation), `crowd:batches:active` (set), `crowd:lock:*`.
+`crowd:batches` and `crowd:batches:active` (zsets by creation time), `crowd:lock:*`.
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ class RedisBatchStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=_encode({**rec, "next": 0}))
             pipe.expire(key, self.retention_s)
-            pipe.zadd(_ALL, {rec["id"]: time.time()})
-            pipe.sadd(_ACTIVE, rec["id"])
+            score = time.time()
+            pipe.zadd(_ALL, {rec["id"]: score})
+            pipe.zadd(_ACTIVE, {rec["id"]: score})
             await pipe.execute()
 
     async def get_batch(self, batch_id: str) -> Record | None:
@@ -193,7 +194,7 @@ class RedisBatchStore:
         return [_decode(raw) for raw in raws if raw], len(ids) > limit
 
     async def active_batches(self) -> list[str]:
-        return sorted(member.decode() for member in await self.redis.smembers(_ACTIVE))
+        return [member.decode() for member in await self.redis.zrange(_ACTIVE, 0, -1)]
 
     async def transition(self, batch_id: str, sources: Sequence[str], target: str, **fields: Any) -> bool:
         pairs = [item for name, value in _encode(fields).items() for item in (name, value)]
@@ -245,7 +246,7 @@ class RedisBatchStore:
 
     async def retire(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(_ACTIVE, batch_id)
+            pipe.zrem(_ACTIVE, batch_id)
             pipe.delete(*(_batch_key(batch_id, part) for part in ("leases", "owners", "results")))
             await pipe.execute()
 
