@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 
+from gateway import jobs_cli, report
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=serve)
+
+    jobs_cli.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 

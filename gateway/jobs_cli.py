@@ -186,7 +186,7 @@ async def annotate(args: argparse.Namespace) -> int:
     writer = RowWriter(out, columns + [c for c in PRED_COLUMNS if c not in columns])
     spec: dict[str, Any] = {"labels": args.labels.split(",")} if args.labels else {"task": args.task}
     tally = Tally()
-    bar = tqdm(total=len(rows), initial=len(ids) - sum(1 for i in ids if i not in done), unit="item",
+    bar = tqdm(total=len(rows), initial=sum(1 for i in ids if i in done), unit="item",
                desc="annotate", dynamic_ncols=True)
 
     async def work(client: openai.AsyncOpenAI) -> None:

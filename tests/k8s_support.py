@@ -19,6 +19,8 @@ import kubernetes_validate
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from gateway import metrics
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "crowd-gateway"
 RENDER_SH = REPO / "deploy" / "render.sh"
@@ -113,7 +115,7 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(kind: str) -> jsonschema.protocols.Validator:
     """A validator for a prometheus-operator kind from the vendored CRD's openAPIV3Schema (v1)."""
     for path in CRD_DIR.glob("*.yaml"):
@@ -160,8 +162,6 @@ def promtool() -> str:
 
 def exported_names() -> set[str]:
     """Series names the gateway exports, from its registry (counters get _total, histograms 3 series)."""
-    from gateway import metrics
-
     names = set()
     for value in vars(metrics).values():
         if not isinstance(value, MetricWrapperBase):

@@ -68,7 +68,8 @@ def test_health_check_probes_healthz() -> None:
 
 def test_build_context_holds_what_copy_needs() -> None:
     """Every COPY source exists and survives .dockerignore (an allowlist); the venv and .git do not."""
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
 
     def included(path: str) -> bool:
         keep = True

@@ -13,7 +13,6 @@ import yaml
 
 from tests.k8s_support import REPO, exported_names, promtool
 
-
 DASHBOARD = REPO / "deploy" / "grafana" / "crowd-gateway.json"
 VLLM_SERIES = {"vllm:num_requests_waiting", "vllm:num_requests_running"}
 

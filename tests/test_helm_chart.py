@@ -16,8 +16,8 @@ import yaml
 from gateway.config import parse_config
 from tests.k8s_support import (
     CHART,
-    REPO,
     RENDER_SH,
+    REPO,
     VALUES_FILES,
     find,
     gateway_config,
@@ -67,7 +67,8 @@ def test_validation_catches_broken_objects(renders: dict) -> None:
     rule["spec"]["groups"][0]["rules"][0]["recrod"] = rule["spec"]["groups"][0]["rules"][0].pop("record")
     pod_monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"},
                    "spec": {"selector": {}, "podMetricsEndpoints": [{"portNumber": "http"}]}}
-    for broken, mentions in [(deployment, "paht"), (monitor, "interval"), (rule, "recrod"), (pod_monitor, "portNumber")]:
+    cases = [(deployment, "paht"), (monitor, "interval"), (rule, "recrod"), (pod_monitor, "portNumber")]
+    for broken, mentions in cases:
         errors = validation_errors(broken)
         assert errors and mentions in "".join(errors), (broken["kind"], errors)
 
@@ -129,7 +130,8 @@ def test_gateway_pod_probes_secrets_and_redis(renders: dict) -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["command"] + container["args"][:3] == ["crowd-gateway", "serve", "--config", "/etc/crowd-gateway/config.yaml"]
+    command = container["command"] + container["args"][:3]
+    assert command == ["crowd-gateway", "serve", "--config", "/etc/crowd-gateway/config.yaml"]
     env = {e["name"]: e for e in container["env"]}
     assert env["CROWD_GATEWAY_REDIS_URL"]["value"] == "redis://crowd-gateway-redis:6379/0"
     assert find(objects, "StatefulSet", "crowd-gateway-redis")
@@ -139,7 +141,8 @@ def test_gateway_pod_probes_secrets_and_redis(renders: dict) -> None:
     (deployment,) = find(external, "Deployment", "crowd-gateway")
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CROWD_GATEWAY_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "crowd-gateway-api-keys"
-    assert env["CROWD_MEMBER_GPT_MINI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "upstream-keys", "key": "openai"}
+    member_key = env["CROWD_MEMBER_GPT_MINI_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert member_key == {"name": "upstream-keys", "key": "openai"}
     assert env["CROWD_GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "redis-url"
     assert not find(external, "StatefulSet")
 
@@ -179,7 +182,8 @@ def test_monitors_set_the_job_and_member_labels_the_rules_use(renders: dict) -> 
         jobs[name] = next(r["replacement"] for r in relabel if r["targetLabel"] == "job")
     assert jobs == {"crowd-gateway-gateway": "crowd-gateway", "crowd-gateway-vllm": "crowd-gateway-vllm"}
     vllm_relabel = monitors["crowd-gateway-vllm"]["spec"]["endpoints"][0]["relabelings"]
-    assert {"sourceLabels": ["__meta_kubernetes_pod_label_crowd_gateway_member"], "targetLabel": "member"} in vllm_relabel
+    member_label = {"sourceLabels": ["__meta_kubernetes_pod_label_crowd_gateway_member"], "targetLabel": "member"}
+    assert member_label in vllm_relabel
     (pod_monitor,) = find(renders["external-members"], "PodMonitor")
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
 
@@ -193,7 +197,8 @@ def test_prometheus_rule_is_the_rules_file(renders: dict) -> None:
 def test_dashboard_config_map_is_the_dashboard_file(renders: dict) -> None:
     (cm,) = find(renders["default"], "ConfigMap", "crowd-gateway-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["crowd-gateway.json"]) == json.loads((REPO / "deploy/grafana/crowd-gateway.json").read_text())
+    source = json.loads((REPO / "deploy/grafana/crowd-gateway.json").read_text())
+    assert json.loads(cm["data"]["crowd-gateway.json"]) == source
 
 
 def test_chart_copies_match_their_sources() -> None:
@@ -201,8 +206,9 @@ def test_chart_copies_match_their_sources() -> None:
         "deploy/prometheus/crowd-gateway-rules.yaml": "helm/crowd-gateway/files/crowd-gateway-rules.yaml",
         "deploy/grafana/crowd-gateway.json": "helm/crowd-gateway/files/crowd-gateway-dashboard.json",
     }
-    for source, copy in pairs.items():
-        assert (REPO / source).read_bytes() == (REPO / copy).read_bytes(), f"{copy} differs from {source}: run deploy/render.sh"
+    for source, chart_copy in pairs.items():
+        same = (REPO / source).read_bytes() == (REPO / chart_copy).read_bytes()
+        assert same, f"{chart_copy} differs from {source}: run deploy/render.sh"
 
 
 def test_checked_in_renders_are_current(tmp_path: Path) -> None:
@@ -215,17 +221,19 @@ def test_checked_in_renders_are_current(tmp_path: Path) -> None:
     for name in fresh:
         old, new = (checked_in / name).read_text(), (tmp_path / name).read_text()
         if old != new:
-            diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"deploy/rendered/{name}", "now", n=2))
+            diff = "".join(difflib.unified_diff(
+                old.splitlines(True), new.splitlines(True), f"deploy/rendered/{name}", "now", n=2))
             pytest.fail(f"deploy/rendered/{name} is stale; run deploy/render.sh. Diff:\n{diff[:4000]}")
 
 
+EXTERNAL = {"name": "x", "model": "m", "url": "https://x/v1"}
 BROKEN_VALUES = {
     "string GPU count": ({"vllm": {"gpus": "1"}}, "gpus"),
     "member GPU count as a word": ({"members": [{"name": "a", "model": "m", "gpus": "two"}]}, "gpus"),
     "unknown top-level key": ({"gateways": {}}, "gateways"),
     "member name not a DNS label": ({"members": [{"name": "Smol_A", "model": "m"}]}, "name"),
-    "external member without dialect": ({"members": [{"name": "x", "model": "m", "url": "https://x/v1", "gateway": {}}]}, "dialect"),
-    "external member with a GPU": ({"members": [{"name": "x", "model": "m", "url": "https://x/v1", "gpus": 1, "gateway": {"dialect": "openai"}}]}, "members"),
+    "external member without dialect": ({"members": [{**EXTERNAL, "gateway": {}}]}, "dialect"),
+    "external member with a GPU": ({"members": [{**EXTERNAL, "gpus": 1, "gateway": {"dialect": "vllm"}}]}, "members.0"),
     "unknown dialect": ({"members": [{"name": "x", "model": "m", "gateway": {"dialect": "grpc"}}]}, "dialect"),
     "external redis without url": ({"redis": {"mode": "external"}}, "external"),
     "monitor kind typo": ({"monitoring": {"gateway": {"monitor": "ServiceMonitors"}}}, "monitor"),

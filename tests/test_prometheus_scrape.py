@@ -81,7 +81,8 @@ def test_prometheus_scrapes_the_gateway_request_counter(gateway_factory: Any, pr
     prometheus_url, configure = prometheus
     # One member behind a closed port: requests fail fast, and the counters still move.
     gateway: Gateway = gateway_factory({
-        "members": [{"name": "smol", "base_url": "http://127.0.0.1:9/v1", "model": "smollm2", "timeout_s": 2, "retries": 0}],
+        "members": [{"name": "smol", "base_url": "http://127.0.0.1:9/v1", "model": "smollm2",
+                     "timeout_s": 2, "retries": 0}],
         "ensembles": [{"name": "crowd", "members": ["smol"], "deadline_s": 5}],
     })
     configure(prometheus_config(f"127.0.0.1:{gateway.port}", f"127.0.0.1:{free_port()}"))
@@ -91,7 +92,8 @@ def test_prometheus_scrapes_the_gateway_request_counter(gateway_factory: Any, pr
         "model": "crowd", "messages": [{"role": "user", "content": "Great film!"}], "labels": ["positive", "negative"]})
     assert answer.status_code >= 500, answer.text  # its only member is down
 
-    requests = wait_for(prometheus_url, 'sum by (ensemble) (crowd_gateway_requests_total{job="crowd-gateway", ensemble="crowd"}) >= 1')
+    counted = 'sum by (ensemble) (crowd_gateway_requests_total{job="crowd-gateway", ensemble="crowd"}) >= 1'
+    requests = wait_for(prometheus_url, counted)
     assert requests[0]["metric"] == {"ensemble": "crowd"}
     assert wait_for(prometheus_url, 'crowd_gateway_upstream_requests_total{job="crowd-gateway", member="smol"} >= 1')
     (up,) = wait_for(prometheus_url, 'up{job="crowd-gateway"} == 1')

@@ -1,0 +1,184 @@
+"""The vote store interface and its in-memory backend (the default).
+
+Every vote is kept with its item (id, schema, label set, text), so member reliability can be
+refitted later, a human can review an item, and aggregates can be recomputed under newer
+parameters. Gold and human labels, published parameters and the review queue live here too.
+The Redis backend (votes_redis.py) implements the same interface for several replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ensembles.aggregators.base import Triple
+
+Source = Literal["gold", "human"]
+HUMAN_PREFIX = "human:"
+
+
+@dataclass
+class ItemRecord:
+    item_id: str
+    schema: str
+    labels: list[str]
+    text: str
+    ensemble: str
+    created: float = field(default_factory=time.time)
+
+    def wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Published:
+    version: int
+    params: dict[str, Any]
+
+
+class VoteStore(ABC):
+    """Async so the Redis backend never blocks the event loop; the memory backend just returns."""
+
+    @abstractmethod
+    async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
+        """Keep an item's votes (wire dicts); an item seen again gets the new votes appended."""
+
+    @abstractmethod
+    async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None: ...
+
+    @abstractmethod
+    async def triples(self, schema: str) -> list[Triple]:
+        """Every valid hard vote of a schema (human labels included as members `human:<who>`)."""
+
+    @abstractmethod
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+        """A gold label (kept apart, for anchoring and calibration) or a human vote on the item."""
+
+    @abstractmethod
+    async def gold(self, schema: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    async def schemas(self) -> dict[str, list[str]]:
+        """Schema -> label set, for every schema that has votes."""
+
+    @abstractmethod
+    async def take_new_items(self, schema: str) -> int:
+        """How many new items arrived since the last call for this schema (and reset that count)."""
+
+    @abstractmethod
+    async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:
+        """Store new fitted parameters; returns their version (1, 2, ...)."""
+
+    @abstractmethod
+    async def published(self) -> tuple[int, dict[tuple[str, str], Published]]:
+        """(global version, all published parameters by (schema, aggregator))."""
+
+    @abstractmethod
+    async def published_version(self) -> int:
+        """Cheap check: changes whenever any parameters are published."""
+
+    @abstractmethod
+    async def enqueue_review(self, entry: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def reviews(self, limit: int) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def resolve_review(self, item_id: str) -> bool: ...
+
+    @abstractmethod
+    async def review_count(self) -> int: ...
+
+    @abstractmethod
+    async def try_lock(self, name: str, ttl_s: float) -> bool:
+        """A best-effort lease so one replica refits a schema at a time."""
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryVoteStore(VoteStore):
+    def __init__(self, retention_s: float = 30 * 86400) -> None:
+        self.retention_s = retention_s
+        self.items: dict[str, ItemRecord] = {}
+        self.votes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.gold_labels: dict[str, dict[str, str]] = defaultdict(dict)
+        self.new: dict[str, int] = defaultdict(int)
+        self.params: dict[tuple[str, str], Published] = {}
+        self.version = 0
+        self.queue: dict[str, dict[str, Any]] = {}
+        self.locks: dict[str, float] = {}
+
+    def _expire(self) -> None:
+        cutoff = time.time() - self.retention_s
+        for item_id in [i for i, rec in self.items.items() if rec.created < cutoff]:
+            del self.items[item_id]
+            self.votes.pop(item_id, None)
+
+    async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
+        if item.item_id not in self.items:
+            self.new[item.schema] += 1
+            self._expire()
+        self.items[item.item_id] = item
+        self.votes[item.item_id].extend(votes)
+
+    async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
+        rec = self.items.get(item_id)
+        return (rec, list(self.votes[item_id])) if rec else None
+
+    async def triples(self, schema: str) -> list[Triple]:
+        return [(i, v["member"], v["label"]) for i, rec in self.items.items() if rec.schema == schema
+                for v in self.votes[i] if v.get("label") is not None]
+
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+        if item.item_id not in self.items:
+            self.items[item.item_id] = item
+        if source == "gold":
+            self.gold_labels[item.schema][item.item_id] = label
+        else:
+            self.votes[item.item_id].append({"member": HUMAN_PREFIX + who, "label": label, "raw": label})
+            self.new[item.schema] += 1
+
+    async def gold(self, schema: str) -> dict[str, str]:
+        return dict(self.gold_labels[schema])
+
+    async def schemas(self) -> dict[str, list[str]]:
+        return {rec.schema: rec.labels for rec in self.items.values()}
+
+    async def take_new_items(self, schema: str) -> int:
+        return self.new.pop(schema, 0)
+
+    async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:
+        key = (schema, aggregator)
+        version = self.params[key].version + 1 if key in self.params else 1
+        self.params[key] = Published(version, params)
+        self.version += 1
+        return version
+
+    async def published(self) -> tuple[int, dict[tuple[str, str], Published]]:
+        return self.version, dict(self.params)
+
+    async def published_version(self) -> int:
+        return self.version
+
+    async def enqueue_review(self, entry: dict[str, Any]) -> None:
+        self.queue[entry["item_id"]] = entry
+
+    async def reviews(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.queue.values(), key=lambda e: e["queued_at"])[:limit]
+
+    async def resolve_review(self, item_id: str) -> bool:
+        return self.queue.pop(item_id, None) is not None
+
+    async def review_count(self) -> int:
+        return len(self.queue)
+
+    async def try_lock(self, name: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        if self.locks.get(name, 0.0) > now:
+            return False
+        self.locks[name] = now + ttl_s
+        return True

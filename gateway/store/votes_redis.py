@@ -1,0 +1,160 @@
+"""The Redis vote store: shared by several gateway replicas; multi-key writes are atomic Lua scripts.
+
+Keys (prefix `cg:`): `item:{id}` the item record and `item:{id}:votes` its votes (both expire
+after the retention), `schema:{s}:items` a sorted set of item ids by time (trimmed to the
+retention), `schemas` label sets, `new` items since the last refit, `gold:{s}` gold labels,
+`params`/`params:versions`/`params:version` published parameters, `review` and `review:order`
+the review queue, `lock:{name}` refit leases.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from ensembles.aggregators.base import Triple
+from gateway.store.votes import HUMAN_PREFIX, ItemRecord, Published, Source, VoteStore
+
+_RECORD = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
+local added = redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
+if added == 1 then redis.call('HINCRBY', KEYS[5], ARGV[4], 1) end
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+for i = 7, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[6]))
+return added
+"""
+
+_TAKE = """
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return tonumber(n or '0')
+"""
+
+_PUBLISH = """
+local v = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[3])
+return v
+"""
+
+_SEP = "\x1f"
+
+
+class RedisVoteStore(VoteStore):
+    def __init__(self, client: aioredis.Redis, retention_s: float = 30 * 86400, prefix: str = "cg:") -> None:
+        self.r = client
+        self.ttl = int(retention_s)
+        self.p = prefix
+        self._record = client.register_script(_RECORD)
+        self._take = client.register_script(_TAKE)
+        self._publish = client.register_script(_PUBLISH)
+
+    def _k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
+        await self._record(
+            keys=[self._k("item", item.item_id), self._k("item", item.item_id, "votes"),
+                  self._k("schema", item.schema, "items"), self._k("schemas"), self._k("new")],
+            args=[orjson.dumps(item.wire()), item.created, item.item_id, item.schema, orjson.dumps(item.labels),
+                  self.ttl, *(orjson.dumps(v) for v in votes)])
+
+    async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(self._k("item", item_id))
+            pipe.lrange(self._k("item", item_id, "votes"), 0, -1)
+            raw, votes = await pipe.execute()
+        if raw is None:
+            return None
+        return ItemRecord(**orjson.loads(raw)), [orjson.loads(v) for v in votes]
+
+    async def triples(self, schema: str) -> list[Triple]:
+        items = [i.decode() for i in await self.r.zrange(self._k("schema", schema, "items"), 0, -1)]
+        out: list[Triple] = []
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            async with self.r.pipeline(transaction=False) as pipe:
+                for item_id in chunk:
+                    pipe.lrange(self._k("item", item_id, "votes"), 0, -1)
+                for item_id, votes in zip(chunk, await pipe.execute()):
+                    for raw in votes:
+                        vote = orjson.loads(raw)
+                        if vote.get("label") is not None:
+                            out.append((item_id, vote["member"], vote["label"]))
+        return out
+
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+        if source == "gold":
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.hset(self._k("gold", item.schema), item.item_id, label)
+                pipe.set(self._k("item", item.item_id), orjson.dumps(item.wire()), ex=self.ttl, nx=True)
+                pipe.zadd(self._k("schema", item.schema, "items"), {item.item_id: item.created}, nx=True)
+                pipe.hset(self._k("schemas"), item.schema, orjson.dumps(item.labels))
+                await pipe.execute()
+            return
+        await self.record(item, [{"member": HUMAN_PREFIX + who, "label": label, "raw": label}])
+
+    async def gold(self, schema: str) -> dict[str, str]:
+        raw = await self.r.hgetall(self._k("gold", schema))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def schemas(self) -> dict[str, list[str]]:
+        raw = await self.r.hgetall(self._k("schemas"))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def take_new_items(self, schema: str) -> int:
+        return int(await self._take(keys=[self._k("new")], args=[schema]))
+
+    async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:
+        return int(await self._publish(
+            keys=[self._k("params"), self._k("params", "versions"), self._k("params", "version")],
+            args=[schema + _SEP + aggregator, orjson.dumps(params)]))
+
+    async def published(self) -> tuple[int, dict[tuple[str, str], Published]]:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.get(self._k("params", "version"))
+            pipe.hgetall(self._k("params"))
+            pipe.hgetall(self._k("params", "versions"))
+            version, params, versions = await pipe.execute()
+        out = {}
+        for field, raw in params.items():
+            schema, aggregator = field.decode().split(_SEP, 1)
+            out[(schema, aggregator)] = Published(int(versions[field]), orjson.loads(raw))
+        return int(version or 0), out
+
+    async def published_version(self) -> int:
+        return int(await self.r.get(self._k("params", "version")) or 0)
+
+    async def enqueue_review(self, entry: dict[str, Any]) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("review"), entry["item_id"], orjson.dumps(entry))
+            pipe.zadd(self._k("review", "order"), {entry["item_id"]: entry["queued_at"]})
+            await pipe.execute()
+
+    async def reviews(self, limit: int) -> list[dict[str, Any]]:
+        ids = await self.r.zrange(self._k("review", "order"), 0, limit - 1)
+        if not ids:
+            return []
+        raw = await self.r.hmget(self._k("review"), ids)
+        return [orjson.loads(r) for r in raw if r is not None]
+
+    async def resolve_review(self, item_id: str) -> bool:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k("review"), item_id)
+            pipe.zrem(self._k("review", "order"), item_id)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def review_count(self) -> int:
+        return int(await self.r.zcard(self._k("review", "order")))
+
+    async def try_lock(self, name: str, ttl_s: float) -> bool:
+        return bool(await self.r.set(self._k("lock", name), str(time.time()), nx=True, px=int(ttl_s * 1000)))
+
+    async def close(self) -> None:
+        await self.r.aclose()
