@@ -14,14 +14,16 @@ from dataclasses import dataclass
 
 import orjson
 
-from ensembles.aggregators import Aggregator, pick
+from ensembles.aggregators import Aggregator, Params, pick
+from ensembles.calibration import calibrate
+from ensembles.escalation import escalate_to, needs_review
 from ensembles.extract import parse_answer, soft_vote
 from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
 from gateway.dialects import shape
 from gateway.errors import APIError
-from gateway.pricing import cost_usd, usage_tokens
+from gateway.pricing import member_cost_usd, usage_tokens
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
 from routers import Router
@@ -31,12 +33,12 @@ from routers import Router
 class Outcome:
     label: str
     distribution: list[float]
+    confidence: float
+    """Calibrated probability that `label` is right (the posterior's top probability before a calibration fit)."""
     votes: list[Vote]
     upstream_wait_s: float
-
-    @property
-    def confidence(self) -> float:
-        return max(self.distribution)
+    escalated: bool = False
+    needs_review: bool = False
 
     @property
     def agreement(self) -> float:
@@ -55,7 +57,8 @@ class Annotator:
         self.router = router
         self.aggregator = aggregator
 
-    async def run(self, task: AnnotationTask) -> Outcome:
+    async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:
+        """Ask, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
         ens = self.ensemble
         usable = [name for name in ens.members if self.upstreams.usable(name)]
         planned = self.router.first(ens, usable)
@@ -66,12 +69,23 @@ class Annotator:
                 metrics.UPSTREAM_REQUESTS.labels(name, "circuit_open").inc()
         started = time.perf_counter()
         votes = await self._ask(planned, task, started + ens.deadline_s)
-        distribution = self.aggregator.posterior(votes, task.labels)
+        distribution = self.aggregator.posterior(votes, task.labels, params)
         asked = list(planned)
         while extra := [m for m in self.router.more(ens, usable, asked, distribution) if m not in asked]:
             asked += extra
             votes += await self._ask(extra, task, started + ens.deadline_s)
-            distribution = self.aggregator.posterior(votes, task.labels)
+            distribution = self.aggregator.posterior(votes, task.labels, params)
+        calibration = (params or {}).get("calibration")
+        confidence = calibrate(calibration, max(distribution))
+        escalated = False
+        if (strong := escalate_to(ens, confidence, asked)) is not None and self.upstreams.usable(strong):
+            asked.append(strong)
+            strong_vote = await self._ask([strong], task, time.perf_counter() + self.members[strong].timeout_s)
+            votes += strong_vote
+            escalated = strong_vote[0].valid
+            metrics.ESCALATIONS.labels(ens.name, strong).inc()
+            distribution = self.aggregator.posterior(votes, task.labels, params)
+            confidence = calibrate(calibration, max(distribution))
         waited = time.perf_counter() - started
         all_votes = votes + skipped
         valid = sum(v.valid for v in votes)
@@ -81,7 +95,8 @@ class Annotator:
             raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "
                                 f"Failed members: {detail}", code="quorum_not_met")
         label = task.labels[pick(distribution)]
-        return Outcome(label=label, distribution=distribution, votes=all_votes, upstream_wait_s=waited)
+        return Outcome(label=label, distribution=distribution, confidence=confidence, votes=all_votes,
+                       upstream_wait_s=waited, escalated=escalated, needs_review=needs_review(ens, confidence))
 
     async def _ask(self, names: Sequence[str], task: AnnotationTask, deadline: float) -> list[Vote]:
         calls = {name: asyncio.ensure_future(self._vote(self.members[name], task)) for name in names}
@@ -119,7 +134,7 @@ class Annotator:
             return Vote(member=member.name, label=None, latency_ms=latency_ms,
                         error="malformed completion body from the member")
         prompt_tokens, completion_tokens = usage_tokens(data.get("usage"))
-        cost = cost_usd(member.price, prompt_tokens, completion_tokens)
+        cost = member_cost_usd(member, prompt_tokens, completion_tokens)
         metrics.COST.labels(member.name).inc(cost)
         metrics.TOKENS.labels(member.name, "prompt").inc(prompt_tokens)
         metrics.TOKENS.labels(member.name, "completion").inc(completion_tokens)

@@ -12,6 +12,7 @@ from gateway.batches import Batches
 from gateway.batches import router as batches_router
 from gateway.config import Config, load_config
 from gateway.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from gateway.feedback import router as feedback_router
 from gateway.routes import router
 from gateway.state import GatewayState
 
@@ -24,17 +25,21 @@ def create_app(config: Config | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.upstreams.start()
+        await state.reliability.start()
         await batches.start()
         try:
             yield
         finally:
             await batches.stop()
+            await state.reliability.stop()
             await state.upstreams.close()
+            await state.store.close()
 
     app = FastAPI(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = state
     app.state.batches = batches
     app.include_router(router)
+    app.include_router(feedback_router)
     app.include_router(batches_router)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)

@@ -136,6 +136,16 @@ class BatchSettings(Strict):
     poll_s: float = Field(0.5, gt=0)
 
 
+class Refit(Strict):
+    """When the background worker refits member reliability from stored votes."""
+
+    every_items: int = Field(50, ge=1)
+    every_s: float = Field(60.0, gt=0)
+    min_items: int = Field(20, ge=1)
+    min_gold_for_calibration: int = Field(20, ge=2)
+    poll_s: float = Field(1.0, gt=0)
+
+
 class PoolServer(Strict):
     """One local model server started by `crowd-gateway pool up` (CPU, real small models)."""
 
@@ -155,6 +165,7 @@ class Config(Strict):
     gateway: GatewaySettings = GatewaySettings()
     store: StoreSettings = StoreSettings()
     batches: BatchSettings = BatchSettings()
+    refit: Refit = Refit()
     pool: Pool | None = None
     members: list[Member] = Field(min_length=1)
     ensembles: list[Ensemble] = Field(default_factory=list)

@@ -226,11 +226,11 @@ async def annotate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if bool(args.labels) == bool(args.task):
-        raise UsageError("give exactly one of --labels a,b,c or --task NAME")
-    if bool(args.gateway) == bool(args.config):
-        raise UsageError("give exactly one of --gateway URL or --config FILE (embedded gateway)")
     try:
+        if bool(args.labels) == bool(args.task):
+            raise UsageError("give exactly one of --labels a,b,c or --task NAME")
+        if bool(args.gateway) == bool(args.config):
+            raise UsageError("give exactly one of --gateway URL or --config FILE (embedded gateway)")
         return asyncio.run(annotate(args))
     except UsageError as exc:
         print(f"crowd-gateway annotate: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.config import Price
+from gateway.config import Member, Price
 
 
 def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
@@ -17,3 +17,13 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
 
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * price.input_usd_per_mtok + completion_tokens * price.output_usd_per_mtok) / 1e6
+
+
+def member_cost_usd(member: Member, prompt_tokens: int, completion_tokens: int) -> float:
+    """The configured price; for a litellm member without one, the provider's price from litellm's map."""
+    price = member.price
+    if member.dialect == "litellm" and price.input_usd_per_mtok == price.output_usd_per_mtok == 0:
+        from gateway.litellm_upstream import price_usd
+
+        return price_usd(member.model, prompt_tokens, completion_tokens)
+    return cost_usd(price, prompt_tokens, completion_tokens)

@@ -67,7 +67,7 @@ def fleiss_kappa(items: list[Item]) -> float | None:
     if not rated:
         return None
     agreement = [sum(c * (c - 1) for c in counts.values()) / (n * (n - 1))
-                 for counts in rated if (n := sum(counts.values()))]
+                 for counts in rated for n in [sum(counts.values())]]
     totals: Counter[str] = Counter()
     for counts in rated:
         totals.update(counts)
@@ -152,7 +152,7 @@ def render(s: dict[str, Any]) -> str:
                             [[f"{a} / {b}", share, count] for (a, b), (share, count) in s["pairwise"].items()]))
         gold = s.get("gold", {}).get("members", {})
         parts.append(_table("members", ["member", "agrees with crowd", "cost_usd", "gold accuracy", "coverage"],
-                            [[m, s["with_crowd"][m], s["member_cost_usd"][m], gold.get(m, {}).get("accuracy"),
+                            [[m, s["with_crowd"][m], f"{s['member_cost_usd'][m]:.6f}", gold.get(m, {}).get("accuracy"),
                               gold.get(m, {}).get("coverage")] for m in s["members"]]))
     if "gold" in s:
         g = s["gold"]
@@ -209,8 +209,9 @@ def plot(s: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xticks(range(len(members)), members, rotation=45, ha="right")
         ax.set_yticks(range(len(members)), members)
         for i, j in itertools.product(range(len(members)), repeat=2):
-            ax.text(j, i, "-" if np.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}", ha="center", va="center",
-                    color="white")
+            value = matrix[i, j]
+            ax.text(j, i, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                    color="black" if value > 0.6 else "white")
         fig.colorbar(image)
         ax.set_title(f"pairwise agreement (kappa {_fmt(s['fleiss_kappa'])})")
         save(fig, "agreement.png")

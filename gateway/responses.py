@@ -14,15 +14,15 @@ from gateway.annotate import Outcome
 from gateway.task import AnnotationTask, wrap_label
 
 
-def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, *, escalated: bool = False,
-                     needs_review: bool = False, confidence: float | None = None) -> dict[str, Any]:
+def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
     return {
         "label": outcome.label,
-        "confidence": round(outcome.confidence if confidence is None else confidence, 6),
+        "confidence": round(outcome.confidence, 6),
         "distribution": {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)},
         "aggregator": aggregator,
-        "escalated": escalated,
-        "needs_review": needs_review,
+        "params_version": params_version,
+        "escalated": outcome.escalated,
+        "needs_review": outcome.needs_review,
         "item_id": task.item_id,
         "schema": task.schema,
         "agreement": round(outcome.agreement, 6),

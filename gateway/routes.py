@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from gateway import metrics
+from gateway.annotate import Outcome
 from gateway.errors import APIError
 from gateway.passthrough import proxy, proxy_stream
 from gateway.responses import annotation_block, completion_body, usage_block
 from gateway.schemas import validate_body
 from gateway.state import GatewayState
-from gateway.task import Kind, build_task
+from gateway.store.votes import ItemRecord
+from gateway.task import AnnotationTask, Kind, build_task
 
 router = APIRouter()
+log = logging.getLogger("crowd_gateway")
 
 _OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 503: "unavailable"}
 
@@ -106,13 +111,33 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
                        code="unsupported_value")
     annotator = state.annotators[model]
     task = build_task(body, kind, state.config)
-    outcome = await annotator.run(task)
-    annotation = annotation_block(outcome, task, annotator.aggregator.name)
+    aggregator = annotator.aggregator.name
+    outcome = await annotator.run(task, state.reliability.get(task.schema, aggregator))
+    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(task.schema, aggregator))
     usage = usage_block(outcome)
+    await remember(state, model, task, outcome, annotation)
     metrics.CONFIDENCE.labels(model).observe(annotation["confidence"])
     metrics.AGREEMENT.labels(model).observe(outcome.agreement)
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}"}
     return _json(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
+
+
+async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
+                   annotation: dict[str, Any]) -> None:
+    """Keep the votes (for refits) and queue the item for review when flagged.
+
+    A store outage costs the record, not the answer: the label is still returned and the failure logged.
+    """
+    item = ItemRecord(item_id=task.item_id, schema=task.schema, labels=list(task.labels), text=task.text,
+                      ensemble=ensemble)
+    try:
+        await state.store.record(item, [v.wire() for v in outcome.votes])
+        if outcome.needs_review:
+            await state.store.enqueue_review({**item.wire(), "label": outcome.label,
+                                              "confidence": annotation["confidence"],
+                                              "distribution": annotation["distribution"], "queued_at": time.time()})
+    except (OSError, RedisError):
+        log.exception("vote store unavailable: votes of item %s not recorded", task.item_id)
 
 
 @router.post("/v1/chat/completions")

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from ensembles.aggregators import get_aggregator
 from gateway.annotate import Annotator
 from gateway.config import Config, ConfigError, Member
+from gateway.reliability import Reliability
+from gateway.store import redis_client
+from gateway.store.votes import MemoryVoteStore, VoteStore
+from gateway.store.votes_redis import RedisVoteStore
 from gateway.upstream import Upstreams
 from routers import get_router
 
@@ -19,6 +23,8 @@ class GatewayState:
     annotators: dict[str, Annotator]
     members: dict[str, Member]
     api_keys: frozenset[str]
+    store: VoteStore
+    reliability: Reliability
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -33,5 +39,8 @@ class GatewayState:
                                                  get_aggregator(ens.aggregator))
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
+        retention_s = config.store.retention_days * 86400
+        store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
+                            else MemoryVoteStore(retention_s))
         return cls(config=config, upstreams=upstreams, annotators=annotators, members=members,
-                   api_keys=config.gateway.api_keys())
+                   api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config))

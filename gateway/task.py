@@ -46,7 +46,7 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
                            code="task_not_found")
     labels, json_field = _label_set(body, task.labels if task else None)
     text = _item_text(body, kind)
-    schema = task.name if task else "labels-" + _digest("\x1f".join(labels))[:12]
+    schema = task.name if task else schema_for_labels(labels)
     item_id = body.get("item_id") or _metadata_item_id(body) or "item-" + _digest(schema + "\x1e" + text)[:20]
     if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
         raise bad_request("item_id must be a non-empty string of at most 256 characters", "item_id")
@@ -56,15 +56,15 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
 
 def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None) -> tuple[tuple[str, ...], str | None]:
     if (labels := body.get("labels")) is not None:
-        return _checked(labels, "labels"), None
+        return checked_labels(labels, "labels"), None
     if (fmt := body.get("response_format")) is not None:
         found = _enum_from_response_format(fmt)
         if found is not None:
             field, values = found
-            return _checked(values, "response_format"), field
+            return checked_labels(values, "response_format"), field
     outputs = body.get("structured_outputs")
     if isinstance(outputs, Mapping) and outputs.get("choice") is not None:
-        return _checked(outputs["choice"], "structured_outputs.choice"), None
+        return checked_labels(outputs["choice"], "structured_outputs.choice"), None
     if task_labels is not None:
         return tuple(task_labels), None
     raise APIError(400, "no label set: send `labels` (extra_body), a response_format JSON schema with one enum "
@@ -72,13 +72,18 @@ def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None) -> tu
                    code="missing_labels")
 
 
-def _checked(labels: Any, param: str) -> tuple[str, ...]:
+def checked_labels(labels: Any, param: str) -> tuple[str, ...]:
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise bad_request(f"{param} must be a list of strings", param)
     try:
         return tuple(check_label_set(labels))
     except ValueError as exc:
         raise bad_request(f"{param}: {exc}", param) from None
+
+
+def schema_for_labels(labels: Sequence[str]) -> str:
+    """The schema of an ad-hoc label set: votes on the same set are comparable across requests."""
+    return "labels-" + _digest("\x1f".join(labels))[:12]
 
 
 def _enum_from_response_format(fmt: Any) -> tuple[str, list[Any]] | None:

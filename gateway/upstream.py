@@ -174,6 +174,13 @@ class Upstreams:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _post_once(self, client: MemberClient, path: str, body: bytes) -> Reply:
+        if client.member.dialect == "litellm":
+            from gateway import litellm_upstream
+
+            reply = await litellm_upstream.post(client.member, path, body)
+            if reply.status in RETRY_STATUSES:
+                raise _RetryableStatus(reply, None)
+            return reply
         assert self.session is not None, "Upstreams.start() was not awaited"
         started = time.perf_counter()
         async with self.session.post(client.member.base_url + path, data=body, headers=client.headers,

@@ -110,6 +110,39 @@ def test_members_are_wired_to_their_services(values: Path | None, renders: dict)
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "model loading needs minutes"
 
 
+VARIANTS = {
+    "memory store": {"redis": {"mode": "none"}},
+    "redis with password": {"redis": {"auth": {"existingSecret": "redis-auth"}, "persistence": {"enabled": False}}},
+    "one pod, four workers": {"gateway": {"autoscaling": {"enabled": False}, "replicas": 1, "workers": 4}},
+    "cpu member, emptyDir cache": {"vllm": {"gpus": 0, "cache": {"type": "emptyDir"}}},
+    "existing cache claim": {"members": [{"name": "smol", "model": "m", "cache": {"type": "existingClaim",
+                                                                           "existingClaim": "models"}}],
+                             "gateway": {"config": {"ensembles": [{"name": "crowd", "members": ["smol"]}]}}},
+    "pod monitors": {"monitoring": {"gateway": {"monitor": "PodMonitor"}, "vllm": {"monitor": "PodMonitor"}}},
+}
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_value_variants_render_valid_objects_and_config(tmp_path: Path, values: dict[str, Any]) -> None:
+    """The template branches the examples do not take still produce valid objects and a valid config."""
+    objects = render(write_values(tmp_path, values))
+    errors = [err for obj in objects for err in validation_errors(obj)]
+    assert not errors, "\n".join(errors)
+    config = parse_config(gateway_config(objects))
+    (gateway,) = find(objects, "Deployment", "crowd-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+    if values.get("redis", {}).get("mode") == "none":
+        assert config.store.backend == "memory" and "CROWD_GATEWAY_REDIS_URL" not in env
+        assert not find(objects, "StatefulSet")
+    if values.get("redis", {}).get("auth"):
+        assert env["CROWD_GATEWAY_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@crowd-gateway-redis:6379/0"
+        assert list(env).index("REDIS_PASSWORD") < list(env).index("CROWD_GATEWAY_REDIS_URL")  # $(VAR) order
+    if values.get("gateway", {}).get("workers"):
+        assert pod["containers"][0]["args"][-2:] == ["--workers", "4"]
+        assert not find(objects, "PodDisruptionBudget") and not find(objects, "HorizontalPodAutoscaler")
+
+
 def test_gpu_pool_requests_gpus_and_splits_the_big_model(renders: dict) -> None:
     objects = renders["gpu-pool"]
     (qwen,) = find(objects, "Deployment", "crowd-gateway-vllm-qwen")

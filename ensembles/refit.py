@@ -1,0 +1,45 @@
+"""A refit job: crowd-kit fit plus calibration for one schema and aggregator.
+
+Runs in a worker process (it takes seconds and holds the GIL): it receives plain data and returns
+plain JSON-able parameters, which the gateway publishes to the store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ensembles.aggregators import get_aggregator, pick
+from ensembles.aggregators.base import Triple
+from ensembles.calibration import fit_calibration
+from ensembles.votes import Vote
+
+
+def overlapping_items(triples: Sequence[Triple]) -> int:
+    """Items with at least two votes: what reliability can be learned from."""
+    counts: dict[str, int] = defaultdict(int)
+    for item, _, _ in triples:
+        counts[item] += 1
+    return sum(1 for n in counts.values() if n >= 2)
+
+
+def refit(aggregator: str, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
+          min_gold: int) -> dict[str, Any]:
+    """Fitted parameters, plus a `calibration` map when at least `min_gold` gold items have votes."""
+    agg = get_aggregator(aggregator)
+    params: dict[str, Any] = dict(agg.fit(triples, labels, gold) or {})
+    by_item: dict[str, list[Vote]] = defaultdict(list)
+    for item, member, label in triples:
+        by_item[item].append(Vote(member=member, label=label))
+    confidences, correct = [], []
+    for item, truth in gold.items():
+        if item in by_item:
+            dist = agg.posterior(by_item[item], labels, params)
+            best = pick(dist)
+            confidences.append(dist[best])
+            correct.append(labels[best] == truth)
+    if len(confidences) >= min_gold:
+        params["calibration"] = fit_calibration(confidences, correct)
+    params["fitted_on"] = {"items": len(by_item), "votes": len(triples), "gold": len(confidences)}
+    return params

@@ -1,0 +1,126 @@
+"""Gold and human labels in, stored annotations and the review queue out.
+
+Human labels join the crowd as members `human:<annotator>` in the next refit, so LLM and human
+labels combine; gold labels anchor Dawid-Skene and fit the calibration map. A human label on a
+queued item resolves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from ensembles.aggregators import get_aggregator, pick
+from ensembles.calibration import calibrate
+from ensembles.extract import fold
+from ensembles.votes import Vote
+from gateway.errors import APIError, bad_request
+from gateway.routes import authorize, read_json
+from gateway.state import GatewayState
+from gateway.store.votes import ItemRecord
+from gateway.task import checked_labels, schema_for_labels
+
+router = APIRouter()
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(min_length=1, max_length=256)
+    label: str = Field(min_length=1)
+    source: Literal["gold", "human"]
+    annotator: str = Field("anonymous", min_length=1, max_length=128)
+    task: str | None = None
+    labels: list[str] | None = None
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def _record_for(state: GatewayState, fb: Feedback) -> ItemRecord:
+    """The stored item, or a new record when the item has not been annotated yet (needs `task` or `labels`)."""
+    found = await state.store.item(fb.item_id)
+    if found is not None:
+        return found[0]
+    if fb.task is not None:
+        task = state.config.task(fb.task)
+        if task is None:
+            raise APIError(400, f"unknown task {fb.task!r}", param="task", code="task_not_found")
+        return ItemRecord(fb.item_id, task.name, list(task.labels), "", "")
+    if fb.labels is not None:
+        labels = checked_labels(fb.labels, "labels")
+        return ItemRecord(fb.item_id, schema_for_labels(labels), list(labels), "", "")
+    raise APIError(404, f"item {fb.item_id!r} has no stored votes: send `task` or `labels` with its label",
+                   param="item_id", code="item_not_found")
+
+
+@router.post("/v1/annotations/feedback")
+async def post_feedback(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    body, _ = await read_json(state, request)
+    try:
+        fb = Feedback.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise bad_request(f"{param}: {err['msg']}", param) from None
+    item = await _record_for(state, fb)
+    canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
+    if canonical is None:
+        raise bad_request(f"label {fb.label!r} is not in the item's label set {item.labels}", "label")
+    await state.store.add_label(item, canonical, fb.source, fb.annotator)
+    resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
+    return _json({"object": "annotation.feedback", "item_id": item.item_id, "schema": item.schema,
+                  "label": canonical, "source": fb.source, "resolved_review": resolved})
+
+
+@router.get("/v1/annotations/{item_id}")
+async def get_annotation(request: Request, item_id: str) -> Response:
+    """The item's votes and its aggregate under the latest published parameters."""
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    found = await state.store.item(item_id)
+    if found is None:
+        raise APIError(404, f"no stored annotation for item {item_id!r}", param="item_id", code="item_not_found")
+    item, raw_votes = found
+    ensemble = next((e for e in state.config.ensembles if e.name == item.ensemble), None)
+    aggregator = get_aggregator(ensemble.aggregator if ensemble else "majority")
+    params = state.reliability.get(item.schema, aggregator.name)
+    votes = [Vote(member=v["member"], label=v.get("label"), probs=tuple(v["probs"]) if v.get("probs") else None)
+             for v in raw_votes]
+    gold = (await state.store.gold(item.schema)).get(item_id)
+    aggregate = None
+    if any(v.valid for v in votes):
+        dist = aggregator.posterior(votes, item.labels, params)
+        best = pick(dist)
+        aggregate = {"label": item.labels[best], "confidence": round(calibrate((params or {}).get("calibration"),
+                                                                                dist[best]), 6),
+                     "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
+                     "aggregator": aggregator.name,
+                     "params_version": state.reliability.version_of(item.schema, aggregator.name)}
+    return _json({"object": "annotation", **item.wire(), "gold": gold, "votes": raw_votes, "aggregate": aggregate})
+
+
+@router.get("/v1/review")
+async def list_review(request: Request, limit: int = 50) -> Response:
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    if not 1 <= limit <= 1000:
+        raise bad_request("limit must be between 1 and 1000", "limit")
+    entries = await state.store.reviews(limit)
+    return _json({"object": "list", "data": entries, "total": await state.store.review_count()})
+
+
+@router.post("/v1/annotations/refit")
+async def refit_now(request: Request) -> Response:
+    """Refit every schema now (instead of waiting for N items or T seconds); returns the new versions."""
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    schemas = await state.reliability.refit_due(force=True)
+    versions = {f"{s}/{a}": state.reliability.version_of(s, a) for s in schemas for a in state.reliability.aggregators}
+    return _json({"object": "refit", "refitted": schemas, "versions": versions})

@@ -1,0 +1,107 @@
+"""Member reliability, learned online: the request path reads the latest parameters from memory;
+a background loop refits them from stored votes and publishes them through the store.
+
+Why this split: a refit (crowd-kit EM) takes seconds, so it runs in a worker process, every N new
+items or T seconds, under a store lease so one replica refits a schema at a time. Every replica
+polls the store's cheap version counter and reloads parameters only when they changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from ensembles.refit import overlapping_items, refit
+from gateway import metrics
+from gateway.config import Config
+from gateway.store.votes import Published, VoteStore
+
+log = logging.getLogger("crowd_gateway.reliability")
+
+
+class Reliability:
+    def __init__(self, store: VoteStore, config: Config) -> None:
+        self.store = store
+        self.settings = config.refit
+        self.aggregators = sorted({e.aggregator for e in config.ensembles})
+        self.params: dict[tuple[str, str], Published] = {}
+        self.version = -1
+        self.last_fit: dict[str, float] = {}
+        self.pending: dict[str, int] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, schema: str, aggregator: str) -> dict[str, Any] | None:
+        """Latest parameters for the request path (no I/O); None before the first fit."""
+        found = self.params.get((schema, aggregator))
+        return found.params if found else None
+
+    def version_of(self, schema: str, aggregator: str) -> int:
+        found = self.params.get((schema, aggregator))
+        return found.version if found else 0
+
+    async def refresh(self) -> None:
+        version = await self.store.published_version()
+        if version != self.version:
+            self.version, self.params = await self.store.published()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="reliability-refit")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pool:
+            self._pool.shutdown(cancel_futures=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                await self.refit_due()
+                metrics.REVIEW_QUEUE.set(await self.store.review_count())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failing refit must never take the gateway down; retried next poll
+                log.exception("reliability refit loop failed; retrying")
+            await asyncio.sleep(self.settings.poll_s)
+
+    async def refit_due(self, force: bool = False) -> list[str]:
+        """Refit every schema whose new items or age call for it; returns the schemas refitted."""
+        done = []
+        for schema, labels in (await self.store.schemas()).items():
+            self.pending[schema] = self.pending.get(schema, 0) + await self.store.take_new_items(schema)
+            age = time.monotonic() - self.last_fit.get(schema, 0.0)
+            due = self.pending[schema] >= self.settings.every_items or (self.pending[schema] and
+                                                                       age >= self.settings.every_s)
+            if (force or due) and await self.store.try_lock(f"refit:{schema}", ttl_s=300):
+                if await self.refit_schema(schema, labels):
+                    done.append(schema)
+                self.pending[schema] = 0
+                self.last_fit[schema] = time.monotonic()
+        if done:
+            await self.refresh()
+        return done
+
+    async def refit_schema(self, schema: str, labels: list[str]) -> bool:
+        triples = await self.store.triples(schema)
+        if overlapping_items(triples) < self.settings.min_items:
+            return False  # cold start: the posterior stays majority-like until enough items overlap
+        gold = await self.store.gold(schema)
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        for name in self.aggregators:
+            started = time.perf_counter()
+            params = await loop.run_in_executor(self._pool, refit, name, triples, labels, gold,
+                                                self.settings.min_gold_for_calibration)
+            version = await self.store.publish(schema, name, params)
+            log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
+                     time.perf_counter() - started)
+        return True

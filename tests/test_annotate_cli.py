@@ -1,0 +1,145 @@
+"""`crowd-gateway annotate` as a user runs it: a real CLI process, a real gateway, scripted upstreams."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.cli import main
+from tests.conftest import BIN, Gateway, Upstream
+
+MEMBERS = ["q1", "q2", "q3"]
+
+
+def members(up: Upstream, names: list[str]) -> list[dict[str, Any]]:
+    return [{"name": n, "base_url": up.base_url(n), "model": n, "timeout_s": 5, "retries": 0,
+             "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}} for n in names]
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
+    for name in MEMBERS:
+        upstream.script(name, keywords={"great": "positive", "awful": "negative", "zzz": "gibberish"})
+    upstream.script("q3", keywords={"great": "positive", "awful": "positive", "zzz": "gibberish"})
+    for name in ("s1", "s2"):
+        upstream.script(name, answer="positive", latency_ms=100)
+    config = {"members": members(upstream, MEMBERS + ["s1", "s2"]),
+              "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2},
+                            {"name": "slow", "members": ["s1", "s2"], "quorum": 2}]}
+    return gateway_factory(config)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def annotate(*args: str, wait: bool = True) -> Any:
+    cmd = [str(BIN / "crowd-gateway"), "annotate", *args]
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_csv_in_csv_out_with_votes_cost_and_progress(tmp_path: Path, gateway: Gateway) -> None:
+    rows = [{"id": f"r{i}", "text": "a great film" if i % 2 else "an awful film", "label": "positive"}
+            for i in range(20)]
+    write_csv(tmp_path / "in.csv", rows)
+    done = annotate(str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "crowd",
+                    "--out", str(tmp_path / "out.csv"), "--gateway", gateway.url, "--concurrency", "4")
+    assert done.returncode == 0, done.stderr
+    assert "20/20" in done.stderr and "item/s" in done.stderr and "agree=" in done.stderr and "cost=$" in done.stderr
+    out = read_csv(tmp_path / "out.csv")
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
+    row = next(r for r in out if r["id"] == "r1")
+    assert row["crowd_label"] == "positive" and float(row["crowd_confidence"]) == pytest.approx(1.0)
+    assert row["label"] == "positive" and row["text"] == "a great film"  # input columns pass through
+    votes = json.loads(row["crowd_votes"])
+    assert {v["member"]: v["label"] for v in votes} == {"q1": "positive", "q2": "positive", "q3": "positive"}
+    awful = next(r for r in out if r["id"] == "r0")
+    assert awful["crowd_label"] == "negative" and float(awful["crowd_confidence"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert awful["crowd_needs_review"] in ("true", "false") and float(awful["crowd_cost_usd"]) > 0
+
+
+def test_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, gateway: Gateway,
+                                                           upstream: Upstream) -> None:
+    rows = [{"id": f"k{i}", "text": f"sentence {i}"} for i in range(40)]
+    write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.csv"
+    args = (str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "slow", "--out", str(out),
+            "--gateway", gateway.url, "--concurrency", "3")
+    before = upstream.calls("s1")["calls"]
+    proc = annotate(*args, wait=False)
+    deadline = time.monotonic() + 30
+    while (not out.exists() or out.read_text().count("\n") < 9) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(read_csv(out))
+    assert 8 <= written < 40
+    with out.open("a") as fh:
+        fh.write("k999,half a row cut by the ki")  # as if the kill had landed mid-write
+    done = annotate(*args)
+    assert done.returncode == 0, done.stderr
+    final = read_csv(out)
+    assert sorted(r["id"] for r in final) == sorted(r["id"] for r in rows)  # each id once, the torn row gone
+    calls = upstream.calls("s1")["calls"] - before
+    assert 40 <= calls <= 40 + 3  # only the rows in flight at the kill were asked twice
+
+
+def test_jsonl_with_task_and_embedded_gateway_and_failed_rows(tmp_path: Path, upstream: Upstream,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = {"members": members(upstream, MEMBERS),
+              "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 3}],
+              "tasks": [{"name": "sentiment", "labels": ["positive", "negative"], "instructions": "Sentiment?"}]}
+    (tmp_path / "gw.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"doc": f"d{i}", "body": "great" if i != 3 else "zzz"} for i in range(6)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["annotate", str(tmp_path / "in.jsonl"), "--task", "sentiment", "--text-column", "body", "--id-column",
+            "doc", "--out", str(tmp_path / "out.jsonl"), "--config", str(tmp_path / "gw.yaml"), "--retries", "0"]
+    assert main(args) == 1  # in this process, as the embedded gateway is
+    err = capsys.readouterr().err
+    assert "failed d3" in err and "quorum" in err
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(r["doc"] for r in out) == ["d0", "d1", "d2", "d4", "d5"]
+    assert all(r["crowd_label"] == "positive" and len(r["crowd_votes"]) == 3 for r in out)
+    before = upstream.calls("q1")["calls"]
+    assert main(args) == 1 and upstream.calls("q1")["calls"] == before + 1  # only the failed row is asked again
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--labels", "a,b"], "duplicate ids"),
+    ([], "exactly one of --labels"),
+    (["--labels", "a,b", "--task", "t"], "exactly one of --labels"),
+    (["--labels", "a,b", "--config", "x.yaml"], "exactly one of --gateway"),
+])
+def test_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                   needle: str) -> None:
+    (tmp_path / "in.csv").write_text("id,text\n1,a\n1,b\n")
+    assert main(["annotate", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"),
+                 "--gateway", "http://127.0.0.1:9", *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_missing_text_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.csv").write_text("id,text\n1,a\n")
+    assert main(["annotate", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"), "--labels", "a,b",
+                 "--text-column", "body", "--gateway", "http://127.0.0.1:9"]) == 2
+    assert "no column 'body'" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""Durability on a real redis-server: a gateway SIGKILLed mid-batch, and two replicas sharing one batch."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from openai import OpenAI
+
+from tests.conftest import Gateway, Upstream
+
+LEASE_S = 1.0
+CONCURRENCY = 6
+
+
+def config(up: Upstream, names: list[str]) -> dict[str, Any]:
+    return {"store": {"backend": "redis"},
+            "batches": {"concurrency": CONCURRENCY, "lease_s": LEASE_S, "poll_s": 0.05},
+            "members": [{"name": n, "base_url": up.base_url(n), "model": n, "timeout_s": 5, "retries": 0}
+                        for n in names],
+            "ensembles": [{"name": "crowd", "members": names, "quorum": len(names)}]}
+
+
+def db_url(redis_url: str, db: int) -> str:
+    """Each test its own database, so no batch left behind by another test is picked up."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def start_batch(client: OpenAI, n: int) -> str:
+    lines = [{"custom_id": f"item-{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "crowd", "labels": ["yes", "no"], "item_id": f"item-{i}",
+                       "messages": [{"role": "user", "content": f"sentence {i}"}]}} for i in range(n)]
+    raw = "\n".join(json.dumps(line) for line in lines).encode()
+    file = client.files.create(file=("items.jsonl", io.BytesIO(raw)), purpose="batch")
+    return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h").id
+
+
+def finish(client: OpenAI, batch_id: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status == "completed":
+            return batch
+        time.sleep(0.05)
+    raise TimeoutError(f"batch {batch_id} is still {batch.status}: {batch.request_counts}")
+
+
+def custom_ids(client: OpenAI, batch: Any) -> Counter[str]:
+    ids: Counter[str] = Counter()
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if file_id:
+            ids.update(json.loads(line)["custom_id"] for line in client.files.content(file_id).text.splitlines())
+    return ids
+
+
+def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(upstream: Upstream, gateway_factory: Any,
+                                                                      redis_url: str) -> None:
+    names, n = ["k1", "k2", "k3"], 60
+    for name in names:
+        upstream.script(name, answer="yes", latency_ms=120)
+    env = {"CROWD_GATEWAY_REDIS_URL": db_url(redis_url, 1)}
+    first: Gateway = gateway_factory(config(upstream, names), env=env)
+    client = OpenAI(base_url=first.v1, api_key="unused", max_retries=0)
+    batch_id = start_batch(client, n)
+    while client.batches.retrieve(batch_id).request_counts.completed < 12:
+        time.sleep(0.01)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait()
+
+    # what the dead process left behind in Redis: these leased lines are the only ones that may run twice
+    store = redis.Redis.from_url(env["CROWD_GATEWAY_REDIS_URL"])
+    leased_at_kill = store.zcard(f"crowd:batch:{{{batch_id}}}:leases")
+    done_at_kill = int(store.hget(f"crowd:batch:{{{batch_id}}}", "completed"))
+    assert 0 < leased_at_kill <= CONCURRENCY and 12 <= done_at_kill < n  # the kill landed mid-batch
+
+    second: Gateway = gateway_factory(config(upstream, names), env=env)
+    client = OpenAI(base_url=second.v1, api_key="unused", max_retries=0)
+    batch = finish(client, batch_id)
+    assert batch.request_counts.completed == n and batch.request_counts.failed == 0
+    assert custom_ids(client, batch) == Counter({f"item-{i}": 1 for i in range(n)})  # every line exactly once
+    for name in names:
+        calls = upstream.calls(name)["calls"]
+        # each line asks each member once; only lines leased at the kill may have asked twice
+        assert n <= calls <= n + leased_at_kill, (name, calls, leased_at_kill)
+    assert store.zcard("crowd:batches:active") == 0 and not store.exists(f"crowd:batch:{{{batch_id}}}:results")
+
+
+def lines_run(gateway: Gateway) -> float:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    match = re.search(r'^crowd_gateway_batch_lines_total\{outcome="ok"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.parametrize("n", [90])
+def test_two_replicas_on_one_redis_run_every_line_exactly_once(upstream: Upstream, gateway_factory: Any,
+                                                                redis_url: str, n: int) -> None:
+    names = ["r1", "r2", "r3"]
+    for name in names:
+        upstream.script(name, answer="no", latency_ms=40)
+    env = {"CROWD_GATEWAY_REDIS_URL": db_url(redis_url, 2)}
+    replicas = [gateway_factory(config(upstream, names), env=env) for _ in range(2)]
+    a, b = (OpenAI(base_url=g.v1, api_key="unused", max_retries=0) for g in replicas)
+    batch_id = start_batch(a, n)
+    batch = finish(b, batch_id)  # created on one replica, followed on the other
+    assert batch.request_counts.completed == n
+    assert custom_ids(b, batch) == Counter({f"item-{i}": 1 for i in range(n)})
+    assert a.files.content(batch.output_file_id).content == b.files.content(batch.output_file_id).content
+    for name in names:
+        assert upstream.calls(name)["calls"] == n  # no line ran twice
+    shares = [lines_run(g) for g in replicas]
+    assert sum(shares) == n and min(shares) > 0, shares  # both replicas worked on it
