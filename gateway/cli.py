@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from gateway import jobs_cli, report
+from gateway import evaluate, jobs_cli, report
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(sub)
     report.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""`crowd-gateway eval`: metrics on known inputs, and a full run against a real gateway process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensembles import metrics as m
+from gateway.evaluate import split_of
+from tests.conftest import Gateway, Upstream
+
+
+def test_metrics_on_known_values() -> None:
+    assert m.accuracy(["a", "b", "a"], ["a", "a", "a"]) == pytest.approx(2 / 3)
+    assert m.ece([0.9, 0.9, 0.6, 0.6], [True, True, True, False]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+    assert m.brier([{"a": 1.0, "b": 0.0}, {"a": 0.5, "b": 0.5}], ["a", "b"]) == pytest.approx(0.25)
+    assert m.auroc([0.9, 0.8, 0.3], [True, True, False]) == 1.0
+    assert m.coverage_curve([0.9, 0.5], [True, False], points=(0.5, 1.0)) == [(0.5, 1.0), (1.0, 0.5)]
+    assert m.confusion(["a", None], ["a", "b"], ["a", "b"])["b"]["abstain"] == 1
+
+
+def test_split_is_stable_and_balanced() -> None:
+    splits = [split_of(f"id-{i}") for i in range(1000)]
+    assert splits == [split_of(f"id-{i}") for i in range(1000)]
+    assert 400 < splits.count("dev") < 600
+
+
+def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory: Any, tmp_path: Path) -> None:
+    upstream.reset()
+    rows = [{"id": f"r{i}", "text": f"ROW{i:02d}Z", "label": "positive" if i % 3 else "negative"} for i in range(30)]
+    upstream.script("e1", keywords={r["text"]: r["label"] for r in rows})
+    upstream.script("e2", keywords={r["text"]: r["label"] for r in rows[:20]}, answer="positive")
+    upstream.script("e3", answer="positive")
+    members = [{"name": n, "base_url": upstream.base_url(n), "model": n,
+                "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}} for n in ("e1", "e2", "e3")]
+    gw: Gateway = gateway_factory({"members": members,
+                                   "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"], "quorum": 2}]})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exe = Path(sys.executable).parent / "crowd-gateway"
+    out = tmp_path / "out"
+    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.v1, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["items"] == 30 and summary["summary"]["failed"] == 0
+    assert summary["summary"]["members"]["e1"]["accuracy"] == 1.0
+    assert summary["summary"]["members"]["e3"]["accuracy"] == pytest.approx(20 / 30)
+    assert summary["summary"]["cost_per_1000"] == pytest.approx(1000 * 3 * 11 / 1e6)
+    assert set(summary["aggregators"]) >= {"majority", "dawid_skene", "glad", "mace", "wawa"}
+    assert (out / "reliability.png").stat().st_size > 1000 and (out / "cost_accuracy.png").stat().st_size > 1000
+    assert "| e1 | 1.000 |" in proc.stdout
+    again = subprocess.run([str(exe), "eval", "--votes", str(out / "annotations.jsonl"), "--out", str(tmp_path / "o2")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["summary"] == summary["summary"]
