@@ -52,7 +52,8 @@ def load_items(path: Path, gold_column: str | None) -> list[Item]:
         votes = _json(row.get("crowd_votes"))
         gold = row.get(gold_column) if gold_column else None
         items.append(Item(label=str(row["crowd_label"]), confidence=float(row.get("crowd_confidence") or 0.0),
-                          needs_review=_flag(row.get("crowd_needs_review")), escalated=_flag(row.get("crowd_escalated")),
+                          needs_review=_flag(row.get("crowd_needs_review")),
+                          escalated=_flag(row.get("crowd_escalated")),
                           cost_usd=float(row.get("crowd_cost_usd") or 0.0),
                           votes={v["member"]: v.get("label") for v in votes},
                           vote_costs={v["member"]: float(v.get("cost_usd") or 0.0) for v in votes},

@@ -125,7 +125,8 @@ def test_failed_lines_go_to_the_error_file_and_the_rest_completes(client: OpenAI
     assert [line["custom_id"] for line in jsonl(client, done.output_file_id)] == ["ok-1", "ok-2"]
     errors = {line["custom_id"]: line["response"] for line in jsonl(client, done.error_file_id)}
     assert list(errors) == ["no-labels", "quorum", "stream", "no-messages"]
-    assert errors["no-labels"]["status_code"] == 400 and errors["no-labels"]["body"]["error"]["code"] == "missing_labels"
+    assert errors["no-labels"]["status_code"] == 400
+    assert errors["no-labels"]["body"]["error"]["code"] == "missing_labels"
     assert errors["quorum"]["status_code"] == 503 and errors["quorum"]["body"]["error"]["code"] == "quorum_not_met"
     assert errors["stream"]["body"]["error"]["param"] == "stream"
     assert errors["no-messages"]["body"]["error"]["param"] == "messages"

@@ -67,6 +67,7 @@ def test_completion_is_recorded_once_with_counters(run: Any) -> None:
         assert (rec["completed"], rec["failed"], rec["metadata"]) == (1, 1, {"k": "v"})
         assert await store.results(bid) == [(False, b"zero\n"), (True, b"one\n")]
         assert await store.live_leases(bid) == 1
+        assert await store.renew(bid, "A", [0, 1, 2], 30) == 0  # finished lines are not lost ones
     run(scenario)
 
 

@@ -74,7 +74,9 @@ def wait_for(prometheus_url: str, promql: str, timeout: float = 30.0) -> list[di
         if result := query(prometheus_url, promql):
             return result
         time.sleep(0.25)
-    raise AssertionError(f"Prometheus returned nothing for {promql} within {timeout}s")
+    targets = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+    seen = [(t["labels"].get("job"), t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+    raise AssertionError(f"Prometheus returned nothing for {promql} within {timeout}s; targets: {seen}")
 
 
 def test_prometheus_scrapes_the_gateway_request_counter(gateway_factory: Any, prometheus: tuple[str, Any]) -> None:

@@ -20,10 +20,11 @@ ITEMS = [(("a", "a", "b"), "a", "a"), (("b", "b", "b"), "b", "a"), (("a", None, 
 def rows() -> list[dict[str, Any]]:
     out = []
     for n, (votes, crowd, gold) in enumerate(ITEMS):
-        out.append({"id": str(n), "text": f"t{n}", "label": gold, "crowd_label": crowd, "crowd_confidence": 0.55 + n / 10,
-                    "crowd_needs_review": n == 0, "crowd_escalated": n == 1, "crowd_agreement": 1.0,
-                    "crowd_cost_usd": 0.003,
-                    "crowd_votes": [{"member": f"m{i + 1}", "label": v, "cost_usd": 0.001} for i, v in enumerate(votes)]})
+        out.append({"id": str(n), "text": f"t{n}", "label": gold, "crowd_label": crowd,
+                    "crowd_confidence": 0.55 + n / 10, "crowd_needs_review": n == 0, "crowd_escalated": n == 1,
+                    "crowd_agreement": 1.0, "crowd_cost_usd": 0.003,
+                    "crowd_votes": [{"member": f"m{i + 1}", "label": v, "cost_usd": 0.001}
+                                    for i, v in enumerate(votes)]})
     return out
 
 

@@ -10,6 +10,7 @@ parameter set and label order, so the request path is a few list operations per 
 from __future__ import annotations
 
 import math
+import operator
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -73,14 +74,15 @@ class ConfusionAggregator(Aggregator):
         k = len(labels)
         index = {label: i for i, label in enumerate(labels)}
         scores = list(c.log_prior)
+        log, mul = math.log, operator.mul
         for vote in votes:
             if vote.label is None:
                 continue
-            if vote.probs is not None and len(vote.probs) == k:
+            probs = vote.probs
+            if probs is not None and len(probs) == k:
                 mat = c.matrices.get(vote.member, c.default)
                 for t in range(k):
-                    row = mat[t]
-                    scores[t] += math.log(max(sum(p * q for p, q in zip(vote.probs, row)), _FLOOR))
+                    scores[t] += log(max(sum(map(mul, probs, mat[t])), _FLOOR))
             else:
                 logs = c.logs.get(vote.member, c.default_log)
                 obs = index[vote.label]

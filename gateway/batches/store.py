@@ -47,7 +47,7 @@ class BatchStore(Protocol):
         ...
 
     async def renew(self, batch_id: str, worker: str, lines: Sequence[int], lease_s: float) -> int:
-        """Extend the leases `worker` still owns; returns how many it had lost."""
+        """Extend the leases `worker` still owns; returns how many another worker has taken over."""
         ...
 
     async def release(self, batch_id: str, worker: str, lines: Sequence[int]) -> None:

@@ -89,18 +89,21 @@ class MemoryBatchStore:
 
     async def renew(self, batch_id: str, worker: str, lines: Sequence[int], lease_s: float) -> int:
         state = self.lines.get(batch_id)
+        if state is None:
+            return 0
         lost = 0
         for line in lines:
-            if state is not None and state.leases.get(line, ("",))[0] == worker:
+            owner = state.leases.get(line, ("", 0.0))[0]
+            if owner == worker:
                 state.leases[line] = (worker, time.time() + lease_s)
-            else:
+            elif owner:
                 lost += 1
         return lost
 
     async def release(self, batch_id: str, worker: str, lines: Sequence[int]) -> None:
         state = self.lines.get(batch_id)
         for line in lines:
-            if state is not None and state.leases.get(line, ("",))[0] == worker:
+            if state is not None and state.leases.get(line, ("", 0.0))[0] == worker:
                 state.leases[line] = (worker, 0.0)
 
     async def complete(self, batch_id: str, line: int, ok: bool, result: bytes) -> bool:

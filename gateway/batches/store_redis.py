@@ -55,15 +55,16 @@ redis.call('HSET', KEYS[1], 'next', nxt)
 return out
 """
 
-# KEYS: leases, owners. ARGV: worker, lease_ms (0: release), lines...
+# KEYS: leases, owners. ARGV: worker, lease_ms (0: release), lines... Returns leases now owned by others.
 _RENEW = _NOW_MS + """
 local expiry = 0
 if tonumber(ARGV[2]) > 0 then expiry = now + tonumber(ARGV[2]) end
 local lost = 0
 for i = 3, #ARGV do
-  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner == ARGV[1] then
     redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
-  else
+  elseif owner then
     lost = lost + 1
   end
 end

@@ -90,10 +90,12 @@ class BatchWorker:
                 await self.store.release(batch_id, self.id, lines)
 
     async def _schedule(self) -> None:
+        chunk = max(1, self.settings.concurrency // 8)  # claim lines in chunks: fewer store round trips per line
         while True:
             self.wake.clear()
             try:
-                await self._tick()
+                if self.in_flight <= self.settings.concurrency - chunk:
+                    await self._tick()
             except Exception:  # the store may be briefly unreachable; try again at the next poll
                 log.exception("batch scheduler step failed")
             if not self.wake.is_set():
