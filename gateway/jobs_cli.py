@@ -185,7 +185,8 @@ async def annotate(args: argparse.Namespace) -> int:
     todo = iter([(i, row) for i, row in zip(ids, rows) if i not in done])
     columns = ([args.id_column] if rows and args.id_column not in rows[0] else []) + list(rows[0] if rows else [])
     writer = RowWriter(out, columns + [c for c in PRED_COLUMNS if c not in columns])
-    spec: dict[str, Any] = {"labels": args.labels.split(",")} if args.labels else {"task": args.task}
+    spec: dict[str, Any] = ({"labels": [label.strip() for label in args.labels.split(",")]} if args.labels
+                            else {"task": args.task})
     tally = Tally()
     bar = tqdm(total=len(rows), initial=sum(1 for i in ids if i in done), unit="item",
                desc="annotate", dynamic_ncols=True)
@@ -199,7 +200,9 @@ async def annotate(args: argparse.Namespace) -> int:
             except openai.APIError as exc:
                 tally.failures.append((item_id, getattr(exc, "message", str(exc))))
             else:
-                annotation = (reply.model_extra or {})["annotation"]
+                annotation = (reply.model_extra or {}).get("annotation")
+                if annotation is None:
+                    raise UsageError(f"{args.ensemble!r} answered without an annotation block: name an ensemble")
                 cost = (reply.usage.model_extra or {}).get("cost_usd", 0.0) if reply.usage else 0.0
                 writer.write(_output_row(row, args.id_column, item_id, annotation, cost))
                 tally.add(annotation, cost)
@@ -249,7 +252,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--id-column", default="id", help="unique row id (default: id; row numbers if absent)")
     p.add_argument("--labels", help="label set, comma-separated")
     p.add_argument("--task", help="a task named in the gateway's config (its label set and prompt)")
-    p.add_argument("--ensemble", default="crowd", help="ensemble (or member) to ask")
+    p.add_argument("--ensemble", default="crowd", help="the gateway ensemble that labels the rows")
     p.add_argument("--gateway", help="gateway URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--config", help="gateway config: start a gateway inside this command")
     p.add_argument("--concurrency", type=int, default=16, help="rows in flight")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,7 +94,8 @@ async def create_file(request: Request) -> Response:
     if purpose != "batch":
         raise bad_request(f"purpose {purpose!r} is not supported: this gateway stores files for the Batch API "
                           f"(purpose 'batch')", "purpose")
-    lines, summary = parse_input(content, settings.max_lines)
+    # off the event loop: checking a large file takes long enough to stall every other request
+    lines, summary = await asyncio.to_thread(parse_input, content, settings.max_lines)
     rec = file_record(new_file_id(), filename, purpose, len(content), state.config.store.retention_days * 86400,
                       lines=summary.lines, urls=summary.urls, models=summary.models)
     await batches.store.put_file(rec, content, lines)
