@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from gateway import evaluate, jobs_cli, report
+from gateway import demo, evaluate, jobs_cli, pool, report
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.add_parser(sub)
     report.add_parser(sub)
     evaluate.add_parser(sub)
+    demo.add_parser(sub)
+    pool.add_pool_commands(sub)
     return parser
 
 

@@ -1,0 +1,104 @@
+"""The real-model tier: the gateway in front of REAL small models on CPU (vLLM's CPU build and
+llama.cpp), driven with the official openai client. Slow (the pool starts in minutes): marker `real`,
+run by .ci/run after the fast tests via `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openai import OpenAI
+
+from gateway.config import load_config
+from gateway.pool import running_pool
+from tests.conftest import ROOT, Gateway
+
+pytestmark = pytest.mark.real
+POOL = ROOT / "deploy" / "local-pool.yaml"
+HELDOUT = ROOT / "gateway" / "data" / "sentiment_heldout.jsonl"
+LABELS = ["negative", "positive"]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[None]:
+    with running_pool(load_config(POOL)):
+        yield
+
+
+@pytest.fixture(scope="module")
+def gateway(pool: None, gateway_factory: Any) -> Gateway:
+    return gateway_factory(yaml.safe_load(POOL.read_text()))
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway) -> OpenAI:
+    return OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def heldout(client: OpenAI) -> list[tuple[dict[str, Any], Any]]:
+    """The 40 held-out sentences, each labelled once by the crowd (shared by the tests below)."""
+    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
+    assert len(rows) == 40
+    return [(row, client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
+                                                 extra_body={"labels": LABELS, "item_id": row["id"]}))
+            for row in rows]
+
+
+def test_every_label_is_in_the_label_set(heldout: list) -> None:
+    for _, r in heldout:
+        ann = r.model_extra["annotation"]
+        assert r.choices[0].message.content in LABELS and ann["label"] in LABELS
+        for vote in ann["votes"]:
+            assert vote["label"] in LABELS or (vote["label"] is None and vote["error"]), vote
+        valid = [v for v in ann["votes"] if v["label"] is not None]
+        assert len(valid) >= 3  # quorum of the local crowd
+
+
+def test_vllm_honours_structured_outputs_choice(client: OpenAI) -> None:
+    """Passthrough to the vLLM member: free text would be long; the choice constraint forces one option."""
+    choices = ["alpha", "beta", "gamma"]
+    for prompt in ("Write a long poem about the sea.", "What is the capital of France?"):
+        r = client.completions.create(model="smol-vllm-a", prompt=prompt, max_tokens=20,
+                                      extra_body={"structured_outputs": {"choice": choices}})
+        assert r.choices[0].text in choices
+
+
+def test_soft_votes_are_parsed_from_logprobs(heldout: list) -> None:
+    vllm_votes = [v for _, r in heldout for v in r.model_extra["annotation"]["votes"]
+                  if v["member"].startswith("smol-vllm") and v["label"] is not None]
+    assert vllm_votes
+    with_probs = [v for v in vllm_votes if v["probs"] is not None]
+    assert len(with_probs) >= 0.9 * len(vllm_votes)
+    for v in with_probs:
+        assert sum(v["probs"]) == pytest.approx(1.0, abs=1e-4)
+        assert v["probs"][LABELS.index(v["label"])] == max(v["probs"])  # the constrained choice is the likeliest
+
+
+def test_cost_is_accounted(heldout: list) -> None:
+    prices = {m["name"]: m["price"] for m in yaml.safe_load(POOL.read_text())["members"]}
+    for _, r in heldout:
+        votes = r.model_extra["annotation"]["votes"]
+        expected = sum((v["prompt_tokens"] * prices[v["member"]]["input_usd_per_mtok"]
+                        + v["completion_tokens"] * prices[v["member"]]["output_usd_per_mtok"]) / 1e6 for v in votes)
+        assert r.usage.model_extra["cost_usd"] == pytest.approx(expected, rel=1e-6) and expected > 0
+        assert r.usage.prompt_tokens == sum(v["prompt_tokens"] for v in votes) > 0
+
+
+def test_crowd_against_best_member(heldout: list) -> None:
+    n = len(heldout)
+    crowd = sum(r.model_extra["annotation"]["label"] == row["label"] for row, r in heldout) / n
+    members: dict[str, int] = {}
+    for row, r in heldout:
+        for v in r.model_extra["annotation"]["votes"]:
+            members[v["member"]] = members.get(v["member"], 0) + (v["label"] == row["label"])
+    accuracy = {m: c / n for m, c in members.items()}
+    best = max(accuracy.values())
+    print("\nreal-model tier, 40 held-out sentences: " + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.items())
+          + f"; crowd {crowd:.3f} (best member {best:.3f})")
+    assert crowd >= best - 0.05
