@@ -4,7 +4,7 @@ Why: a crowd is only as good as its workers, and tiny models swing from chance t
 the prompt template; templates are tuned on the dev slice with this script, never on the evaluation
 files. Bodies are built by the gateway's own dialect code, so what is measured is what is served.
 Usage: python bench/worker_accuracy.py --config deploy/local-pool.yaml \
-           --items gateway/data/sentiment_dev.jsonl [--members a,b] [--task sentiment]
+           --items gateway/data/sentiment_dev.jsonl [--members a,b] [--task sentiment] [--together]
 """
 
 from __future__ import annotations
@@ -76,12 +76,20 @@ async def score(client: httpx.AsyncClient, member: Member, items: list[dict], la
     return Score(member.name, sum(results), len(items), failed, time.perf_counter() - began, predicted, tokens)
 
 
-async def main_async(config: Config, items: list[dict], names: list[str], labels: tuple[str, ...]) -> None:
+async def main_async(config: Config, items: list[dict], names: list[str], labels: tuple[str, ...],
+                     together: bool) -> None:
+    """One member after another (each alone on the CPU), or all at once as a crowd fan-out would."""
     async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
-        for name in names:
-            member = config.member(name)
-            result = await score(client, member, items, labels, min(member.max_concurrency, 4))
-            print(result.line(), flush=True)
+        members = [config.member(name) for name in names]
+        if together:
+            began = time.perf_counter()
+            results = await asyncio.gather(*(score(client, m, items, labels, min(m.max_concurrency, 4))
+                                             for m in members))
+            print("\n".join(r.line() for r in results))
+            print(f"all together: {len(items) / (time.perf_counter() - began):.2f} items/s through every member")
+            return
+        for member in members:
+            print((await score(client, member, items, labels, min(member.max_concurrency, 4))).line(), flush=True)
 
 
 def main() -> None:
@@ -90,6 +98,7 @@ def main() -> None:
     parser.add_argument("--items", type=Path, default=Path("gateway/data/sentiment_dev.jsonl"))
     parser.add_argument("--members", help="comma-separated member names (default: all)")
     parser.add_argument("--task", default="sentiment", help="configured task whose labels to use")
+    parser.add_argument("--together", action="store_true", help="run the members concurrently")
     args = parser.parse_args()
     config = load_config(args.config)
     task = config.task(args.task)
@@ -97,7 +106,7 @@ def main() -> None:
         raise SystemExit(f"no task {args.task!r} in {args.config}")
     items = [json.loads(line) for line in args.items.open()]
     names = args.members.split(",") if args.members else [m.name for m in config.members]
-    asyncio.run(main_async(config, items, names, tuple(task.labels)))
+    asyncio.run(main_async(config, items, names, tuple(task.labels), args.together))
 
 
 if __name__ == "__main__":

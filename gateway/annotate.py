@@ -23,7 +23,7 @@ from gateway import metrics
 from gateway.config import Ensemble, Member
 from gateway.dialects import shape
 from gateway.errors import APIError
-from gateway.pricing import member_cost_usd, usage_tokens
+from gateway.pricing import account
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
 from routers import Router
@@ -133,11 +133,7 @@ class Annotator:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             return Vote(member=member.name, label=None, latency_ms=latency_ms,
                         error="malformed completion body from the member")
-        prompt_tokens, completion_tokens = usage_tokens(data.get("usage"))
-        cost = member_cost_usd(member, prompt_tokens, completion_tokens)
-        metrics.COST.labels(member.name).inc(cost)
-        metrics.TOKENS.labels(member.name, "prompt").inc(prompt_tokens)
-        metrics.TOKENS.labels(member.name, "completion").inc(completion_tokens)
+        prompt_tokens, completion_tokens, cost = account(member, data.get("usage"))
         raw = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content")
         label, error = parse_answer(raw, task.labels)
         probs = soft_vote(choice, task.labels) if label is not None else None

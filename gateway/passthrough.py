@@ -15,10 +15,9 @@ import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from gateway import metrics
 from gateway.config import Member
 from gateway.errors import APIError
-from gateway.pricing import cost_usd, usage_tokens
+from gateway.pricing import account
 from gateway.upstream import UpstreamError, Upstreams
 
 _STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
@@ -29,18 +28,24 @@ def upstream_failure(exc: UpstreamError) -> APIError:
     return APIError(_STATUS.get(exc.kind, 502), f"member {exc.member!r}: {exc.message}", code=f"upstream_{exc.kind}")
 
 
-async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None) -> Response:
-    """Forward a non-streaming request; relay the member's status and body."""
+async def _open(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None,
+                stream: bool) -> Any:
+    """Send the body with the member's upstream model id; upstream failures become OpenAI errors."""
     if raw is None or body.get("model") != member.model:
         raw = orjson.dumps({**body, "model": member.model})
-    started = time.perf_counter()
     try:
-        reply = await upstreams.post(member.name, path, raw)
+        return await (upstreams.stream if stream else upstreams.post)(member.name, path, raw)
     except UpstreamError as exc:
         raise upstream_failure(exc) from None
+
+
+async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None) -> Response:
+    """Forward a non-streaming request; relay the member's status and body."""
+    started = time.perf_counter()
+    reply = await _open(upstreams, member, path, body, raw, stream=False)
     waited = time.perf_counter() - started
     headers = {}
-    if reply.status == 200 and member.price.input_usd_per_mtok + member.price.output_usd_per_mtok > 0:
+    if reply.status == 200:
         headers["x-crowd-cost-usd"] = f"{_reply_cost(member, reply.body):.10f}"
     response = Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
     response.upstream_wait_s = waited  # type: ignore[attr-defined]
@@ -52,22 +57,13 @@ def _reply_cost(member: Member, body: bytes) -> float:
         usage = orjson.loads(body).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return 0.0
-    prompt, completion = usage_tokens(usage)
-    cost = cost_usd(member.price, prompt, completion)
-    metrics.COST.labels(member.name).inc(cost)
-    metrics.TOKENS.labels(member.name, "prompt").inc(prompt)
-    metrics.TOKENS.labels(member.name, "completion").inc(completion)
-    return cost
+    return account(member, usage)[2]
 
 
 async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any]) -> Response:
     """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through."""
-    raw = orjson.dumps({**body, "model": member.model})
     started = time.perf_counter()
-    try:
-        resp = await upstreams.stream(member.name, path, raw)
-    except UpstreamError as exc:
-        raise upstream_failure(exc) from None
+    resp = await _open(upstreams, member, path, body, None, stream=True)
     if resp.status != 200:
         data = await resp.read()
         resp.release()

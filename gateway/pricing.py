@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway import metrics
 from gateway.config import Member, Price
 
 
@@ -27,3 +28,13 @@ def member_cost_usd(member: Member, prompt_tokens: int, completion_tokens: int) 
 
         return price_usd(member.model, prompt_tokens, completion_tokens)
     return cost_usd(price, prompt_tokens, completion_tokens)
+
+
+def account(member: Member, usage: Mapping[str, Any] | None) -> tuple[int, int, float]:
+    """(prompt tokens, completion tokens, cost) of one call, also counted in the metrics."""
+    prompt, completion = usage_tokens(usage)
+    cost = member_cost_usd(member, prompt, completion)
+    metrics.COST.labels(member.name).inc(cost)
+    metrics.TOKENS.labels(member.name, "prompt").inc(prompt)
+    metrics.TOKENS.labels(member.name, "completion").inc(completion)
+    return prompt, completion, cost
