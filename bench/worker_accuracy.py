@@ -104,7 +104,7 @@ def main() -> None:
     task = config.task(args.task)
     if task is None:
         raise SystemExit(f"no task {args.task!r} in {args.config}")
-    items = [json.loads(line) for line in args.items.open()]
+    items = [json.loads(line) for line in args.items.read_text().splitlines()]
     names = args.members.split(",") if args.members else [m.name for m in config.members]
     asyncio.run(main_async(config, items, names, tuple(task.labels), args.together))
 

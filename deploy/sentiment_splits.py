@@ -84,7 +84,7 @@ def main() -> None:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         path = DATA_DIR / f"sentiment_{name}.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{path}: {len(rows)} items")
 
 

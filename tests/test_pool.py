@@ -40,11 +40,10 @@ def free_port() -> int:
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private cache dir, and launches that run the stand-in server instead of an engine."""
     monkeypatch.setenv("CROWD_CACHE", str(tmp_path))
-    delays: dict[int, str] = {}
 
     def fake_launch(server: PoolServer) -> pool.Launch:
         script = os.environ.get("FAKE_SCRIPT", FAKE_SERVER)
-        return pool.Launch([sys.executable, "-c", script, str(server.port), delays.get(server.port, "0")], {})
+        return pool.Launch([sys.executable, "-c", script, str(server.port), "0", *server.args], {})
 
     monkeypatch.setattr(pool, "launch", fake_launch)
     monkeypatch.setattr(pool, "POLL_S", 0.05)
@@ -172,6 +171,19 @@ def test_running_pool_leaves_servers_it_did_not_start() -> None:
         assert not gone(outer[0].pid)
     finally:
         pool.pool_down(config, note=lambda _: None)
+
+
+def test_a_port_held_by_a_differently_configured_pool_server_is_reported() -> None:
+    port = free_port()
+    pool.pool_up(make_pool(port), note=lambda _: None)
+    try:
+        changed = Pool(servers=[PoolServer(name="s0", engine="llamacpp", model="smollm2-135m-instruct", port=port,
+                                           args=["--n_threads", "2"])])
+        with pytest.raises(pool.PoolError, match=rf"port {port} is held by a pool server started with a different"):
+            pool.pool_up(changed, note=lambda _: None)
+    finally:
+        pool.pool_down(make_pool(port), note=lambda _: None)
+    assert pool.read_state() == {}
 
 
 def test_duplicate_ports_are_rejected() -> None:

@@ -13,7 +13,8 @@ SPLITS = {"sample": 200, "heldout": 40, "dev": 40}
 
 
 def load(name: str) -> list[dict]:
-    return [json.loads(line) for line in (ROOT / "gateway" / "data" / f"sentiment_{name}.jsonl").open()]
+    text = (ROOT / "gateway" / "data" / f"sentiment_{name}.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def norm(text: str) -> str:

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 COMPLETION_WINDOW_S = 24 * 3600
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 Record = dict[str, Any]
 

@@ -113,10 +113,14 @@ class MemoryVoteStore(VoteStore):
         self.locks: dict[str, float] = {}
 
     def _expire(self) -> None:
+        """Drop items past the retention, oldest first: `items` is in arrival order, so this is amortised O(1)."""
         cutoff = time.time() - self.retention_s
-        for item_id in [i for i, rec in self.items.items() if rec.created < cutoff]:
-            del self.items[item_id]
-            self.votes.pop(item_id, None)
+        while self.items:
+            oldest = next(iter(self.items.values()))
+            if oldest.created >= cutoff:
+                break
+            del self.items[oldest.item_id]
+            self.votes.pop(oldest.item_id, None)
 
     async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
         if item.item_id not in self.items:
