@@ -111,6 +111,7 @@ class MemoryVoteStore(VoteStore):
         self.version = 0
         self.queue: dict[str, dict[str, Any]] = {}
         self.locks: dict[str, float] = {}
+        self.label_sets: dict[str, list[str]] = {}
 
     def _expire(self) -> None:
         """Drop items past the retention, oldest first: `items` is in arrival order, so this is amortised O(1)."""
@@ -127,6 +128,7 @@ class MemoryVoteStore(VoteStore):
             self.new[item.schema] += 1
             self._expire()
         self.items[item.item_id] = item
+        self.label_sets[item.schema] = item.labels
         self.votes[item.item_id].extend(votes)
 
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
@@ -140,6 +142,7 @@ class MemoryVoteStore(VoteStore):
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
         if item.item_id not in self.items:
             self.items[item.item_id] = item
+            self.label_sets[item.schema] = item.labels
         if source == "gold":
             self.gold_labels[item.schema][item.item_id] = label
         else:
@@ -150,7 +153,7 @@ class MemoryVoteStore(VoteStore):
         return dict(self.gold_labels[schema])
 
     async def schemas(self) -> dict[str, list[str]]:
-        return {rec.schema: rec.labels for rec in self.items.values()}
+        return dict(self.label_sets)
 
     async def take_new_items(self, schema: str) -> int:
         return self.new.pop(schema, 0)
