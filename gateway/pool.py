@@ -75,7 +75,7 @@ def launch(server: PoolServer) -> Launch:
     python = str(venv_python(server.engine))
     model = str(model_path(server.engine, server.model))
     if server.engine == "vllm":
-        # -O0 skips torch.compile: measured on 2 cores, ready in ~45 s instead of 100-190 s (vLLM 0.32
+        # -O0 skips torch.compile: measured on 2 cores, ready in 30-45 s instead of 100-190 s (vLLM 0.32
         # fails to reload its compile cache, so it recompiles on every start) at the same request rate.
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                 "--served-model-name", server.model, "--max-model-len", "2048", "--dtype", "bfloat16", "-O0"]
@@ -366,7 +366,7 @@ def format_status(statuses: list[ServerStatus]) -> str:
     rows = [("NAME", "ENGINE", "MODEL", "PORT", "STATE", "PID", "LOG")]
     rows += [(s.name, s.engine, s.model, str(s.port), s.state, str(s.pid or "-"), s.log or "-") for s in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -159,6 +160,31 @@ def test_running_pool_stops_what_it_started_on_error() -> None:
         pid = statuses[0].pid
         raise RuntimeError("boom")
     assert pid is not None and gone(pid)
+    assert pool.read_state() == {}
+
+
+def test_running_pool_cleans_up_when_the_process_gets_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    script = f"""
+import sys
+from gateway import pool
+from gateway.config import Pool, PoolServer
+pool.launch = lambda s: pool.Launch([sys.executable, "-c", {FAKE_SERVER!r}, str(s.port), "0"], {{}})
+config = Pool(servers=[PoolServer(name="s0", engine="llamacpp", model="gemma3-270m", port={port})])
+with pool.running_pool(config, note=lambda _: None) as servers:
+    print(servers[0].pid, flush=True)
+    sys.stdin.read()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=os.environ | {"CROWD_CACHE": str(tmp_path)})
+    assert proc.stdout is not None
+    server_pid = int(proc.stdout.readline())
+    assert not gone(server_pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    proc.stdin.close()
+    proc.stdout.close()
+    assert gone(server_pid)
     assert pool.read_state() == {}
 
 
