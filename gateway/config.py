@@ -66,6 +66,8 @@ class Member(Strict):
     price: Price = Price()
     api_key_env: str | None = None
     template: Template | None = None
+    logprobs: bool = True
+    """Ask for token log-probabilities (soft votes); llama.cpp's server gets several times slower with them."""
     health_path: str = "/health"
 
     @field_validator("base_url")

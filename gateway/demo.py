@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -36,10 +37,15 @@ def run(args: argparse.Namespace) -> int:
             records = asyncio.run(annotate_items(url, "demo", args.ensemble, rows, labels, args.concurrency,
                                                  desc=f"labelling with {len(ensemble.members)} workers"))
             labelling = time.monotonic() - annotating
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(records, labels)
     print_table(summary, ensemble.name, ensemble.aggregator, len(rows))
     print(f"wall time {time.monotonic() - started:.0f} s: pool start {ready:.0f} s, labelling {labelling:.0f} s "
           f"({len(rows) / labelling:.1f} items/s)")
+    print(f"votes saved to {out / 'annotations.jsonl'}: compare every aggregator on them with "
+          f"`crowd-gateway eval --votes {out / 'annotations.jsonl'}`")
     return 0 if summary["failed"] < len(rows) else 1
 
 
@@ -63,4 +69,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", default="crowd")
     p.add_argument("--limit", type=int)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", default="out/demo")
     p.set_defaults(func=run)

@@ -48,12 +48,15 @@ def shape(member: Member, task: AnnotationTask) -> tuple[str, bytes]:
 
 def _constrain(member: Member, body: dict[str, Any], kind: str, labels: Sequence[str],
                template: Template | None) -> None:
+    # After a completion prompt's "Label:" models want " positive": allow the space, fold() strips it.
+    spaced = kind == "completion"
     if member.dialect == "vllm":
-        body["structured_outputs"] = {"choice": list(labels)}
-        _ask_logprobs(body, kind)
+        body["structured_outputs"] = {"choice": [*labels, *(" " + label for label in labels)] if spaced
+                                      else list(labels)}
+        _ask_logprobs(member, body, kind)
     elif member.dialect == "llamacpp":
-        body["grammar"] = gbnf_choice(labels)
-        _ask_logprobs(body, kind)
+        body["grammar"] = gbnf_choice(labels, leading_space=spaced)
+        _ask_logprobs(member, body, kind)
     elif kind == "chat":  # openai, litellm: JSON schema with an enum
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "label", "strict": True,
@@ -64,7 +67,9 @@ def _constrain(member: Member, body: dict[str, Any], kind: str, labels: Sequence
             body.pop("max_completion_tokens", None)
 
 
-def _ask_logprobs(body: dict[str, Any], kind: str) -> None:
+def _ask_logprobs(member: Member, body: dict[str, Any], kind: str) -> None:
+    if not member.logprobs:
+        return
     if kind == "completion":
         body["logprobs"] = TOP_LOGPROBS
     else:
@@ -72,7 +77,8 @@ def _ask_logprobs(body: dict[str, Any], kind: str) -> None:
         body["top_logprobs"] = TOP_LOGPROBS
 
 
-def gbnf_choice(labels: Sequence[str]) -> str:
-    """A GBNF grammar whose only sentences are the labels."""
+def gbnf_choice(labels: Sequence[str], leading_space: bool = False) -> str:
+    """A GBNF grammar whose only sentences are the labels (optionally after one space)."""
     quoted = (label.replace("\\", "\\\\").replace('"', '\\"') for label in labels)
-    return "root ::= " + " | ".join(f'"{q}"' for q in quoted)
+    choice = " | ".join(f'"{q}"' for q in quoted)
+    return f'root ::= " "? ({choice})' if leading_space else f"root ::= {choice}"
