@@ -102,7 +102,7 @@ def wrk(target: Target, seconds: float, connections: int) -> tuple[float, int]:
     headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in target.headers.items())
     lua.write_text(f'wrk.method = "POST"\nwrk.body = [[{json.dumps(target.body)}]]\n'
                    f'wrk.headers["Content-Type"] = "application/json"\n{headers}')
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(lua),
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(lua),
                           target.url], capture_output=True, text=True, check=True).stdout
     lua.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

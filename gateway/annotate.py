@@ -66,7 +66,7 @@ class Annotator:
                    for n in ens.members if n not in usable]
         for name in ens.members:
             if name not in usable:
-                metrics.UPSTREAM_REQUESTS.labels(name, "circuit_open").inc()
+                metrics.child(metrics.UPSTREAM_REQUESTS, name, "circuit_open").inc()
         started = time.perf_counter()
         votes = await self._ask(planned, task, started + ens.deadline_s)
         distribution = self.aggregator.posterior(votes, task.labels, params)
@@ -83,7 +83,7 @@ class Annotator:
             strong_vote = await self._ask([strong], task, time.perf_counter() + self.members[strong].timeout_s)
             votes += strong_vote
             escalated = strong_vote[0].valid
-            metrics.ESCALATIONS.labels(ens.name, strong).inc()
+            metrics.child(metrics.ESCALATIONS, ens.name, strong).inc()
             distribution = self.aggregator.posterior(votes, task.labels, params)
             confidence = calibrate(calibration, max(distribution))
         waited = time.perf_counter() - started
@@ -138,7 +138,7 @@ class Annotator:
         label, error = parse_answer(raw, task.labels)
         probs = soft_vote(choice, task.labels) if label is not None else None
         if label is None:
-            metrics.UPSTREAM_REQUESTS.labels(member.name, "invalid_answer").inc()
+            metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "invalid_answer").inc()
         return Vote(member=member.name, label=label, raw=raw, probs=probs, latency_ms=latency_ms,
                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, error=error)
 

@@ -53,3 +53,16 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+_children: dict[tuple[int, tuple[str, ...]], object] = {}
+
+
+def child(metric: Counter | Histogram | Gauge, *labels: str):  # type: ignore[no-untyped-def]
+    """`metric.labels(*labels)`, cached: label values come from the config, so the set stays small,
+    and the request path saves prometheus-client's locked lookup on every call."""
+    key = (id(metric), labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found

@@ -34,7 +34,7 @@ def account(member: Member, usage: Mapping[str, Any] | None) -> tuple[int, int, 
     """(prompt tokens, completion tokens, cost) of one call, also counted in the metrics."""
     prompt, completion = usage_tokens(usage)
     cost = member_cost_usd(member, prompt, completion)
-    metrics.COST.labels(member.name).inc(cost)
-    metrics.TOKENS.labels(member.name, "prompt").inc(prompt)
-    metrics.TOKENS.labels(member.name, "completion").inc(completion)
+    metrics.child(metrics.COST, member.name).inc(cost)
+    metrics.child(metrics.TOKENS, member.name, "prompt").inc(prompt)
+    metrics.child(metrics.TOKENS, member.name, "completion").inc(completion)
     return prompt, completion, cost

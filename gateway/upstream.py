@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from gateway.breaker import CircuitBreaker, State
 from gateway.config import Breaker, Member
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+FIRST_BACKOFF_S = 0.05
 MAX_RETRY_AFTER_S = 10.0
 
 
@@ -72,7 +74,7 @@ class _WaitRetryAfter:
     """Exponential backoff with jitter, unless the upstream said how long to wait."""
 
     def __init__(self) -> None:
-        self.backoff = wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05)
+        self.backoff = wait_exponential_jitter(initial=2 * FIRST_BACKOFF_S, max=2.0, jitter=FIRST_BACKOFF_S)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -98,7 +100,7 @@ class MemberClient:
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
         self.root = member.base_url.removesuffix("/v1")
-        self._gauge = metrics.CIRCUIT.labels(member.name)
+        self._gauge = metrics.child(metrics.CIRCUIT, member.name)
         self._gauge.set(0)
 
     def publish_state(self) -> State:
@@ -131,7 +133,7 @@ class Upstreams:
         client = self.clients[name]
         member = client.member
         if not client.breaker.allow():
-            metrics.UPSTREAM_REQUESTS.labels(member.name, "circuit_open").inc()
+            metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "circuit_open").inc()
             client.publish_state()
             raise UpstreamError(member.name, "circuit_open", "circuit open after repeated failures")
         started = time.perf_counter()
@@ -158,12 +160,22 @@ class Upstreams:
             raise UpstreamError(member.name, "connection", f"connection failed: {exc.__class__.__name__}: {exc}") \
                 from None
         finally:
-            metrics.UPSTREAM_REQUESTS.labels(member.name, outcome).inc()
-            metrics.UPSTREAM_DURATION.labels(member.name).observe(time.perf_counter() - started)
+            metrics.child(metrics.UPSTREAM_REQUESTS, member.name, outcome).inc()
+            metrics.child(metrics.UPSTREAM_DURATION, member.name).observe(time.perf_counter() - started)
             client.publish_state()
 
     async def _post_with_retries(self, client: MemberClient, path: str, body: bytes) -> Reply:
-        retrying = AsyncRetrying(stop=stop_after_attempt(client.member.retries + 1), wait=_WaitRetryAfter(),
+        """The first attempt runs bare (the common case); only a retryable failure pays for tenacity."""
+        try:
+            return await self._post_once(client, path, body)
+        except (_RetryableStatus, aiohttp.ClientConnectionError) as exc:
+            if not _retryable(exc) or client.member.retries == 0:
+                if isinstance(exc, _RetryableStatus):
+                    return exc.reply
+                raise
+            hinted = getattr(exc, "retry_after", None)
+            await asyncio.sleep(hinted if hinted is not None else FIRST_BACKOFF_S * (1 + random.random()))
+        retrying = AsyncRetrying(stop=stop_after_attempt(client.member.retries), wait=_WaitRetryAfter(),
                                  retry=retry_if_exception(_retryable), reraise=True)
         try:
             async for attempt in retrying:
@@ -197,7 +209,7 @@ class Upstreams:
         assert self.session is not None, "Upstreams.start() was not awaited"
         client = self.clients[name]
         if not client.breaker.allow():
-            metrics.UPSTREAM_REQUESTS.labels(name, "circuit_open").inc()
+            metrics.child(metrics.UPSTREAM_REQUESTS, name, "circuit_open").inc()
             raise UpstreamError(name, "circuit_open", "circuit open after repeated failures")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.member.timeout_s,
                                         sock_read=client.member.timeout_s)
@@ -207,7 +219,7 @@ class Upstreams:
         except (TimeoutError, aiohttp.ClientError) as exc:
             client.breaker.failure()
             client.publish_state()
-            metrics.UPSTREAM_REQUESTS.labels(name, "error").inc()
+            metrics.child(metrics.UPSTREAM_REQUESTS, name, "error").inc()
             raise UpstreamError(name, "connection", f"connection failed: {exc.__class__.__name__}") from None
         return resp
 
@@ -215,8 +227,8 @@ class Upstreams:
         client = self.clients[name]
         (client.breaker.success if ok else client.breaker.failure)()
         client.publish_state()
-        metrics.UPSTREAM_REQUESTS.labels(name, "ok" if ok else "error").inc()
-        metrics.UPSTREAM_DURATION.labels(name).observe(seconds)
+        metrics.child(metrics.UPSTREAM_REQUESTS, name, "ok" if ok else "error").inc()
+        metrics.child(metrics.UPSTREAM_DURATION, name).observe(seconds)
 
     async def healthy(self, name: str, timeout_s: float = 2.0) -> bool:
         """Probe a member's health endpoint; dialects without one count as healthy unless the circuit is open."""
