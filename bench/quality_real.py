@@ -34,7 +34,7 @@ def sentences(split: str, n: int) -> list[dict]:
     return rows[:n]
 
 
-def real_pool(n: int = 120) -> None:
+def real_pool(n: int = 80) -> None:
     config = yaml.safe_load((ROOT / "deploy" / "local-pool.yaml").read_text())
     names = [mm["name"] for mm in config["members"]]
     config["refit"] = {"every_items": 10**6, "every_s": 10**6, "min_items": 20, "min_gold_for_calibration": 20}

@@ -201,8 +201,11 @@ def test_label_set_from_structured_outputs_and_task(client: OpenAI, upstream: Up
     r = client.completions.create(model="crowd", prompt="What a lovely day", extra_body={"task": "sentiment"})
     assert r.choices[0].text == "positive"
     assert r.model_extra["annotation"]["schema"] == "sentiment"
-    prompt = upstream.calls("a")["last"]["prompt"]  # the task's few-shot completion template was used
+    sent = upstream.calls("a")["last"]
+    prompt = sent["prompt"]  # the task's few-shot completion template was used
     assert "Text: I love it\nLabel: positive" in prompt and prompt.endswith("Text: What a lovely day\nLabel:")
+    # after "Label:" the answer may start with a space, as the model's tokens want
+    assert sent["structured_outputs"]["choice"] == ["positive", "negative", " positive", " negative"]
 
 
 def test_item_id_is_stable_or_client_given(client: OpenAI, upstream: Upstream) -> None:
