@@ -30,6 +30,7 @@ class Reliability:
         self.aggregators = sorted({e.aggregator for e in config.ensembles})
         self.params: dict[tuple[str, str], Published] = {}
         self.version = -1
+        self.started = time.monotonic()
         self.last_fit: dict[str, float] = {}
         self.pending: dict[str, int] = {}
         self._pool: ProcessPoolExecutor | None = None
@@ -77,12 +78,16 @@ class Reliability:
         done = []
         for schema, labels in (await self.store.schemas()).items():
             self.pending[schema] = self.pending.get(schema, 0) + await self.store.take_new_items(schema)
-            age = time.monotonic() - self.last_fit.get(schema, 0.0)
+            age = time.monotonic() - self.last_fit.get(schema, self.started)
             due = self.pending[schema] >= self.settings.every_items or (self.pending[schema] and
                                                                        age >= self.settings.every_s)
-            if (force or due) and await self.store.try_lock(f"refit:{schema}", ttl_s=300):
-                if await self.refit_schema(schema, labels):
-                    done.append(schema)
+            lock = f"refit:{schema}"
+            if (force or due) and await self.store.try_lock(lock, ttl_s=300):
+                try:
+                    if await self.refit_schema(schema, labels):
+                        done.append(schema)
+                finally:
+                    await self.store.unlock(lock)
                 self.pending[schema] = 0
                 self.last_fit[schema] = time.monotonic()
         if done:

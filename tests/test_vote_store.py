@@ -94,6 +94,8 @@ def test_refit_lock_is_exclusive(store: Any) -> None:
     async def scenario(s: VoteStore) -> None:
         assert await s.try_lock("refit:sentiment", 5) and not await s.try_lock("refit:sentiment", 5)
         assert await s.try_lock("refit:other", 5)
+        await s.unlock("refit:sentiment")
+        assert await s.try_lock("refit:sentiment", 5)
     run(store, scenario)
 
 

@@ -96,6 +96,9 @@ class VoteStore(ABC):
     async def try_lock(self, name: str, ttl_s: float) -> bool:
         """A best-effort lease so one replica refits a schema at a time."""
 
+    @abstractmethod
+    async def unlock(self, name: str) -> None: ...
+
     async def close(self) -> None:
         return None
 
@@ -189,3 +192,6 @@ class MemoryVoteStore(VoteStore):
             return False
         self.locks[name] = now + ttl_s
         return True
+
+    async def unlock(self, name: str) -> None:
+        self.locks.pop(name, None)

@@ -156,5 +156,8 @@ class RedisVoteStore(VoteStore):
     async def try_lock(self, name: str, ttl_s: float) -> bool:
         return bool(await self.r.set(self._k("lock", name), str(time.time()), nx=True, px=int(ttl_s * 1000)))
 
+    async def unlock(self, name: str) -> None:
+        await self.r.delete(self._k("lock", name))
+
     async def close(self) -> None:
         await self.r.aclose()
