@@ -16,6 +16,12 @@ from ensembles.calibration import fit_calibration
 from ensembles.votes import Vote
 
 
+def hard_triples(item_votes: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Triple]:
+    """(item, member, label) for every valid vote: what crowd-kit fits on."""
+    return [(item, v["member"], v["label"]) for item, votes in item_votes.items() for v in votes
+            if v.get("label") is not None]
+
+
 def overlapping_items(triples: Sequence[Triple]) -> int:
     """Items with at least two votes: what reliability can be learned from."""
     counts: dict[str, int] = defaultdict(int)
@@ -24,14 +30,22 @@ def overlapping_items(triples: Sequence[Triple]) -> int:
     return sum(1 for n in counts.values() if n >= 2)
 
 
-def refit(aggregator: str, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
-          min_gold: int) -> dict[str, Any]:
-    """Fitted parameters, plus a `calibration` map when at least `min_gold` gold items have votes."""
+def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]], labels: Sequence[str],
+          gold: Mapping[str, str], min_gold: int) -> dict[str, Any]:
+    """Fitted parameters, plus a `calibration` map when at least `min_gold` gold items have votes.
+
+    The fit uses hard votes (what crowd-kit takes); the calibration map is fitted on posteriors
+    computed as the request path computes them, soft votes included, so it maps what it will be applied to.
+    """
     agg = get_aggregator(aggregator)
+    triples = hard_triples(item_votes)
     params: dict[str, Any] = dict(agg.fit(triples, labels, gold) or {})
     by_item: dict[str, list[Vote]] = defaultdict(list)
-    for item, member, label in triples:
-        by_item[item].append(Vote(member=member, label=label))
+    for item, votes in item_votes.items():
+        for v in votes:
+            if v.get("label") is not None:
+                probs = tuple(v["probs"]) if v.get("probs") and len(v["probs"]) == len(labels) else None
+                by_item[item].append(Vote(member=v["member"], label=v["label"], probs=probs))
     confidences, correct = [], []
     for item, truth in gold.items():
         if item in by_item:

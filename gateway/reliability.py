@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from ensembles.refit import overlapping_items, refit
+from ensembles.refit import hard_triples, overlapping_items, refit
 from gateway import metrics
 from gateway.config import Config
 from gateway.store.votes import Published, VoteStore
@@ -95,7 +95,8 @@ class Reliability:
         return done
 
     async def refit_schema(self, schema: str, labels: list[str]) -> bool:
-        triples = await self.store.triples(schema)
+        item_votes = await self.store.item_votes(schema)
+        triples = hard_triples(item_votes)
         if overlapping_items(triples) < self.settings.min_items:
             return False  # cold start: the posterior stays majority-like until enough items overlap
         gold = await self.store.gold(schema)
@@ -104,7 +105,7 @@ class Reliability:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         for name in self.aggregators:
             started = time.perf_counter()
-            params = await loop.run_in_executor(self._pool, refit, name, triples, labels, gold,
+            params = await loop.run_in_executor(self._pool, refit, name, item_votes, labels, gold,
                                                 self.settings.min_gold_for_calibration)
             version = await self.store.publish(schema, name, params)
             log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),

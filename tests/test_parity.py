@@ -76,3 +76,17 @@ def test_gold_anchors_dawid_skene() -> None:
     params = agg.fit(triples, ["positive", "negative"], gold=gold)
     # with gold the model learns that "flip" is reliably wrong, i.e. informative
     assert params["confusion"]["flip"]["positive"]["negative"] > 0.8
+
+
+def test_calibration_is_fitted_on_soft_posteriors() -> None:
+    """The refit job calibrates the posterior the request path computes, soft votes included."""
+    from ensembles.refit import refit
+
+    labels = ["positive", "negative"]
+    item_votes = {f"i{n}": [{"member": "m", "label": "positive", "probs": [0.6, 0.4]},
+                            {"member": "h", "label": "positive"}] for n in range(30)}
+    gold = {f"i{n}": "positive" if n % 3 else "negative" for n in range(30)}
+    params = refit("weighted", item_votes, labels, gold, min_gold=20)
+    assert params["fitted_on"] == {"items": 30, "votes": 60, "gold": 30}
+    # every item has the same soft posterior, right 2 times in 3: the map sends it to 2/3
+    assert params["calibration"]["y"] == pytest.approx([20 / 30])

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ensembles.aggregators.base import Triple
+from ensembles.refit import hard_triples
 
 Source = Literal["gold", "human"]
 HUMAN_PREFIX = "human:"
@@ -50,8 +51,12 @@ class VoteStore(ABC):
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None: ...
 
     @abstractmethod
+    async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
+        """Every vote of a schema by item, soft votes included (human labels as members `human:<who>`)."""
+
     async def triples(self, schema: str) -> list[Triple]:
-        """Every valid hard vote of a schema (human labels included as members `human:<who>`)."""
+        """Every valid hard vote of a schema, the unit crowd-kit fits on."""
+        return hard_triples(await self.item_votes(schema))
 
     @abstractmethod
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
@@ -138,9 +143,8 @@ class MemoryVoteStore(VoteStore):
         rec = self.items.get(item_id)
         return (rec, list(self.votes[item_id])) if rec else None
 
-    async def triples(self, schema: str) -> list[Triple]:
-        return [(i, v["member"], v["label"]) for i, rec in self.items.items() if rec.schema == schema
-                for v in self.votes[i] if v.get("label") is not None]
+    async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
+        return {i: list(self.votes[i]) for i, rec in self.items.items() if rec.schema == schema}
 
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
         if item.item_id not in self.items:

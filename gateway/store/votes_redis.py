@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from ensembles.aggregators.base import Triple
 from gateway.store.votes import HUMAN_PREFIX, ItemRecord, Published, Source, VoteStore
 
 _RECORD = """
@@ -73,19 +72,16 @@ class RedisVoteStore(VoteStore):
             return None
         return ItemRecord(**orjson.loads(raw)), [orjson.loads(v) for v in votes]
 
-    async def triples(self, schema: str) -> list[Triple]:
+    async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
         items = [i.decode() for i in await self.r.zrange(self._k("schema", schema, "items"), 0, -1)]
-        out: list[Triple] = []
+        out: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(items), 500):
             chunk = items[start:start + 500]
             async with self.r.pipeline(transaction=False) as pipe:
                 for item_id in chunk:
                     pipe.lrange(self._k("item", item_id, "votes"), 0, -1)
                 for item_id, votes in zip(chunk, await pipe.execute()):
-                    for raw in votes:
-                        vote = orjson.loads(raw)
-                        if vote.get("label") is not None:
-                            out.append((item_id, vote["member"], vote["label"]))
+                    out[item_id] = [orjson.loads(raw) for raw in votes]
         return out
 
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
