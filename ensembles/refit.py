@@ -42,10 +42,7 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
     params: dict[str, Any] = dict(agg.fit(triples, labels, gold) or {})
     by_item: dict[str, list[Vote]] = defaultdict(list)
     for item, votes in item_votes.items():
-        for v in votes:
-            if v.get("label") is not None:
-                probs = tuple(v["probs"]) if v.get("probs") and len(v["probs"]) == len(labels) else None
-                by_item[item].append(Vote(member=v["member"], label=v["label"], probs=probs))
+        by_item[item] = [Vote.from_wire(v, len(labels)) for v in votes if v.get("label") is not None]
     confidences, correct = [], []
     for item, truth in gold.items():
         if item in by_item:

@@ -24,6 +24,13 @@ class Vote:
     cost_usd: float = 0.0
     error: str | None = None
 
+    @classmethod
+    def from_wire(cls, vote: dict[str, Any], n_labels: int) -> Vote:
+        """A stored vote back as a Vote; a soft vote is kept only if it matches the label set's size."""
+        probs = vote.get("probs")
+        return cls(member=vote["member"], label=vote.get("label"),
+                   probs=tuple(probs) if probs and len(probs) == n_labels else None)
+
     @property
     def valid(self) -> bool:
         return self.label is not None

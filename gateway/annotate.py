@@ -64,9 +64,8 @@ class Annotator:
         planned = self.router.first(ens, usable)
         skipped = [Vote(member=n, label=None, error="circuit open after repeated failures")
                    for n in ens.members if n not in usable]
-        for name in ens.members:
-            if name not in usable:
-                metrics.child(metrics.UPSTREAM_REQUESTS, name, "circuit_open").inc()
+        for vote in skipped:
+            metrics.child(metrics.UPSTREAM_REQUESTS, vote.member, "circuit_open").inc()
         started = time.perf_counter()
         votes = await self._ask(planned, task, started + ens.deadline_s)
         distribution = self.aggregator.posterior(votes, task.labels, params)

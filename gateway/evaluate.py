@@ -148,8 +148,7 @@ def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dic
         params = agg.fit(triples, labels)
         pred, conf, gold = [], [], []
         for i, r in by_item.items():
-            votes = [Vote(v["member"], v["label"], probs=tuple(v["probs"]) if v.get("probs") else None)
-                     for v in r["annotation"]["votes"]]
+            votes = [Vote.from_wire(v, len(labels)) for v in r["annotation"]["votes"]]
             dist = agg.posterior(votes, labels, params)
             best = pick(dist)
             pred.append(labels[best])

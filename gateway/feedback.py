@@ -7,9 +7,8 @@ queued item resolves it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
@@ -19,7 +18,8 @@ from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request
-from gateway.routes import authorize, read_json
+from gateway.routes import authorize, json_response, read_json
+from gateway.schemas import invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
@@ -35,10 +35,6 @@ class Feedback(BaseModel):
     annotator: str = Field("anonymous", min_length=1, max_length=128)
     task: str | None = None
     labels: list[str] | None = None
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 async def _record_for(state: GatewayState, fb: Feedback) -> ItemRecord:
@@ -66,16 +62,14 @@ async def post_feedback(request: Request) -> Response:
     try:
         fb = Feedback.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"])
-        raise bad_request(f"{param}: {err['msg']}", param) from None
+        raise invalid(exc) from None
     item = await _record_for(state, fb)
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:
         raise bad_request(f"label {fb.label!r} is not in the item's label set {item.labels}", "label")
     await state.store.add_label(item, canonical, fb.source, fb.annotator)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return _json({"object": "annotation.feedback", "item_id": item.item_id, "schema": item.schema,
+    return json_response({"object": "annotation.feedback", "item_id": item.item_id, "schema": item.schema,
                   "label": canonical, "source": fb.source, "resolved_review": resolved})
 
 
@@ -91,8 +85,7 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     ensemble = next((e for e in state.config.ensembles if e.name == item.ensemble), None)
     aggregator = get_aggregator(ensemble.aggregator if ensemble else "majority")
     params = state.reliability.get(item.schema, aggregator.name)
-    votes = [Vote(member=v["member"], label=v.get("label"), probs=tuple(v["probs"]) if v.get("probs") else None)
-             for v in raw_votes]
+    votes = [Vote.from_wire(v, len(item.labels)) for v in raw_votes]
     gold = (await state.store.gold(item.schema)).get(item_id)
     aggregate = None
     if any(v.valid for v in votes):
@@ -103,7 +96,7 @@ async def get_annotation(request: Request, item_id: str) -> Response:
                      "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
                      "aggregator": aggregator.name,
                      "params_version": state.reliability.version_of(item.schema, aggregator.name)}
-    return _json({"object": "annotation", **item.wire(), "gold": gold, "votes": raw_votes, "aggregate": aggregate})
+    return json_response({"object": "annotation", **item.wire(), "gold": gold, "votes": raw_votes, "aggregate": aggregate})
 
 
 @router.get("/v1/review")
@@ -113,7 +106,7 @@ async def list_review(request: Request, limit: int = 50) -> Response:
     if not 1 <= limit <= 1000:
         raise bad_request("limit must be between 1 and 1000", "limit")
     entries = await state.store.reviews(limit)
-    return _json({"object": "list", "data": entries, "total": await state.store.review_count()})
+    return json_response({"object": "list", "data": entries, "total": await state.store.review_count()})
 
 
 @router.post("/v1/annotations/refit")
@@ -123,4 +116,4 @@ async def refit_now(request: Request) -> Response:
     authorize(state, request)
     schemas = await state.reliability.refit_due(force=True)
     versions = {f"{s}/{a}": state.reliability.version_of(s, a) for s in schemas for a in state.reliability.aggregators}
-    return _json({"object": "refit", "refitted": schemas, "versions": versions})
+    return json_response({"object": "refit", "refitted": schemas, "versions": versions})

@@ -29,7 +29,7 @@ log = logging.getLogger("crowd_gateway")
 _OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 503: "unavailable"}
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -123,7 +123,7 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}"}
-    return _json(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
+    return json_response(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
@@ -166,12 +166,12 @@ async def list_models(request: Request) -> Response:
              "members": e.members, "aggregator": e.aggregator} for e in state.config.ensembles]
     data += [{"id": m.name, "object": "model", "created": created, "owned_by": "crowd-gateway", "kind": "member",
               "dialect": m.dialect} for m in state.config.members]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 @router.get("/healthz")
 async def healthz() -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @router.get("/readyz")
@@ -184,7 +184,7 @@ async def readyz(request: Request) -> Response:
     ensembles = {e.name: {"healthy": sorted(healthy & set(e.members)), "quorum": e.quorum,
                           "ready": len(healthy & set(e.members)) >= e.quorum} for e in state.config.ensembles}
     ready = all(e["ready"] for e in ensembles.values()) if ensembles else bool(healthy)
-    return _json({"ready": ready, "ensembles": ensembles, "members": {n: n in healthy for n in names}},
+    return json_response({"ready": ready, "ensembles": ensembles, "members": {n: n in healthy for n in names}},
                  status=200 if ready else 503)
 
 

@@ -50,8 +50,13 @@ def validate_body(body: Any, kind: Literal["chat", "completion"]) -> None:
     try:
         _ADAPTERS[kind].validate_python(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        what = "missing required parameter" if err["type"] == "missing" else err["msg"]
-        raise APIError(400, f"{param}: {what}" if param else what, param=param,
-                       code="missing_required_parameter" if err["type"] == "missing" else "invalid_value") from None
+        raise invalid(exc) from None
+
+
+def invalid(exc: ValidationError) -> APIError:
+    """A 400 naming the first invalid field of a pydantic validation error."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    what = "missing required parameter" if err["type"] == "missing" else err["msg"]
+    return APIError(400, f"{param}: {what}" if param else what, param=param,
+                    code="missing_required_parameter" if err["type"] == "missing" else "invalid_value")

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -25,17 +24,13 @@ from gateway.batches.models import (
 from gateway.batches.service import Batches
 from gateway.batches.store import UnknownCursor
 from gateway.errors import APIError, bad_request
-from gateway.routes import authorize, read_json
+from gateway.routes import authorize, json_response, read_json
 from gateway.state import GatewayState
 
 router = APIRouter()
 
 _MULTIPART_SLACK = 64 * 1024
 """Room for the multipart envelope around a file of the maximum size."""
-
-
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def _context(request: Request) -> tuple[GatewayState, Batches]:
@@ -99,7 +94,7 @@ async def create_file(request: Request) -> Response:
     rec = file_record(new_file_id(), filename, purpose, len(content), state.config.store.retention_days * 86400,
                       lines=summary.lines, urls=summary.urls, models=summary.models)
     await batches.store.put_file(rec, content, lines)
-    return _json(file_object(rec))
+    return json_response(file_object(rec))
 
 
 async def _file(batches: Batches, file_id: str) -> dict[str, Any]:
@@ -112,7 +107,7 @@ async def _file(batches: Batches, file_id: str) -> dict[str, Any]:
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
     _, batches = _context(request)
-    return _json(file_object(await _file(batches, file_id)))
+    return json_response(file_object(await _file(batches, file_id)))
 
 
 @router.get("/v1/files/{file_id}/content")
@@ -160,7 +155,7 @@ async def create_batch(request: Request) -> Response:
     rec = batch_record(file["id"], endpoint, summary.lines, metadata)
     await batches.store.create_batch(rec)
     batches.worker.nudge()
-    return _json(batch_object(rec))
+    return json_response(batch_object(rec))
 
 
 async def _batch(batches: Batches, batch_id: str) -> dict[str, Any]:
@@ -173,7 +168,7 @@ async def _batch(batches: Batches, batch_id: str) -> dict[str, Any]:
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(batch_id: str, request: Request) -> Response:
     _, batches = _context(request)
-    return _json(batch_object(await _batch(batches, batch_id)))
+    return json_response(batch_object(await _batch(batches, batch_id)))
 
 
 @router.get("/v1/batches")
@@ -185,7 +180,7 @@ async def list_batches(request: Request, after: str | None = None, limit: str = 
         records, has_more = await batches.store.list_batches(after, int(limit))
     except UnknownCursor:
         raise bad_request(f"after {after!r} names no batch of this gateway", "after") from None
-    return _json(list_page([batch_object(rec) for rec in records], has_more))
+    return json_response(list_page([batch_object(rec) for rec in records], has_more))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
@@ -199,4 +194,4 @@ async def cancel_batch(batch_id: str, request: Request) -> Response:
         raise APIError(409, f"cannot cancel batch {batch_id}: its status is {rec['status']!r}",
                        code="batch_not_cancellable")
     batches.worker.nudge()
-    return _json(batch_object(rec))
+    return json_response(batch_object(rec))
