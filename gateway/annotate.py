@@ -1,8 +1,10 @@
-"""The annotation path: plan members, ask them concurrently, turn answers into votes, aggregate.
+"""The annotation path: let the router plan waves of members, ask them concurrently, aggregate, repeat.
 
-Deadline semantics: answer when every asked member replied, or when `deadline_s` passes with at
-least `quorum` valid votes; otherwise fail with 503 naming the members that failed. A failing
-member only degrades the answer: its vote carries the error.
+Deadline semantics: answer when the router stops, or when `deadline_s` passes with at least
+`quorum` valid votes; otherwise fail with 503 naming the members that failed. A failing member
+only degrades the answer: its vote carries the error. After each wave the router sees the
+calibrated confidence and what was spent, and either widens or says why it stops; the escalation
+policy then runs unless the per-item budget forbids it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from ensembles.aggregators import Aggregator, Params, pick
+from ensembles.aggregators.base import DEFAULT_SKILL
 from ensembles.calibration import calibrate
 from ensembles.escalation import escalate_to, needs_review
 from ensembles.extract import parse_answer, soft_vote
@@ -24,9 +27,11 @@ from gateway.config import Ensemble, Member
 from gateway.dialects import shape
 from gateway.errors import APIError
 from gateway.pricing import account
+from gateway.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
-from routers import Router
+from routers import MemberState, RouteView, Router, StopReason
+from routers.hedging import hedge_plan
 
 
 @dataclass(slots=True)
@@ -39,68 +44,136 @@ class Outcome:
     upstream_wait_s: float
     escalated: bool = False
     needs_review: bool = False
+    stop_reason: StopReason = "exhausted"
+    calls: int = 0
+    """Member calls made for this item, hedged duplicates included."""
 
     @property
     def agreement(self) -> float:
         valid = [v for v in self.votes if v.valid]
         return sum(v.label == self.label for v in valid) / len(valid) if valid else 0.0
 
+    @property
+    def cost_usd(self) -> float:
+        return sum(v.cost_usd for v in self.votes)
+
 
 class Annotator:
     """Runs one ensemble's request path; holds nothing per request."""
 
     def __init__(self, ensemble: Ensemble, members: dict[str, Member], upstreams: Upstreams,
-                 router: Router, aggregator: Aggregator) -> None:
+                 router: Router, aggregator: Aggregator, depths: QueueDepths | None = None) -> None:
         self.ensemble = ensemble
         self.members = members
         self.upstreams = upstreams
         self.router = router
         self.aggregator = aggregator
+        self.depths = depths or QueueDepths(upstreams, ensemble.routing.load_cache_s)
+        self._accuracy: tuple[Params | None, Sequence[str], dict[str, float]] = (None, (), {})
 
     async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:
-        """Ask, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
+        """Ask in waves, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
         ens = self.ensemble
-        usable = [name for name in ens.members if self.upstreams.usable(name)]
-        planned = self.router.first(ens, usable)
+        started = time.perf_counter()
+        deadline = started + ens.deadline_s
+        if self.router.reads_queue_depth:
+            await self.depths.refresh(ens.members)
+        view = self.view(params, task.labels)
         skipped = [Vote(member=n, label=None, error="circuit open after repeated failures")
-                   for n in ens.members if n not in usable]
+                   for n, state in view.members.items() if not state.usable]
         for vote in skipped:
             metrics.child(metrics.UPSTREAM_REQUESTS, vote.member, "circuit_open").inc()
-        started = time.perf_counter()
-        votes = await self._ask(planned, task, started + ens.deadline_s)
-        distribution = self.aggregator.posterior(votes, task.labels, params)
-        asked = list(planned)
-        while extra := [m for m in self.router.more(ens, usable, asked, distribution) if m not in asked]:
-            asked += extra
-            votes += await self._ask(extra, task, started + ens.deadline_s)
-            distribution = self.aggregator.posterior(votes, task.labels, params)
         calibration = (params or {}).get("calibration")
-        confidence = calibrate(calibration, max(distribution))
+        votes: list[Vote] = []
+        distribution = [1.0 / len(task.labels)] * len(task.labels)
+        calls = self.router.first(view)
+        calls_made = 0
+        while True:
+            if calls:
+                if time.perf_counter() >= deadline:
+                    reason: StopReason = "deadline"
+                    break
+                view.asked += calls
+                wave, hedges = await self._ask(calls, task, deadline, view)
+                calls_made += len(calls) + hedges
+                votes += wave
+                distribution = self.aggregator.posterior(votes, task.labels, params)
+                view.confidence = calibrate(calibration, max(distribution))
+                view.valid_votes = sum(v.valid for v in votes)
+                view.spent_usd = sum(v.cost_usd for v in votes)
+                view.answered_groups = {self.members[v.member].replica_group for v in votes if v.valid}
+            step = self.router.more(view)
+            calls = [name for name in step.call if name not in view.asked]
+            if not calls:
+                reason = step.stop or "exhausted"
+                break
+        confidence = view.confidence
         escalated = False
-        if (strong := escalate_to(ens, confidence, asked)) is not None and self.upstreams.usable(strong):
-            asked.append(strong)
-            strong_vote = await self._ask([strong], task, time.perf_counter() + self.members[strong].timeout_s)
-            votes += strong_vote
-            escalated = strong_vote[0].valid
-            metrics.child(metrics.ESCALATIONS, ens.name, strong).inc()
-            distribution = self.aggregator.posterior(votes, task.labels, params)
-            confidence = calibrate(calibration, max(distribution))
+        if reason != "budget" and (strong := escalate_to(ens, confidence, view.asked)) is not None \
+                and self.upstreams.usable(strong):
+            if self.upstreams.clients[strong].stats.cost_usd > view.remaining_budget():
+                reason = "budget"
+            else:
+                view.asked.append(strong)
+                strong_vote, _ = await self._ask([strong], task, time.perf_counter() + self.members[strong].timeout_s,
+                                                 view, hedge=False)
+                calls_made += 1
+                votes += strong_vote
+                escalated = strong_vote[0].valid
+                reason = "escalated"
+                metrics.child(metrics.ESCALATIONS, ens.name, strong).inc()
+                distribution = self.aggregator.posterior(votes, task.labels, params)
+                confidence = calibrate(calibration, max(distribution))
         waited = time.perf_counter() - started
         all_votes = votes + skipped
+        outcome_cost = sum(v.cost_usd for v in votes)
+        metrics.child(metrics.STOPS, ens.name, reason).inc()
+        metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(calls_made)
+        metrics.child(metrics.ITEM_COST, ens.name).observe(outcome_cost)
         valid = sum(v.valid for v in votes)
         if valid < ens.quorum:
             failed = {v.member: v.error for v in all_votes if not v.valid}
-            detail = "; ".join(f"{m}: {e}" for m, e in failed.items())
+            detail = "; ".join(f"{m}: {e}" for m, e in failed.items()) or "none were asked"
+            if reason == "budget":
+                detail += f" (the per-item cap of ${ens.routing.max_cost_usd:g} left no affordable member)"
             raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "
                                 f"Failed members: {detail}", code="quorum_not_met")
         label = task.labels[pick(distribution)]
         return Outcome(label=label, distribution=distribution, confidence=confidence, votes=all_votes,
-                       upstream_wait_s=waited, escalated=escalated, needs_review=needs_review(ens, confidence))
+                       upstream_wait_s=waited, escalated=escalated, needs_review=needs_review(ens, confidence),
+                       stop_reason=reason, calls=calls_made)
 
-    async def _ask(self, names: Sequence[str], task: AnnotationTask, deadline: float) -> list[Vote]:
-        calls = {name: asyncio.ensure_future(self._vote(self.members[name], task)) for name in names}
+    def view(self, params: Params | None, labels: Sequence[str]) -> RouteView:
+        """The members' live states for the router: circuit, load, latency, expected cost, learned reliability."""
+        accuracy = self._accuracies(params, labels)
+        states = {name: self._state(name, accuracy) for name in self.ensemble.members}
+        return RouteView(ensemble=self.ensemble, members=states, n_labels=len(labels))
+
+    def _state(self, name: str, accuracy: dict[str, float]) -> MemberState:
+        client = self.upstreams.clients[name]
+        stats = client.stats
+        return MemberState(name=name, group=client.member.replica_group, usable=client.breaker.would_allow(),
+                           in_flight=stats.in_flight, p50_s=stats.p50_s, p95_s=stats.p95_s, cost_usd=stats.cost_usd,
+                           reliability=accuracy.get(name, DEFAULT_SKILL), queue_depth=self.depths.get(name))
+
+    def _accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
+        """Learned accuracies, recomputed only when a new parameter set (or label set) comes along."""
+        cached_params, cached_labels, values = self._accuracy
+        if params is cached_params and cached_labels == labels:
+            return values
+        values = self.aggregator.accuracies(params, labels) if params else {}
+        self._accuracy = (params, tuple(labels), values)
+        return values
+
+    async def _ask(self, names: Sequence[str], task: AnnotationTask, deadline: float, view: RouteView,
+                   hedge: bool = True) -> tuple[list[Vote], int]:
+        """Votes of `names` (abstentions for those past the deadline) and how many hedged duplicates were sent."""
+        hedged: list[str] = []
+        hedging = hedge and self.ensemble.routing.hedge
+        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged) if hedging
+                                             else self._vote(self.members[name], task)) for name in names}
         if not calls:
-            return []
+            return [], 0
         timeout = max(deadline - time.perf_counter(), 0.0)
         done, pending = await asyncio.wait(calls.values(), timeout=timeout)
         for fut in pending:
@@ -112,7 +185,40 @@ class Annotator:
             else:
                 votes.append(Vote(member=name, label=None, latency_ms=self.ensemble.deadline_s * 1000,
                                   error=f"no answer before the ensemble deadline of {self.ensemble.deadline_s:g}s"))
-        return votes
+        return votes, len(hedged)
+
+    async def _hedged_vote(self, name: str, task: AnnotationTask, view: RouteView, hedged: list[str]) -> Vote:
+        """The member's vote; past its recent p95, also a replica's, and the first valid answer wins."""
+        client = self.upstreams.clients[name]
+        routing = self.ensemble.routing
+        replicas = [self._state(m.name, {}) for m in self.members.values()
+                    if m.replica_group == client.member.replica_group and m.name != name]
+        plan = hedge_plan(self._state(name, {}), client.stats.samples, replicas, routing.hedge_min_samples,
+                          view.asked)
+        primary = asyncio.ensure_future(self._vote(client.member, task))
+        if plan is None:
+            return await primary
+        delay_s, replica = plan
+        backup: asyncio.Future[Vote] | None = None
+        try:
+            done, _ = await asyncio.wait({primary}, timeout=delay_s)
+            if done:
+                return primary.result()
+            view.asked.append(replica)
+            hedged.append(replica)
+            backup = asyncio.ensure_future(self._vote(self.members[replica], task))
+            pending: set[asyncio.Future[Vote]] = {primary, backup}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    if fut.result().valid:
+                        metrics.child(metrics.HEDGES, replica, "won" if fut is backup else "lost").inc()
+                        return fut.result()
+            return primary.result()
+        finally:
+            for fut in (primary, backup):
+                if fut is not None and not fut.done():
+                    fut.cancel()
 
     async def _vote(self, member: Member, task: AnnotationTask) -> Vote:
         """One member's vote; every failure becomes an abstaining vote with its reason."""
@@ -133,6 +239,7 @@ class Annotator:
             return Vote(member=member.name, label=None, latency_ms=latency_ms,
                         error="malformed completion body from the member")
         prompt_tokens, completion_tokens, cost = account(member, data.get("usage"))
+        self.upstreams.clients[member.name].stats.paid(cost)
         raw = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content")
         label, error = parse_answer(raw, task.labels)
         probs = soft_vote(choice, task.labels) if label is not None else None

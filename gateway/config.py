@@ -69,6 +69,9 @@ class Member(Strict):
     logprobs: bool = True
     """Ask for token log-probabilities (soft votes); llama.cpp's server gets several times slower with them."""
     health_path: str = "/health"
+    group: str | None = None
+    """Members sharing a group are interchangeable replicas of one worker (same model and template):
+    load-aware routing asks one of them, hedging duplicates a slow call to another."""
 
     @field_validator("base_url")
     @classmethod
@@ -80,6 +83,10 @@ class Member(Strict):
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
+    @property
+    def replica_group(self) -> str:
+        return self.group or self.name
+
 
 class Escalation(Strict):
     below: float = Field(ge=0, le=1)
@@ -90,11 +97,31 @@ class Review(Strict):
     below: float = Field(ge=0, le=1)
 
 
+class Routing(Strict):
+    """Knobs of the routing strategies; each strategy reads the ones it needs (see routers/)."""
+
+    start: int = Field(2, ge=1)
+    """adaptive: workers asked in the first wave."""
+    widen: int = Field(1, ge=1)
+    """adaptive: workers added by each further wave."""
+    target: float = Field(0.9, gt=0, le=1)
+    """adaptive, cost_aware: stop asking once the (calibrated) confidence reaches this."""
+    max_cost_usd: float | None = Field(None, gt=0)
+    """Per-item spending cap: no wave or escalation that could take an item's cost above it."""
+    hedge: bool = False
+    """Duplicate a call that runs past its member's recent p95 latency to an idle replica of its group."""
+    hedge_min_samples: int = Field(20, ge=1)
+    """Latencies a member needs on record before its p95 is trusted for hedging."""
+    load_cache_s: float = Field(1.0, gt=0)
+    """least_loaded: how long a queue depth read from a vLLM server's /metrics is reused."""
+
+
 class Ensemble(Strict):
     name: str
     members: list[str] = Field(min_length=1)
     aggregator: str = "majority"
     router: str = "fanout"
+    routing: Routing = Routing()
     quorum: int = Field(1, ge=1)
     deadline_s: float = Field(30.0, gt=0)
     escalation: Escalation | None = None

@@ -42,6 +42,14 @@ TOKENS = Counter("crowd_gateway_tokens", "Tokens used by member calls", ["member
 CIRCUIT = Gauge("crowd_gateway_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                 ["member"], multiprocess_mode="max")
 ESCALATIONS = Counter("crowd_gateway_escalations", "Items escalated to a stronger member", ["ensemble", "to"])
+CALLS_PER_ITEM = Histogram("crowd_gateway_calls_per_item", "Member calls made for one item (hedges included)",
+                           ["ensemble"], buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20))
+STOPS = Counter("crowd_gateway_route_stops", "Why routing stopped asking about an item: confident, exhausted, "
+                "escalated, budget or deadline", ["ensemble", "reason"])
+ITEM_COST = Histogram("crowd_gateway_item_cost_usd", "Money spent on one item's member calls", ["ensemble"],
+                      buckets=(1e-7, 1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1))
+HEDGES = Counter("crowd_gateway_hedges", "Duplicate calls sent to a replica after a slow first call, by winner",
+                 ["member", "outcome"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

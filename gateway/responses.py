@@ -26,6 +26,8 @@ def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, pa
         "item_id": task.item_id,
         "schema": task.schema,
         "agreement": round(outcome.agreement, 6),
+        "stop_reason": outcome.stop_reason,
+        "calls": outcome.calls,
         "votes": [vote.wire() for vote in outcome.votes],
     }
 

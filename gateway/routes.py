@@ -122,7 +122,8 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     await remember(state, model, task, outcome, annotation)
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
-    headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}"}
+    headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
+               "x-crowd-stop-reason": outcome.stop_reason}
     return json_response(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
 
 

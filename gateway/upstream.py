@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from gateway import metrics
 from gateway.breaker import CircuitBreaker, State
 from gateway.config import Breaker, Member
+from gateway.member_stats import MemberStats
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF_S = 0.05
@@ -100,6 +101,7 @@ class MemberClient:
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
         self.root = member.base_url.removesuffix("/v1")
+        self.stats = MemberStats(member)
         self._gauge = metrics.child(metrics.CIRCUIT, member.name)
         self._gauge.set(0)
 
@@ -138,9 +140,11 @@ class Upstreams:
             raise UpstreamError(member.name, "circuit_open", "circuit open after repeated failures")
         started = time.perf_counter()
         outcome = "error"
+        client.stats.in_flight += 1
         try:
             async with client.slots:
                 reply = await self._post_with_retries(client, path, body)
+            client.stats.answered(time.perf_counter() - started)
             outcome = "ok" if reply.status < 400 else "error"
             if reply.status >= 500:
                 client.breaker.failure()
@@ -160,6 +164,7 @@ class Upstreams:
             raise UpstreamError(member.name, "connection", f"connection failed: {exc.__class__.__name__}: {exc}") \
                 from None
         finally:
+            client.stats.in_flight -= 1
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, outcome).inc()
             metrics.child(metrics.UPSTREAM_DURATION, member.name).observe(time.perf_counter() - started)
             client.publish_state()

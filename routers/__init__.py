@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from routers.base import Router
+from routers.adaptive import Adaptive
+from routers.base import MemberState, RouteView, Router, Step, StopReason
+from routers.cost_aware import CostAware
 from routers.fanout import FanOut
+from routers.least_loaded import LeastLoaded
 from routers.passthrough import Passthrough
 
-REGISTRY: dict[str, type[Router]] = {cls.name: cls for cls in (FanOut, Passthrough)}
+REGISTRY: dict[str, type[Router]] = {cls.name: cls for cls in (FanOut, Passthrough, Adaptive, CostAware,
+                                                                LeastLoaded)}
 
 
 def get_router(name: str) -> Router:
@@ -16,4 +20,4 @@ def get_router(name: str) -> Router:
         raise KeyError(f"unknown router {name!r}; known: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "Router", "get_router"]
+__all__ = ["REGISTRY", "MemberState", "RouteView", "Router", "Step", "StopReason", "get_router"]

@@ -1,15 +1,12 @@
-"""Fan-out: ask every usable member of the ensemble at once."""
+"""Fan-out: ask every usable member of the ensemble at once; the most expensive, most informed answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from gateway.config import Ensemble
-from routers.base import Router
+from routers.base import RouteView, Router
 
 
 class FanOut(Router):
     name = "fanout"
 
-    def first(self, ensemble: Ensemble, usable: Sequence[str]) -> list[str]:
-        return list(usable)
+    def first(self, view: RouteView) -> list[str]:
+        return [name for name, state in view.members.items() if state.usable]

@@ -1,15 +1,12 @@
-"""Passthrough: one named member answers, unchanged (plain proxying)."""
+"""Passthrough: the first usable member answers alone (plain proxying, as a routing strategy)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from gateway.config import Ensemble
-from routers.base import Router
+from routers.base import RouteView, Router
 
 
 class Passthrough(Router):
     name = "passthrough"
 
-    def first(self, ensemble: Ensemble, usable: Sequence[str]) -> list[str]:
-        return list(usable[:1])
+    def first(self, view: RouteView) -> list[str]:
+        return next(([name] for name, state in view.members.items() if state.usable), [])

@@ -5,9 +5,11 @@ One process serves many members under `/m/{name}/v1/...`. Each member's behaviou
 against the request's text), `latency_ms`, `fail` (list of statuses returned by the next calls,
 in order), `retry_after` (header sent with failures), `drop` (close the connection without an
 answer), `down` (health fails), `logprobs` ({token: logprob} for the first answer token),
-`usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop). `GET
-/_calls/{name}` returns how many calls arrived and the last body. Used by the integration tests
-and by bench/ as the fast upstream.
+`usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop), `jitter_ms`
+(mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
+running], served as vLLM's gauges on `GET /m/{name}/metrics`). `GET /_calls/{name}` returns how
+many calls arrived, how many the client abandoned while they waited (`cancelled`), and the last
+body. Used by the integration tests and by bench/ as the fast upstream.
 
 Run: python tests/fake_upstream.py --port 8199
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -23,14 +26,17 @@ import orjson
 from aiohttp import web
 
 DEFAULT = {"answer": None, "keywords": {}, "latency_ms": 0, "fail": [], "retry_after": None, "drop": False,
-           "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False}
+           "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False, "jitter_ms": 0, "queue": None}
+POLL_S = 0.005
 
 
 class Members:
     def __init__(self) -> None:
         self.scripts: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, int] = {}
+        self.cancelled: dict[str, int] = {}
         self.last: dict[str, Any] = {}
+        self.rngs: dict[str, random.Random] = {}
 
     def script(self, name: str) -> dict[str, Any]:
         return self.scripts.setdefault(name, {**DEFAULT, "fail": []})
@@ -45,6 +51,16 @@ def _answer(script: dict[str, Any], body: dict[str, Any]) -> str:
         return script["answer"]
     choice = (body.get("structured_outputs") or {}).get("choice")
     return choice[0] if choice else "ok"
+
+
+async def _wait_unless_abandoned(request: web.Request, delay: float) -> bool:
+    """Sleep `delay` seconds; False as soon as the client closes the connection (a cancelled call)."""
+    until = time.monotonic() + delay
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(POLL_S, left))
+        if request.transport is None or request.transport.is_closing():
+            return False
+    return True
 
 
 def _logprobs(script: dict[str, Any], chat: bool) -> Any:
@@ -65,8 +81,13 @@ async def completion(request: web.Request) -> web.StreamResponse:
     members.calls[name] = members.calls.get(name, 0) + 1
     body = await request.json(loads=orjson.loads)
     members.last[name] = body
-    if script["latency_ms"]:
-        await asyncio.sleep(script["latency_ms"] / 1000)
+    delay = script["latency_ms"] / 1000
+    if script["jitter_ms"]:
+        rng = members.rngs.setdefault(name, random.Random(name))
+        delay += rng.expovariate(1000 / script["jitter_ms"])
+    if delay and not await _wait_unless_abandoned(request, delay):
+        members.cancelled[name] = members.cancelled.get(name, 0) + 1
+        return web.Response(status=499)
     if script["drop"]:
         request.transport.close()
         raise ConnectionResetError("dropped on purpose")
@@ -118,6 +139,20 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=503 if script["down"] else 200, text="")
 
 
+async def vllm_metrics(request: web.Request) -> web.Response:
+    queue = request.app["members"].script(request.match_info["name"])["queue"]
+    if queue is None:
+        return web.Response(status=404, text="no metrics")
+    waiting, running = queue
+    text = ("# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {float(waiting)}\n'
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(running)}\n')
+    return web.Response(text=text, content_type="text/plain")
+
+
 async def models(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
@@ -133,7 +168,8 @@ async def set_script(request: web.Request) -> web.Response:
 async def get_calls(request: web.Request) -> web.Response:
     members: Members = request.app["members"]
     name = request.match_info["name"]
-    return web.json_response({"calls": members.calls.get(name, 0), "last": members.last.get(name)})
+    return web.json_response({"calls": members.calls.get(name, 0), "cancelled": members.cancelled.get(name, 0),
+                              "last": members.last.get(name)})
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -148,6 +184,7 @@ def make_app() -> web.Application:
     app.router.add_post("/m/{name}/v1/completions", completion)
     app.router.add_get("/m/{name}/health", health)
     app.router.add_get("/m/{name}/v1/models", models)
+    app.router.add_get("/m/{name}/metrics", vllm_metrics)
     app.router.add_post("/_script/{name}", set_script)
     app.router.add_get("/_calls/{name}", get_calls)
     app.router.add_post("/_reset", reset)

@@ -43,6 +43,13 @@ class Aggregator(ABC):
         """
         return None
 
+    def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
+        """Each fitted member's probability of answering right, read from `params` (routers rank by it).
+
+        Members absent from the result are unknown: callers assume DEFAULT_SKILL.
+        """
+        return {}
+
 
 def pick(distribution: Sequence[float]) -> int:
     """Index of the most probable label; ties go to the earliest label of the set (deterministic)."""

@@ -69,6 +69,14 @@ class ConfusionAggregator(Aggregator):
         self._cache[key] = (params, compiled)
         return compiled
 
+    def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
+        """Prior-weighted diagonal of each confusion matrix."""
+        if not params:
+            return {}
+        c = self.compiled(params, labels)
+        prior = softmax(list(c.log_prior))
+        return {m: sum(p * mat[k][k] for k, p in enumerate(prior)) for m, mat in c.matrices.items()}
+
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         c = self.compiled(params, labels)
         k = len(labels)

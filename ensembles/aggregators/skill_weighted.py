@@ -25,6 +25,9 @@ class SkillWeighted(Aggregator):
         model = getattr(crowdkit.aggregation, self.crowdkit_class)().fit(frame(votes))
         return {"skills": {str(w): float(s) for w, s in model.skills_.items()}}
 
+    def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
+        return {m: min(max(float(s), 0.0), 1.0) for m, s in (params or {}).get("skills", {}).items()}
+
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         skills = (params or {}).get(self.key, {})
         default = self.default_weight(len(labels))

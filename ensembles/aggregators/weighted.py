@@ -28,6 +28,11 @@ class Weighted(SkillWeighted):
     def default_weight(self, k: int) -> float:
         return log_odds(DEFAULT_SKILL, k)
 
+    def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
+        """The one-coin accuracy behind each log-odds weight: s = e^w / (K - 1 + e^w)."""
+        k = len(labels)
+        return {m: math.exp(w) / (k - 1 + math.exp(w)) for m, w in (params or {}).get("weights", {}).items()}
+
     def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
         skills = OneCoin().fit(votes, labels)["skills"]
         return {"weights": {m: log_odds(s, len(labels)) for m, s in skills.items()}}

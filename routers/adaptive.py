@@ -1,0 +1,58 @@
+"""Adaptive cascade: ask the workers with the best reliability per dollar first, widen only while unsure.
+
+After each wave the annotator recomputes the (calibrated) posterior; the cascade stops as soon
+as confidence reaches `routing.target` with a quorum of valid votes, otherwise asks the next
+`routing.widen` workers, never beyond `routing.max_cost_usd`. When every worker has answered
+below target the annotator applies the ensemble's escalation policy. Most items are easy: two
+cheap members that agree settle them (FrugalGPT's cascade, CoAnnotating's allocation).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ensembles.aggregators.weighted import log_odds
+from routers.base import MemberState, RouteView, Router, Step
+
+
+def value(state: MemberState, n_labels: int) -> tuple[float, float]:
+    """Sort key, higher first: information per dollar (log-odds of being right over cost), then information."""
+    info = log_odds(state.reliability, n_labels)
+    per_dollar = info / state.cost_usd if state.cost_usd > 0 else (math.inf if info > 0 else 0.0)
+    return per_dollar, info
+
+
+def ranked(view: RouteView) -> list[MemberState]:
+    """Workers not asked yet, best reliability per dollar first (config order breaks ties)."""
+    return sorted(view.open_groups(), key=lambda s: value(s, view.n_labels), reverse=True)
+
+
+def affordable(candidates: list[MemberState], budget: float, count: int) -> list[str]:
+    """Up to `count` candidates, in order, whose summed expected cost stays within `budget`."""
+    chosen: list[str] = []
+    for state in candidates:
+        if len(chosen) == count:
+            break
+        if state.cost_usd <= budget:
+            chosen.append(state.name)
+            budget -= state.cost_usd
+    return chosen
+
+
+class Adaptive(Router):
+    name = "adaptive"
+
+    def first(self, view: RouteView) -> list[str]:
+        count = max(view.ensemble.routing.start, view.ensemble.quorum)
+        return affordable(ranked(view), view.remaining_budget(), count)
+
+    def more(self, view: RouteView) -> Step:
+        routing = view.ensemble.routing
+        quorum = view.ensemble.quorum
+        if view.valid_votes >= quorum and view.confidence >= routing.target:
+            return Step(stop="confident")
+        candidates = ranked(view)
+        if not candidates:
+            return Step(stop="exhausted")
+        call = affordable(candidates, view.remaining_budget(), max(routing.widen, quorum - view.valid_votes))
+        return Step(call=call) if call else Step(stop="budget")
