@@ -9,12 +9,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from openai import OpenAI
 
 from gateway.config import load_config
 from gateway.pool import running_pool
+from gateway.queue_depth import parse_queue_depth
 from tests.conftest import ROOT, Gateway
 
 pytestmark = pytest.mark.real
@@ -101,3 +103,30 @@ def test_crowd_against_best_member(heldout: list) -> None:
     print("\nreal-model tier, 40 held-out sentences: " + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.items())
           + f"; crowd {crowd:.3f} (best member {best:.3f})")
     assert crowd >= best - 0.05
+
+
+def test_adaptive_cascade_asks_fewer_members_and_stops_for_its_reason(client: OpenAI, heldout: list) -> None:
+    rows = [row for row, _ in heldout]
+    answers = [client.chat.completions.create(model="cascade", messages=[{"role": "user", "content": row["text"]}],
+                                              extra_body={"labels": LABELS}).model_extra["annotation"]
+               for row in rows]
+    for ann in answers:
+        assert ann["stop_reason"] in ("confident", "exhausted"), ann
+        if ann["stop_reason"] == "confident":
+            assert ann["confidence"] >= 0.9 and ann["calls"] >= 2
+        else:
+            assert ann["calls"] == 4, "exhausted means every worker was asked"
+    calls = sum(a["calls"] for a in answers) / len(answers)
+    accuracy = sum(a["label"] == row["label"] for a, row in zip(answers, rows)) / len(rows)
+    crowd = sum(r.model_extra["annotation"]["label"] == row["label"] for row, r in heldout) / len(rows)
+    print(f"\nadaptive cascade, 40 held-out sentences: accuracy {accuracy:.3f} with {calls:.2f} calls per item; "
+          f"fan-out crowd {crowd:.3f} with 4 calls")
+    assert calls < 4
+    assert accuracy >= 0.75, "well above chance on easy sentiment"
+
+
+def test_least_loaded_reads_the_real_vllm_queue_gauges(pool: None) -> None:
+    """vLLM's /metrics exports the two gauges least_loaded reads (waiting + running requests)."""
+    text = httpx.get("http://127.0.0.1:8101/metrics", timeout=10).text
+    depth = parse_queue_depth(text)
+    assert depth is not None and depth >= 0
