@@ -126,10 +126,9 @@ class Annotator:
                 confidence = calibrate(calibration, max(distribution))
         waited = time.perf_counter() - started
         all_votes = votes + skipped
-        outcome_cost = sum(v.cost_usd for v in votes)
         metrics.child(metrics.STOPS, ens.name, reason).inc()
         metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(calls_made)
-        metrics.child(metrics.ITEM_COST, ens.name).observe(outcome_cost)
+        metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in votes))
         valid = sum(v.valid for v in votes)
         if valid < ens.quorum:
             failed = {v.member: v.error for v in all_votes if not v.valid}

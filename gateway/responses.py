@@ -36,7 +36,7 @@ def usage_block(outcome: Outcome) -> dict[str, Any]:
     prompt = sum(v.prompt_tokens for v in outcome.votes)
     completion = sum(v.completion_tokens for v in outcome.votes)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "cost_usd": round(sum(v.cost_usd for v in outcome.votes), 12)}
+            "cost_usd": round(outcome.cost_usd, 12)}
 
 
 def completion_body(model: str, task: AnnotationTask, annotation: dict[str, Any],
