@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from gateway import demo, evaluate, jobs_cli, pool, report
+from gateway import demo, evaluate, jobs_cli, pool, report, tune
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.add_parser(sub)
     report.add_parser(sub)
     evaluate.add_parser(sub)
+    tune.add_parser(sub)
     demo.add_parser(sub)
     pool.add_pool_commands(sub)
     return parser
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
+        return 2
+    except jobs_cli.UsageError as exc:
+        print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
