@@ -1,7 +1,10 @@
 """Calibration: map the posterior's top probability to the observed chance of being right.
 
 Fitted off the request path with isotonic regression (scikit-learn) on items with gold labels;
-applied on the request path as a piecewise-linear lookup, a few comparisons.
+applied on the request path as a piecewise-linear lookup, a few comparisons. A cascade decides after
+one, two, three votes, where the same raw posterior means less than after the whole crowd: a map
+per number of valid votes (`by_votes`) calibrates each of those decisions; the main map is the
+fallback.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ def fit_calibration(confidences: Sequence[float], correct: Sequence[bool]) -> di
             "n": len(confidences)}
 
 
-def calibrate(calibration: Mapping[str, Any] | None, confidence: float) -> float:
-    """The calibrated confidence; unchanged when no calibration has been fitted."""
+def calibrate(calibration: Mapping[str, Any] | None, confidence: float, votes: int | None = None) -> float:
+    """The calibrated confidence after `votes` valid votes; unchanged when no calibration has been fitted."""
     if not calibration:
         return confidence
+    if votes is not None:
+        calibration = calibration.get("by_votes", {}).get(str(votes), calibration)
     xs, ys = calibration["x"], calibration["y"]
     if confidence <= xs[0]:
         return ys[0]

@@ -6,6 +6,7 @@ plain JSON-able parameters, which the gateway publishes to the store.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,5 +53,32 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
             correct.append(labels[best] == truth)
     if len(confidences) >= min_gold:
         params["calibration"] = fit_calibration(confidences, correct)
+        if by_votes := partial_calibrations(aggregator, by_item, labels, gold, params, min_gold):
+            params["calibration"]["by_votes"] = by_votes
     params["fitted_on"] = {"items": len(by_item), "votes": len(triples), "gold": len(confidences)}
     return params
+
+
+def partial_calibrations(aggregator: str, by_item: Mapping[str, Sequence[Vote]], labels: Sequence[str],
+                         gold: Mapping[str, str], params: Mapping[str, Any], min_gold: int) -> dict[str, Any]:
+    """A calibration map per number of votes k, from a random k-subset of each gold item's votes.
+
+    What a cascade sees after k answers; seeded by item id, so a refit on the same votes is stable.
+    """
+    agg = get_aggregator(aggregator)
+    most = max((len(by_item[item]) for item in gold if item in by_item), default=0)
+    maps: dict[str, Any] = {}
+    for k in range(1, most + 1):
+        confidences, correct = [], []
+        for item, truth in gold.items():
+            votes = by_item.get(item, ())
+            if len(votes) < k:
+                continue
+            subset = random.Random(f"{item}:{k}").sample(list(votes), k)
+            dist = agg.posterior(subset, labels, params)
+            best = pick(dist)
+            confidences.append(dist[best])
+            correct.append(labels[best] == truth)
+        if len(confidences) >= min_gold:
+            maps[str(k)] = fit_calibration(confidences, correct)
+    return maps

@@ -98,8 +98,8 @@ class Annotator:
                 calls_made += len(calls) + hedges
                 votes += wave
                 distribution = self.aggregator.posterior(votes, task.labels, params)
-                view.confidence = calibrate(calibration, max(distribution))
                 view.valid_votes = sum(v.valid for v in votes)
+                view.confidence = calibrate(calibration, max(distribution), view.valid_votes)
                 view.spent_usd = sum(v.cost_usd for v in votes)
                 view.answered_groups = {self.members[v.member].replica_group for v in votes if v.valid}
             step = self.router.more(view)
@@ -123,7 +123,7 @@ class Annotator:
                 reason = "escalated"
                 metrics.child(metrics.ESCALATIONS, ens.name, strong).inc()
                 distribution = self.aggregator.posterior(votes, task.labels, params)
-                confidence = calibrate(calibration, max(distribution))
+                confidence = calibrate(calibration, max(distribution), sum(v.valid for v in votes))
         waited = time.perf_counter() - started
         all_votes = votes + skipped
         metrics.child(metrics.STOPS, ens.name, reason).inc()

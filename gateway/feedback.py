@@ -91,8 +91,8 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     if any(v.valid for v in votes):
         dist = aggregator.posterior(votes, item.labels, params)
         best = pick(dist)
-        aggregate = {"label": item.labels[best], "confidence": round(calibrate((params or {}).get("calibration"),
-                                                                                dist[best]), 6),
+        confidence = calibrate((params or {}).get("calibration"), dist[best], sum(v.valid for v in votes))
+        aggregate = {"label": item.labels[best], "confidence": round(confidence, 6),
                      "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
                      "aggregator": aggregator.name,
                      "params_version": state.reliability.version_of(item.schema, aggregator.name)}

@@ -90,3 +90,26 @@ def test_calibration_is_fitted_on_soft_posteriors() -> None:
     assert params["fitted_on"] == {"items": 30, "votes": 60, "gold": 30}
     # every item has the same soft posterior, right 2 times in 3: the map sends it to 2/3
     assert params["calibration"]["y"] == pytest.approx([20 / 30])
+
+
+def test_calibration_per_number_of_votes() -> None:
+    """After one vote a cascade must not trust a unanimous posterior as it would after three."""
+    import random
+
+    from ensembles.calibration import calibrate
+    from ensembles.refit import refit
+
+    labels = ["positive", "negative"]
+    rng = random.Random(5)
+    truth = {f"i{n}": rng.choice(labels) for n in range(400)}
+    item_votes = {item: [{"member": m, "label": t if rng.random() < 0.7 else next(x for x in labels if x != t)}
+                         for m in ("a", "b", "c")] for item, t in truth.items()}
+    params = refit("majority", item_votes, labels, truth, min_gold=20)
+    cal = params["calibration"]
+    assert set(cal["by_votes"]) == {"1", "2", "3"}
+    # one vote: majority says 1.0, but a 0.7-accurate member is right about 70% of the time
+    assert calibrate(cal, 1.0, 1) == pytest.approx(0.7, abs=0.06)
+    # three agreeing votes: 0.343 / (0.343 + 0.027) = 0.93
+    assert calibrate(cal, 1.0, 3) == pytest.approx(0.93, abs=0.05)
+    assert calibrate(cal, 1.0) == calibrate(cal, 1.0, 3), "the main map is fitted on every vote of an item"
+    assert calibrate(cal, 1.0, 7) == calibrate(cal, 1.0), "no map for that count: the main map"
