@@ -134,7 +134,7 @@ class Annotator:
             failed = {v.member: v.error for v in all_votes if not v.valid}
             detail = "; ".join(f"{m}: {e}" for m, e in failed.items()) or "none were asked"
             if reason == "budget":
-                detail += f" (the per-item cap of ${ens.routing.max_cost_usd:g} left no affordable member)"
+                detail += f"; asking more would pass the per-item cap of ${ens.routing.max_cost_usd:g}"
             raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "
                                 f"Failed members: {detail}", code="quorum_not_met")
         label = task.labels[pick(distribution)]
