@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -56,6 +57,7 @@ def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
              "routing": {"load_cache_s": 1.0}},
             {"name": "hedge", "members": ["h1"], "routing": {"hedge": True, "hedge_min_samples": 5}},
             {"name": "everyone", "members": ["w1", "w2", "w3", "w4"]},
+            {"name": "broke", "router": "adaptive", "members": ["w1", "w2"], "routing": {"max_cost_usd": 1e-9}},
         ],
     }
     return gateway_factory(config)
@@ -130,6 +132,14 @@ def test_budget_cap_stops_widening_and_escalation(client: OpenAI, upstream: Upst
     assert called(upstream, "b1", "b2", "b3", "bstrong") == {"b1": 1, "b2": 1, "b3": 0, "bstrong": 0}
     assert ann["stop_reason"] == "budget" and r.headers["x-crowd-stop-reason"] == "budget"
     assert r.parse().usage.model_extra["cost_usd"] <= 0.00062
+
+
+def test_a_cap_below_any_member_is_a_clear_503(client: OpenAI, upstream: Upstream) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, "broke")
+    assert info.value.status_code == 503
+    assert "per-item cap of $1e-09" in info.value.message and "quorum is 1" in info.value.message
+    assert called(upstream, "w1", "w2") == {"w1": 0, "w2": 0}
 
 
 def test_cost_aware_asks_the_cheapest_set_reaching_the_target(client: OpenAI, upstream: Upstream) -> None:
