@@ -7,7 +7,7 @@ plain JSON-able parameters, which the gateway publishes to the store.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +41,7 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
     agg = get_aggregator(aggregator)
     triples = hard_triples(item_votes)
     params: dict[str, Any] = dict(agg.fit(triples, labels, gold) or {})
+    params["votes_per_member"] = dict(Counter(member for _, member, _ in triples))
     by_item: dict[str, list[Vote]] = defaultdict(list)
     for item, votes in item_votes.items():
         by_item[item] = [Vote.from_wire(v, len(labels)) for v in votes if v.get("label") is not None]

@@ -86,6 +86,7 @@ class Annotator:
         calibration = (params or {}).get("calibration")
         votes: list[Vote] = []
         distribution = [1.0 / len(task.labels)] * len(task.labels)
+        confidence = 0.0
         calls = self.router.first(view)
         calls_made = 0
         while True:
@@ -99,7 +100,10 @@ class Annotator:
                 votes += wave
                 distribution = self.aggregator.posterior(votes, task.labels, params)
                 view.valid_votes = sum(v.valid for v in votes)
-                view.confidence = calibrate(calibration, max(distribution), view.valid_votes)
+                confidence = calibrate(calibration, max(distribution), view.valid_votes)
+                # routing and escalation act only when the model's posterior and its calibration agree the
+                # item is settled: an isotonic map fitted on few gold items can lift any posterior to 1.0
+                view.confidence = min(max(distribution), confidence)
                 view.spent_usd = sum(v.cost_usd for v in votes)
                 view.answered_groups = {self.members[v.member].replica_group for v in votes if v.valid}
             step = self.router.more(view)
@@ -107,9 +111,8 @@ class Annotator:
             if not calls:
                 reason = step.stop or "exhausted"
                 break
-        confidence = view.confidence
         escalated = False
-        if reason != "budget" and (strong := escalate_to(ens, confidence, view.asked)) is not None \
+        if reason != "budget" and (strong := escalate_to(ens, view.confidence, view.asked)) is not None \
                 and self.upstreams.usable(strong):
             if self.upstreams.clients[strong].stats.cost_usd > view.remaining_budget():
                 reason = "budget"

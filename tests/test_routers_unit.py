@@ -125,3 +125,38 @@ def test_routing_config_is_validated() -> None:
         parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "routing": {"target": 1.5}}]})
     with pytest.raises(ConfigError, match="routing.strat"):
         parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "routing": {"strat": 2}}]})
+
+
+def test_a_cascade_does_not_stop_on_calibration_alone() -> None:
+    """An isotonic map fitted on few gold items can send a 50/50 split to 1.0; the cascade still widens."""
+    import asyncio
+
+    from ensembles.votes import Vote
+    from gateway.replay import ReplayAnnotator
+    from gateway.task import build_task
+
+    config = parse_config({"members": [{"name": n, "base_url": "http://127.0.0.1:9/v1", "model": "m"} for n in "abc"],
+                           "ensembles": [{"name": "e", "members": list("abc"), "router": "adaptive",
+                                          "routing": {"start": 2, "target": 0.9}}]})
+    recording = {"i": {"a": Vote("a", "pos", raw="pos"), "b": Vote("b", "neg", raw="neg"),
+                       "c": Vote("c", "pos", raw="pos")}}
+    annotator = ReplayAnnotator(config, config.ensembles[0], recording)
+    task = build_task({"messages": [{"role": "user", "content": "ok"}], "labels": ["pos", "neg"], "item_id": "i"},
+                      "chat", config)
+    saturated = {"calibration": {"x": [0.5, 1.0], "y": [1.0, 1.0], "n": 20}}
+    outcome = asyncio.run(annotator.run(task, saturated))
+    assert outcome.calls == 3 and outcome.stop_reason == "exhausted"
+    assert outcome.confidence == 1.0, "the reported confidence is still the calibrated one"
+
+
+def test_fitted_reliability_is_shrunk_on_small_data() -> None:
+    """Twenty flawless answers do not make a member infallible; thousands nearly do."""
+    from ensembles.refit import refit
+
+    labels = ["pos", "neg"]
+    for n, low, high in ((20, 0.8, 0.9), (4000, 0.995, 1.0)):
+        gold = {f"i{i}": labels[i % 2] for i in range(n)}
+        votes = {i: [{"member": m, "label": g} for m in "abc"] for i, g in gold.items()}
+        params = refit("one_coin", votes, labels, gold, 20)
+        accuracy = get_aggregator("one_coin").accuracies(params, labels)
+        assert all(low < a < high for a in accuracy.values()), (n, accuracy)

@@ -22,6 +22,21 @@ Matrix = list[list[float]]
 """conf[k][l] = P(member answers labels[l] | true label is labels[k])."""
 
 _FLOOR = 1e-6
+PSEUDO_VOTES = 10.0
+"""Strength of the prior each fitted matrix is shrunk toward: as if every member had also answered this
+many items at DEFAULT_SKILL. On a few dozen items EM reports members that never erred as exactly
+right (and unseen confusions as impossible, so one odd vote vetoes the truth); on thousands the
+shrinkage vanishes."""
+
+
+def shrink(matrix: Matrix, votes: float, prior: Sequence[float], k: int) -> Matrix:
+    """Each row k mixed with the default one-coin row, weighted by the member's votes on class k."""
+    default = one_coin(DEFAULT_SKILL, k)
+    out = []
+    for t, row in enumerate(matrix):
+        n = votes * prior[t]
+        out.append([(n * p + PSEUDO_VOTES * d) / (n + PSEUDO_VOTES) for p, d in zip(row, default[t])])
+    return out
 
 
 def one_coin(skill: float, k: int) -> Matrix:
@@ -63,7 +78,11 @@ class ConfusionAggregator(Aggregator):
         if hit is not None and hit[0] is params:
             return hit[1]
         mats = self.matrices(params, labels) if params else {}
-        compiled = Compiled([math.log(max(p, _FLOOR)) for p in self.prior(params, labels)], mats, len(labels))
+        prior = self.prior(params, labels)
+        counts = (params or {}).get("votes_per_member")
+        if counts is not None:
+            mats = {m: shrink(mat, float(counts.get(m, 0)), prior, len(labels)) for m, mat in mats.items()}
+        compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels))
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[key] = (params, compiled)

@@ -9,9 +9,11 @@ than chance weigh nothing. Before any fit every member weighs the same.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from ensembles.aggregators.base import DEFAULT_SKILL, Params, Triple
+from ensembles.aggregators.confusion import PSEUDO_VOTES
 from ensembles.aggregators.one_coin import OneCoin
 from ensembles.aggregators.skill_weighted import SkillWeighted
 
@@ -34,5 +36,9 @@ class Weighted(SkillWeighted):
         return {m: math.exp(w) / (k - 1 + math.exp(w)) for m, w in (params or {}).get("weights", {}).items()}
 
     def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
+        """One-coin skills, shrunk toward DEFAULT_SKILL by PSEUDO_VOTES, as log-odds weights."""
         skills = OneCoin().fit(votes, labels)["skills"]
-        return {"weights": {m: log_odds(s, len(labels)) for m, s in skills.items()}}
+        counts = Counter(member for _, member, _ in votes)
+        shrunk = {m: (counts[m] * s + PSEUDO_VOTES * DEFAULT_SKILL) / (counts[m] + PSEUDO_VOTES)
+                  for m, s in skills.items()}
+        return {"weights": {m: log_odds(s, len(labels)) for m, s in shrunk.items()}}
