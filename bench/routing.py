@@ -60,7 +60,7 @@ from gateway.evaluate import load_dataset, split_of
 from gateway.pool import running_pool
 from gateway.replay import Recording
 from gateway.task import build_task
-from gateway.tune import TARGETS, Point, fit_params, score
+from gateway.tune import PRICE_WEIGHTS, TARGETS, Point, fit_params, score
 from tests.conftest import BIN, free_port, stop, wait_http
 
 DATASETS = {"yelp": "uci_sentiment_yelp.jsonl", "tweets": "tweets_sentiment_crowdflower.jsonl",
@@ -227,8 +227,8 @@ def warm_up(url: str, rows: Sequence[dict[str, Any]], labels: Sequence[str], con
 
 def candidates(targets: Sequence[float], members: int) -> dict[str, list[Strategy]]:
     """Every setting of the knobs each router reads (as `crowd-gateway tune` searches them)."""
-    return {"adaptive": [Strategy("adaptive", (("target", t), ("start", s)))
-                         for t, s in itertools.product(targets, range(QUORUM, members + 1))],
+    return {"adaptive": [Strategy("adaptive", (("target", t), ("start", s), ("price_weight", w)))
+                         for t, s, w in itertools.product(targets, range(QUORUM, members + 1), PRICE_WEIGHTS)],
             "cost_aware": [Strategy("cost_aware", (("target", t),)) for t in targets]}
 
 

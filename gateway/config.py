@@ -106,6 +106,10 @@ class Routing(Strict):
     """adaptive: workers added by each further wave."""
     target: float = Field(0.9, gt=0, le=1)
     """adaptive, cost_aware: stop asking once the (calibrated) confidence reaches this."""
+    price_weight: float = Field(1.0, ge=0, le=1)
+    """adaptive: how much price counts when ranking workers, information / cost**w: 1 asks the best
+    reliability per dollar first (fewest dollars), 0 the most reliable first (fewest calls: for a
+    self-hosted pool, where a call's real cost is GPU time)."""
     max_cost_usd: float | None = Field(None, gt=0)
     """Per-item spending cap: no wave or escalation that could take an item's cost above it."""
     hedge: bool = False

@@ -30,9 +30,12 @@ from gateway.task import AnnotationTask, build_task
 
 TARGETS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 """The grid of `routing.target` and of `escalation.below`."""
+PRICE_WEIGHTS = (1.0, 0.5, 0.0)
+"""adaptive's ranking: reliability per dollar (1), most reliable first (0), and between."""
 OFF = 0.0
 """`escalation.below: 0` never escalates: escalation off, with its `to` kept in the config."""
-KNOBS: dict[str, tuple[str, ...]] = {"fanout": (), "passthrough": (), "adaptive": ("routing.start", "routing.target"),
+KNOBS: dict[str, tuple[str, ...]] = {"fanout": (), "passthrough": (), "adaptive": ("routing.start", "routing.target",
+                                                                                 "routing.price_weight"),
                                      "cost_aware": ("routing.target",)}
 """What each replayable router reads; routers that decide on live load cannot be replayed offline."""
 EPS = 1e-9
@@ -115,6 +118,8 @@ def grid(ens: Ensemble) -> list[Setting]:
         axes["routing.start"] = range(ens.quorum, len(ens.members) + 1)
     if "routing.target" in KNOBS[ens.router]:
         axes["routing.target"] = TARGETS
+    if "routing.price_weight" in KNOBS[ens.router]:
+        axes["routing.price_weight"] = PRICE_WEIGHTS
     if ens.escalation is not None:
         axes["escalation.below"] = (OFF, *TARGETS)
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]

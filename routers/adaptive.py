@@ -15,16 +15,18 @@ from ensembles.aggregators.weighted import log_odds
 from routers.base import MemberState, RouteView, Router, Step
 
 
-def value(state: MemberState, n_labels: int) -> tuple[float, float]:
-    """Sort key, higher first: information per dollar (log-odds of being right over cost), then information."""
+def value(state: MemberState, n_labels: int, price_weight: float = 1.0) -> tuple[float, float]:
+    """Sort key, higher first: information (log-odds of being right) over cost**price_weight, then information."""
     info = log_odds(state.reliability, n_labels)
-    per_dollar = info / state.cost_usd if state.cost_usd > 0 else (math.inf if info > 0 else 0.0)
-    return per_dollar, info
+    price = state.cost_usd ** price_weight if price_weight > 0 else 1.0
+    per_price = info / price if price > 0 else (math.inf if info > 0 else 0.0)
+    return per_price, info
 
 
 def ranked(view: RouteView) -> list[MemberState]:
     """Workers not asked yet, best reliability per dollar first (config order breaks ties)."""
-    return sorted(view.open_groups(), key=lambda s: value(s, view.n_labels), reverse=True)
+    weight = view.ensemble.routing.price_weight
+    return sorted(view.open_groups(), key=lambda s: value(s, view.n_labels, weight), reverse=True)
 
 
 def affordable(candidates: list[MemberState], budget: float, count: int) -> list[str]:

@@ -31,6 +31,9 @@ def test_adaptive_ranks_by_reliability_per_dollar() -> None:
               MemberState("free-useless", "c", cost_usd=0.0, reliability=0.5),
               MemberState("free-good", "d", cost_usd=0.0, reliability=0.8)]
     assert [s.name for s in ranked(view(states))] == ["free-good", "dear-strong", "cheap-weak", "free-useless"]
+    # price_weight 0: the most reliable first, whatever they cost (fewest calls)
+    assert [s.name for s in ranked(view(states, price_weight=0))] == ["dear-strong", "free-good", "cheap-weak",
+                                                                       "free-useless"]
 
 
 def test_adaptive_first_wave_honours_start_quorum_and_budget() -> None:

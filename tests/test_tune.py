@@ -59,6 +59,7 @@ ensembles:
     routing:
       start: 3         # tuned
       target: 0.99     # tuned
+      price_weight: 1  # tuned
     escalation: {{below: 0.95, to: tune-big}}
   # everyone, so a gateway stores every vote for its refit
   - name: all
@@ -142,7 +143,7 @@ def test_frontier_is_printed_and_monotone(by_accuracy: Run) -> None:
     assert by_accuracy.code == 0, by_accuracy.err
     rows = frontier(by_accuracy.out)
     assert len(rows) >= 3
-    assert list(rows[0])[:3] == ["routing.start", "routing.target", "escalation.below"]
+    assert list(rows[0])[:4] == ["routing.start", "routing.target", "routing.price_weight", "escalation.below"]
     costs = [float(r["USD per 1,000 labels"]) for r in rows]
     accuracies = [float(r["accuracy"]) for r in rows]
     assert costs == sorted(costs) and accuracies == sorted(accuracies) and len(set(accuracies)) == len(rows)
@@ -154,12 +155,13 @@ def test_config_holds_the_choice_keeps_comments_and_validates(dev: Path, by_accu
     original = (dev / "config.yaml").read_text()
     changed = [line for line in difflib.ndiff(original.splitlines(), written.splitlines())
                if line.startswith(("- ", "+ "))]
-    assert changed and all(re.search(r"\b(start|target|below):", line) for line in changed), changed
+    assert changed and all(re.search(r"\b(start|target|price_weight|below):", line) for line in changed), changed
     assert "# tuned" in written and "# cheapest reliable workers first" in written
     crowd = next(e for e in load_config(dev / "by-accuracy.yaml").ensembles if e.name == "crowd")
     line = next(line for line in by_accuracy.out.splitlines() if line.startswith("chosen on"))
     assert f"routing.start {crowd.routing.start}," in line
     assert f"routing.target {crowd.routing.target:g}," in line
+    assert f"routing.price_weight {crowd.routing.price_weight:g}," in line
     below = "off" if crowd.escalation.below == 0 else f"{crowd.escalation.below:g}"
     assert f"escalation.below {below}:" in line
     assert (dev / "config.yaml").read_text() == original  # --output leaves the source alone
