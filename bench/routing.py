@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import random
 import signal
@@ -42,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +55,12 @@ sys.path.insert(0, str(ROOT))
 from ensembles.aggregators import REGISTRY
 from ensembles.votes import Vote
 from gateway.config import Config, parse_config
-from gateway.evaluate import load_dataset, split_of
+from gateway.evaluate import embedded_gateway, load_dataset, split_of
 from gateway.pool import running_pool
 from gateway.replay import Recording
 from gateway.task import build_task
 from gateway.tune import PRICE_WEIGHTS, TARGETS, Point, fit_params, score
-from tests.conftest import BIN, free_port, stop, wait_http
+from tests.conftest import free_port, stop, wait_http
 
 DATASETS = {"yelp": "uci_sentiment_yelp.jsonl", "tweets": "tweets_sentiment_crowdflower.jsonl",
             "intents": "intents_bigbench.jsonl", "amazon": "uci_sentiment_amazon.jsonl",
@@ -210,16 +209,16 @@ def anchors(item_id: str) -> bool:
     return split_of(f"{item_id}:gold") == "dev"
 
 
-def warm_up(url: str, rows: Sequence[dict[str, Any]], labels: Sequence[str], concurrency: int,
+def warm_up(v1: str, rows: Sequence[dict[str, Any]], labels: Sequence[str], concurrency: int,
             text_of: TextOf) -> Result:
     """Fan-out over the dev rows, gold labels of half of them, a forced refit: the gateway learns reliability
     (and calibration) as it would in service. Returns the fan-out answers: every member's vote on every dev item."""
-    warm = asyncio.run(label_all(f"{url}/v1", FANOUT, rows, labels, "dev", concurrency, text_of))
-    with httpx.Client(base_url=url, timeout=600) as http:
+    warm = asyncio.run(label_all(v1, FANOUT, rows, labels, "dev", concurrency, text_of))
+    with httpx.Client(base_url=v1, timeout=600) as http:
         for row in (r for r in rows if anchors(str(r["id"]))):
-            http.post("/v1/annotations/feedback", json={"item_id": f"{FANOUT.name}:dev:{row['id']}",
-                                                        "label": row["label"], "source": "gold"}).raise_for_status()
-        refit = http.post("/v1/annotations/refit").raise_for_status().json()
+            http.post("/annotations/feedback", json={"item_id": f"{FANOUT.name}:dev:{row['id']}",
+                                                     "label": row["label"], "source": "gold"}).raise_for_status()
+        refit = http.post("/annotations/refit").raise_for_status().json()
         if not refit["refitted"]:
             raise RuntimeError(f"the refit after the warm-up published nothing: {refit}")
     return warm
@@ -273,27 +272,11 @@ def tune(config: Config, grid: dict[str, list[Strategy]], warm: Result, labels: 
     return chosen
 
 
-def measure(url: str, chosen: dict[str, Strategy], rows: Sequence[dict[str, Any]], labels: Sequence[str],
+def measure(v1: str, chosen: dict[str, Strategy], rows: Sequence[dict[str, Any]], labels: Sequence[str],
             concurrency: int, text_of: TextOf) -> list[Result]:
     """The test rows through fan-out and each chosen strategy, one strategy at a time (latencies never mix)."""
-    return [asyncio.run(label_all(f"{url}/v1", s, rows, labels, "test", concurrency, text_of))
+    return [asyncio.run(label_all(v1, s, rows, labels, "test", concurrency, text_of))
             for s in (FANOUT, chosen["adaptive"], chosen["cost_aware"])]
-
-
-@contextlib.contextmanager
-def gateway(config: dict[str, Any], tmp: Path) -> Iterator[str]:
-    """A `crowd-gateway serve` process for `config`, its log in `tmp`; yields its base URL."""
-    path = Path(tempfile.mkstemp(prefix="config-", suffix=".yaml", dir=tmp)[1])
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    with (tmp / "gateway.log").open("ab") as log:
-        proc = subprocess.Popen([str(BIN / "crowd-gateway"), "serve", "--config", str(path), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
 
 
 def gateway_config(members: list[dict[str, Any]], grid: dict[str, list[Strategy]], args: argparse.Namespace,
@@ -344,10 +327,12 @@ def report(runs: list[tuple[str, list[Result]]]) -> None:
 def compare(config: dict[str, Any], grid: dict[str, list[Strategy]], tmp: Path, dev: Sequence[dict[str, Any]],
             test: Sequence[dict[str, Any]], labels: Sequence[str], concurrency: int, text_of: TextOf) -> list[Result]:
     """Warm-up on dev, tuning on dev, then fan-out and the chosen settings on test, in one gateway process."""
-    with gateway(config, tmp) as url:
-        warm = warm_up(url, dev, labels, concurrency, text_of)
+    path = Path(tempfile.mkstemp(prefix="config-", suffix=".yaml", dir=tmp)[1])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with embedded_gateway(str(path), log=tmp / "gateway.log") as v1:
+        warm = warm_up(v1, dev, labels, concurrency, text_of)
         chosen = tune(parse_config(config), grid, warm, labels)
-        return measure(url, chosen, test, labels, concurrency, text_of)
+        return measure(v1, chosen, test, labels, concurrency, text_of)
 
 
 def simulated(args: argparse.Namespace) -> None:

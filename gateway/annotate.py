@@ -62,13 +62,13 @@ class Annotator:
     """Runs one ensemble's request path; holds nothing per request."""
 
     def __init__(self, ensemble: Ensemble, members: dict[str, Member], upstreams: Upstreams,
-                 router: Router, aggregator: Aggregator, depths: QueueDepths | None = None) -> None:
+                 router: Router, aggregator: Aggregator) -> None:
         self.ensemble = ensemble
         self.members = members
         self.upstreams = upstreams
         self.router = router
         self.aggregator = aggregator
-        self.depths = depths or QueueDepths(upstreams, ensemble.routing.load_cache_s)
+        self.depths = QueueDepths(upstreams, ensemble.routing.load_cache_s)
         self._accuracy: tuple[Params | None, Sequence[str], dict[str, float]] = (None, (), {})
 
     async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:

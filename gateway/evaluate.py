@@ -41,8 +41,9 @@ def load_dataset(path: str | Path, split: str | None = None, limit: int | None =
 
 
 @contextlib.contextmanager
-def embedded_gateway(config: str, port: int | None = None) -> Iterator[str]:
-    """Start `crowd-gateway serve` for `config` on a free port; yields its /v1 URL and stops it after."""
+def embedded_gateway(config: str, port: int | None = None, log: Path | None = None) -> Iterator[str]:
+    """Start `crowd-gateway serve` for `config` on a free port (its output appended to `log` if given);
+    yields its /v1 URL and stops it after."""
     import socket
     import urllib.request
 
@@ -51,7 +52,10 @@ def embedded_gateway(config: str, port: int | None = None) -> Iterator[str]:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     exe = Path(sys.executable).parent / "crowd-gateway"
-    proc = subprocess.Popen([str(exe), "serve", "--config", config, "--port", str(port)])
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("ab")) if log is not None else None
+        proc = subprocess.Popen([str(exe), "serve", "--config", config, "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT if out is not None else None)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -12,7 +12,6 @@ from gateway.reliability import Reliability
 from gateway.store import redis_client
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
-from gateway.queue_depth import QueueDepths
 from gateway.upstream import Upstreams
 from routers import get_router
 
@@ -37,8 +36,7 @@ class GatewayState:
         for ens in config.ensembles:
             try:
                 annotators[ens.name] = Annotator(ens, members, upstreams, get_router(ens.router),
-                                                 get_aggregator(ens.aggregator),
-                                                 QueueDepths(upstreams, ens.routing.load_cache_s))
+                                                 get_aggregator(ens.aggregator))
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
         retention_s = config.store.retention_days * 86400

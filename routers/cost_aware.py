@@ -69,9 +69,9 @@ class CostAware(Adaptive):
     name = "cost_aware"
 
     def first(self, view: RouteView) -> list[str]:
-        chosen = cheapest_set(ranked(view), view.n_labels, view.ensemble.routing.target, view.remaining_budget())
+        candidates = ranked(view)
+        chosen = cheapest_set(candidates, view.n_labels, view.ensemble.routing.target, view.remaining_budget())
         short = view.ensemble.quorum - len(chosen)
         if short > 0:
-            rest = [s for s in ranked(view) if s.name not in chosen]
-            chosen += [s.name for s in rest[:short]]
+            chosen += [s.name for s in candidates if s.name not in chosen][:short]
         return chosen

@@ -97,10 +97,10 @@ async def create_file(request: Request) -> Response:
     return json_response(file_object(rec))
 
 
-async def _file(batches: Batches, file_id: str) -> dict[str, Any]:
+async def _file(batches: Batches, file_id: str, param: str = "id") -> dict[str, Any]:
     rec = await batches.store.get_file(file_id)
     if rec is None:
-        raise APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+        raise APIError(404, f"No such File object: {file_id}", param=param, code="file_not_found")
     return rec
 
 
@@ -143,10 +143,7 @@ async def create_batch(request: Request) -> Response:
     if body["completion_window"] != "24h":
         raise bad_request("completion_window must be '24h'", "completion_window")
     metadata = _metadata(body.get("metadata"))
-    file = await batches.store.get_file(body["input_file_id"])
-    if file is None:
-        raise APIError(404, f"No such File object: {body['input_file_id']}", param="input_file_id",
-                       code="file_not_found")
+    file = await _file(batches, body["input_file_id"], "input_file_id")
     if file["purpose"] != "batch":
         raise bad_request(f"file {file['id']} has purpose {file['purpose']!r}; a batch's input needs purpose "
                           f"'batch'", "input_file_id")
