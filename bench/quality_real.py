@@ -19,8 +19,8 @@ import httpx
 import yaml
 
 from gateway.config import parse_config
-from gateway.evaluate import annotate_items, embedded_gateway, load_dataset, split_of, summarize
-from gateway.pool import running_pool
+from gateway.tools.evaluate import annotate_items, embedded_gateway, load_dataset, split_of, summarize
+from gateway.tools.pool import running_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -55,11 +55,13 @@ sys.path.insert(0, str(ROOT))
 from ensembles.aggregators import REGISTRY
 from ensembles.votes import Vote
 from gateway.config import Config, parse_config
-from gateway.evaluate import embedded_gateway, load_dataset, split_of
-from gateway.pool import running_pool
-from gateway.replay import Recording
+from gateway.tools.evaluate import embedded_gateway, load_dataset, split_of
+from gateway.tools.pool import running_pool
+from gateway.tools.replay import Recording
 from gateway.task import build_task
-from gateway.tune import PRICE_WEIGHTS, TARGETS, Point, fit_params, score
+from gateway.tools.tune import Point, fit_params, score
+from routers.adaptive import PRICE_WEIGHTS
+from routers.base import TARGETS
 from tests.conftest import free_port, stop, wait_http
 
 DATASETS = {"yelp": "uci_sentiment_yelp.jsonl", "tweets": "tweets_sentiment_crowdflower.jsonl",

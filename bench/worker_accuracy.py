@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from gateway.config import Config, Member, load_config
-from gateway.dialects import shape
+from gateway.upstream.dialects import shape
 from gateway.task import AnnotationTask
 
 

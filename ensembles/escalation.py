@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from gateway.config import Ensemble
+from pydantic import BaseModel, ConfigDict, Field
 
 
-def escalate_to(ensemble: Ensemble, confidence: float, asked: Collection[str]) -> str | None:
+class Escalation(BaseModel):
+    """Ask member `to` once when confidence is below `below` after routing stopped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    below: float = Field(ge=0, le=1)
+    to: str
+
+
+class Review(BaseModel):
+    """Queue the item for a human when the final confidence is below `below`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    below: float = Field(ge=0, le=1)
+
+
+def escalate_to(escalation: Escalation | None, confidence: float, asked: Collection[str]) -> str | None:
     """The member to ask next, or None: below the threshold, and only once per item."""
-    esc = ensemble.escalation
-    if esc is None or confidence >= esc.below or esc.to in asked:
+    if escalation is None or confidence >= escalation.below or escalation.to in asked:
         return None
-    return esc.to
+    return escalation.to
 
 
-def needs_review(ensemble: Ensemble, confidence: float) -> bool:
-    return ensemble.review is not None and confidence < ensemble.review.below
+def needs_review(review: Review | None, confidence: float) -> bool:
+    return review is not None and confidence < review.below

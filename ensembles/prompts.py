@@ -9,8 +9,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
-from gateway.config import Template
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str
+    label: str
+
+
+class Template(BaseModel):
+    """How a worker is prompted: the same model with two templates is two crowd workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    instructions: str = ""
+    examples: list[Example] = Field(default_factory=list)
+    prompt_style: Literal["chat", "completion"] = "chat"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(8, ge=1, le=4096)
+
 
 DEFAULT_INSTRUCTIONS = "Classify the text. Answer with exactly one label: {labels}."
 _WHITESPACE = re.compile(r"\s+")

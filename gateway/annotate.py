@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -24,10 +24,9 @@ from ensembles.extract import parse_answer, soft_vote
 from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
-from gateway.dialects import shape
+from gateway.upstream.dialects import shape
 from gateway.errors import APIError
-from gateway.pricing import account
-from gateway.queue_depth import QueueDepths
+from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
 from routers import MemberState, RouteView, Router, StopReason
@@ -58,6 +57,19 @@ class Outcome:
         return sum(v.cost_usd for v in self.votes)
 
 
+@dataclass(slots=True)
+class _Item:
+    """One item's state while its waves run: the votes so far and what they add up to."""
+
+    task: AnnotationTask
+    params: Params | None
+    view: RouteView
+    votes: list[Vote] = field(default_factory=list)
+    distribution: list[float] = field(default_factory=list)
+    confidence: float = 0.0
+    calls: int = 0
+
+
 class Annotator:
     """Runs one ensemble's request path; holds nothing per request."""
 
@@ -68,14 +80,13 @@ class Annotator:
         self.upstreams = upstreams
         self.router = router
         self.aggregator = aggregator
-        self.depths = QueueDepths(upstreams, ensemble.routing.load_cache_s)
+        self.depths = QueueDepths(upstreams, getattr(ensemble.routing, "load_cache_s", 1.0))
         self._accuracy: tuple[Params | None, Sequence[str], dict[str, float]] = (None, (), {})
 
     async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:
         """Ask in waves, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
         ens = self.ensemble
         started = time.perf_counter()
-        deadline = started + ens.deadline_s
         if self.router.reads_queue_depth:
             await self.depths.refresh(ens.members)
         view = self.view(params, task.labels)
@@ -83,80 +94,85 @@ class Annotator:
                    for n, state in view.members.items() if not state.usable]
         for vote in skipped:
             metrics.child(metrics.UPSTREAM_REQUESTS, vote.member, "circuit_open").inc()
-        calibration = (params or {}).get("calibration")
-        votes: list[Vote] = []
-        distribution = [1.0 / len(task.labels)] * len(task.labels)
-        confidence = 0.0
+        item = _Item(task, params, view, distribution=[1.0 / len(task.labels)] * len(task.labels))
+        reason = await self._waves(item, started + ens.deadline_s)
+        escalated = False
+        if reason != "budget":
+            reason, escalated = await self._escalate(item, reason)
+        metrics.child(metrics.STOPS, ens.name, reason).inc()
+        metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(item.calls)
+        metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in item.votes))
+        self._check_quorum(item.votes + skipped, reason)
+        return Outcome(label=task.labels[pick(item.distribution)], distribution=item.distribution,
+                       confidence=item.confidence, votes=item.votes + skipped,
+                       upstream_wait_s=time.perf_counter() - started, escalated=escalated,
+                       needs_review=needs_review(ens.review, item.confidence), stop_reason=reason, calls=item.calls)
+
+    async def _waves(self, item: _Item, deadline: float) -> StopReason:
+        """Ask what the router plans, aggregate, show it the new view; until it stops or the deadline passes."""
+        view = item.view
         calls = self.router.first(view)
-        calls_made = 0
         while True:
             if calls:
                 if time.perf_counter() >= deadline:
-                    reason: StopReason = "deadline"
-                    break
+                    return "deadline"
                 view.asked += calls
-                wave, hedges = await self._ask(calls, task, deadline, view)
-                calls_made += len(calls) + hedges
-                votes += wave
-                distribution = self.aggregator.posterior(votes, task.labels, params)
-                view.valid_votes = sum(v.valid for v in votes)
-                confidence = calibrate(calibration, max(distribution), view.valid_votes)
-                # routing and escalation act only when the model's posterior and its calibration agree the
-                # item is settled: an isotonic map fitted on few gold items can lift any posterior to 1.0
-                view.confidence = min(max(distribution), confidence)
-                view.spent_usd = sum(v.cost_usd for v in votes)
-                view.answered_groups = {self.members[v.member].replica_group for v in votes if v.valid}
+                wave, hedges = await self._ask(calls, item.task, deadline, view)
+                item.calls += len(calls) + hedges
+                item.votes += wave
+                self._aggregate(item)
+                view.valid_votes = sum(v.valid for v in item.votes)
+                view.spent_usd = sum(v.cost_usd for v in item.votes)
+                view.answered_groups = {self.members[v.member].replica_group for v in item.votes if v.valid}
             step = self.router.more(view)
             calls = [name for name in step.call if name not in view.asked]
             if not calls:
-                reason = step.stop or "exhausted"
-                break
-        escalated = False
-        if reason != "budget" and (strong := escalate_to(ens, view.confidence, view.asked)) is not None \
-                and self.upstreams.usable(strong):
-            if self.upstreams.clients[strong].stats.cost_usd > view.remaining_budget():
-                reason = "budget"
-            else:
-                view.asked.append(strong)
-                strong_vote, _ = await self._ask([strong], task, time.perf_counter() + self.members[strong].timeout_s,
-                                                 view, hedge=False)
-                calls_made += 1
-                votes += strong_vote
-                escalated = strong_vote[0].valid
-                reason = "escalated"
-                metrics.child(metrics.ESCALATIONS, ens.name, strong).inc()
-                distribution = self.aggregator.posterior(votes, task.labels, params)
-                confidence = calibrate(calibration, max(distribution), sum(v.valid for v in votes))
-        waited = time.perf_counter() - started
-        all_votes = votes + skipped
-        metrics.child(metrics.STOPS, ens.name, reason).inc()
-        metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(calls_made)
-        metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in votes))
+                return step.stop or "exhausted"
+
+    def _aggregate(self, item: _Item) -> None:
+        item.distribution = self.aggregator.posterior(item.votes, item.task.labels, item.params)
+        top = max(item.distribution)
+        item.confidence = calibrate((item.params or {}).get("calibration"), top, sum(v.valid for v in item.votes))
+        item.view.confidence = min(top, item.confidence)
+
+    async def _escalate(self, item: _Item, reason: StopReason) -> tuple[StopReason, bool]:
+        """Ask the escalation target once when the item stayed unsure and the budget allows it."""
+        view = item.view
+        strong = escalate_to(self.ensemble.escalation, view.confidence, view.asked)
+        if strong is None or not self.upstreams.usable(strong):
+            return reason, False
+        if self.upstreams.state(strong, DEFAULT_SKILL).cost_usd > view.remaining_budget():
+            return "budget", False
+        view.asked.append(strong)
+        votes, _ = await self._ask([strong], item.task, time.perf_counter() + self.members[strong].timeout_s, view,
+                                   hedge=False)
+        item.calls += 1
+        item.votes += votes
+        metrics.child(metrics.ESCALATIONS, self.ensemble.name, strong).inc()
+        self._aggregate(item)
+        return "escalated", votes[0].valid
+
+    def _check_quorum(self, votes: Sequence[Vote], reason: StopReason) -> None:
+        ens = self.ensemble
         valid = sum(v.valid for v in votes)
-        if valid < ens.quorum:
-            failed = {v.member: v.error for v in all_votes if not v.valid}
-            detail = "; ".join(f"{m}: {e}" for m, e in failed.items()) or "none were asked"
-            if reason == "budget":
-                detail += f"; asking more would pass the per-item cap of ${ens.routing.max_cost_usd:g}"
-            raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "
-                                f"Failed members: {detail}", code="quorum_not_met")
-        label = task.labels[pick(distribution)]
-        return Outcome(label=label, distribution=distribution, confidence=confidence, votes=all_votes,
-                       upstream_wait_s=waited, escalated=escalated, needs_review=needs_review(ens, confidence),
-                       stop_reason=reason, calls=calls_made)
+        if valid >= ens.quorum:
+            return
+        failed = {v.member: v.error for v in votes if not v.valid}
+        detail = "; ".join(f"{m}: {e}" for m, e in failed.items()) or "none were asked"
+        if reason == "budget":
+            detail += f"; asking more would pass the per-item cap of ${ens.routing.max_cost_usd:g}"
+        raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "
+                            f"Failed members: {detail}", code="quorum_not_met")
 
     def view(self, params: Params | None, labels: Sequence[str]) -> RouteView:
         """The members' live states for the router: circuit, load, latency, expected cost, learned reliability."""
         accuracy = self._accuracies(params, labels)
         states = {name: self._state(name, accuracy) for name in self.ensemble.members}
-        return RouteView(ensemble=self.ensemble, members=states, n_labels=len(labels))
+        return RouteView(knobs=self.ensemble.routing, quorum=self.ensemble.quorum, members=states,
+                         n_labels=len(labels))
 
     def _state(self, name: str, accuracy: dict[str, float]) -> MemberState:
-        client = self.upstreams.clients[name]
-        stats = client.stats
-        return MemberState(name=name, group=client.member.replica_group, usable=client.breaker.would_allow(),
-                           in_flight=stats.in_flight, p50_s=stats.p50_s, p95_s=stats.p95_s, cost_usd=stats.cost_usd,
-                           reliability=accuracy.get(name, DEFAULT_SKILL), queue_depth=self.depths.get(name))
+        return self.upstreams.state(name, accuracy.get(name, DEFAULT_SKILL), self.depths.get(name))
 
     def _accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         """Learned accuracies, recomputed only when a new parameter set (or label set) comes along."""
@@ -173,7 +189,7 @@ class Annotator:
         hedged: list[str] = []
         hedging = hedge and self.ensemble.routing.hedge
         calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged) if hedging
-                                             else self._vote(self.members[name], task)) for name in names}
+                                             else self.vote(self.members[name], task)) for name in names}
         if not calls:
             return [], 0
         timeout = max(deadline - time.perf_counter(), 0.0)
@@ -191,13 +207,11 @@ class Annotator:
 
     async def _hedged_vote(self, name: str, task: AnnotationTask, view: RouteView, hedged: list[str]) -> Vote:
         """The member's vote; past its recent p95, also a replica's, and the first valid answer wins."""
-        client = self.upstreams.clients[name]
-        routing = self.ensemble.routing
+        member = self.members[name]
         replicas = [self._state(m.name, {}) for m in self.members.values()
-                    if m.replica_group == client.member.replica_group and m.name != name]
-        plan = hedge_plan(self._state(name, {}), client.stats.samples, replicas, routing.hedge_min_samples,
-                          view.asked)
-        primary = asyncio.ensure_future(self._vote(client.member, task))
+                    if m.replica_group == member.replica_group and m.name != name]
+        plan = hedge_plan(self._state(name, {}), replicas, self.ensemble.routing.hedge_min_samples, view.asked)
+        primary = asyncio.ensure_future(self.vote(member, task))
         if plan is None:
             return await primary
         delay_s, replica = plan
@@ -208,7 +222,7 @@ class Annotator:
                 return primary.result()
             view.asked.append(replica)
             hedged.append(replica)
-            backup = asyncio.ensure_future(self._vote(self.members[replica], task))
+            backup = asyncio.ensure_future(self.vote(self.members[replica], task))
             pending: set[asyncio.Future[Vote]] = {primary, backup}
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -222,7 +236,7 @@ class Annotator:
                 if fut is not None and not fut.done():
                     fut.cancel()
 
-    async def _vote(self, member: Member, task: AnnotationTask) -> Vote:
+    async def vote(self, member: Member, task: AnnotationTask) -> Vote:
         """One member's vote; every failure becomes an abstaining vote with its reason."""
         path, body = shape(member, task)
         started = time.perf_counter()
@@ -240,8 +254,7 @@ class Annotator:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             return Vote(member=member.name, label=None, latency_ms=latency_ms,
                         error="malformed completion body from the member")
-        prompt_tokens, completion_tokens, cost = account(member, data.get("usage"))
-        self.upstreams.clients[member.name].stats.paid(cost)
+        prompt_tokens, completion_tokens, cost = self.upstreams.account(member.name, data.get("usage"))
         raw = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content")
         label, error = parse_answer(raw, task.labels)
         probs = soft_vote(choice, task.labels) if label is not None else None

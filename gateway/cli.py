@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from gateway import demo, evaluate, jobs_cli, pool, report, tune
+from gateway.tools import annotate, demo, evaluate, pool, report, tune
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=serve)
 
-    jobs_cli.add_parser(sub)
+    annotate.add_parser(sub)
     report.add_parser(sub)
     evaluate.add_parser(sub)
     tune.add_parser(sub)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
         return 2
-    except jobs_cli.UsageError as exc:
+    except annotate.UsageError as exc:
         print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ensembles.escalation import Escalation, Review
+from ensembles.labels import check_label_set
+from ensembles.prompts import Template
+from routers import Knobs, router_class
 
 CONFIG_ENV = "CROWD_GATEWAY_CONFIG"
 
@@ -26,21 +31,6 @@ class Strict(BaseModel):
 class Price(Strict):
     input_usd_per_mtok: float = Field(0.0, ge=0)
     output_usd_per_mtok: float = Field(0.0, ge=0)
-
-
-class Example(Strict):
-    text: str
-    label: str
-
-
-class Template(Strict):
-    """How a worker is prompted: the same model with two templates is two crowd workers."""
-
-    instructions: str = ""
-    examples: list[Example] = Field(default_factory=list)
-    prompt_style: Literal["chat", "completion"] = "chat"
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(8, ge=1, le=4096)
 
 
 class Task(Template):
@@ -88,48 +78,37 @@ class Member(Strict):
         return self.group or self.name
 
 
-class Escalation(Strict):
-    below: float = Field(ge=0, le=1)
-    to: str
-
-
-class Review(Strict):
-    below: float = Field(ge=0, le=1)
-
-
-class Routing(Strict):
-    """Knobs of the routing strategies; each strategy reads the ones it needs (see routers/)."""
-
-    start: int = Field(2, ge=1)
-    """adaptive: workers asked in the first wave."""
-    widen: int = Field(1, ge=1)
-    """adaptive: workers added by each further wave."""
-    target: float = Field(0.9, gt=0, le=1)
-    """adaptive, cost_aware: stop asking once the (calibrated) confidence reaches this."""
-    price_weight: float = Field(1.0, ge=0, le=1)
-    """adaptive: how much price counts when ranking workers, information / cost**w: 1 asks the best
-    reliability per dollar first (fewest dollars), 0 the most reliable first (fewest calls: for a
-    self-hosted pool, where a call's real cost is GPU time)."""
-    max_cost_usd: float | None = Field(None, gt=0)
-    """Per-item spending cap: no wave or escalation that could take an item's cost above it."""
-    hedge: bool = False
-    """Duplicate a call that runs past its member's recent p95 latency to an idle replica of its group."""
-    hedge_min_samples: int = Field(20, ge=1)
-    """Latencies a member needs on record before its p95 is trusted for hedging."""
-    load_cache_s: float = Field(1.0, gt=0)
-    """least_loaded: how long a queue depth read from a vLLM server's /metrics is reused."""
-
-
 class Ensemble(Strict):
     name: str
     members: list[str] = Field(min_length=1)
     aggregator: str = "majority"
     router: str = "fanout"
-    routing: Routing = Routing()
+    routing: Knobs = Knobs()
+    """Validated as the knob model of `router` (each strategy owns its knobs, see routers/)."""
     quorum: int = Field(1, ge=1)
     deadline_s: float = Field(30.0, gt=0)
     escalation: Escalation | None = None
     review: Review | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _router_knobs(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        router = data.get("router", "fanout")
+        try:
+            knobs = router_class(router).knobs if isinstance(router, str) else Knobs
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        routing = data.get("routing")
+        if routing is None or isinstance(routing, dict):
+            try:
+                return {**data, "routing": knobs.model_validate(routing or {})}
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"routing.{where}: {err['msg']} (router {router!r})") from None
+        return data
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> Ensemble:
@@ -179,27 +158,13 @@ class Refit(Strict):
     poll_s: float = Field(1.0, gt=0)
 
 
-class PoolServer(Strict):
-    """One local model server started by `crowd-gateway pool up` (CPU, real small models)."""
-
-    name: str
-    engine: Literal["vllm", "llamacpp"]
-    model: Literal["smollm2-135m-instruct", "gemma3-270m"]
-    port: int = Field(ge=1024, le=65535)
-    args: list[str] = Field(default_factory=list)
-
-
-class Pool(Strict):
-    servers: list[PoolServer] = Field(min_length=1)
-    ready_timeout_s: float = Field(600.0, gt=0)
-
-
 class Config(Strict):
     gateway: GatewaySettings = GatewaySettings()
     store: StoreSettings = StoreSettings()
     batches: BatchSettings = BatchSettings()
     refit: Refit = Refit()
-    pool: Pool | None = None
+    pool: dict[str, Any] | None = None
+    """The local pool of real models that `crowd-gateway pool` starts (validated by that tool, not here)."""
     members: list[Member] = Field(min_length=1)
     ensembles: list[Ensemble] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=list)
@@ -228,20 +193,6 @@ class Config(Strict):
 
 class ConfigError(Exception):
     """Raised with a one-line, field-naming message when a config cannot be used."""
-
-
-def check_label_set(labels: list[str]) -> list[str]:
-    """A label set needs two or more distinct, non-empty labels (compared case-insensitively)."""
-    cleaned = [str(label).strip() for label in labels]
-    if len(cleaned) < 2:
-        raise ValueError("needs at least two labels")
-    if any(not label for label in cleaned):
-        raise ValueError("labels must be non-empty strings")
-    folded = [label.casefold() for label in cleaned]
-    if len(set(folded)) != len(folded):
-        dupes = sorted({label for label in cleaned if folded.count(label.casefold()) > 1})
-        raise ValueError(f"duplicate labels: {dupes}")
-    return cleaned
 
 
 def _unique(kind: str, names: list[str]) -> set[str]:

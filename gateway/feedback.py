@@ -7,10 +7,8 @@ queued item resolves it.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from ensembles.aggregators import get_aggregator, pick
@@ -18,23 +16,13 @@ from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request
-from gateway.routes import authorize, json_response, read_json
-from gateway.schemas import invalid
+from gateway.http import authorize, json_response, read_json
+from gateway.protocol import Feedback, invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
 
 router = APIRouter()
-
-
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1, max_length=256)
-    label: str = Field(min_length=1)
-    source: Literal["gold", "human"]
-    annotator: str = Field("anonymous", min_length=1, max_length=128)
-    task: str | None = None
-    labels: list[str] | None = None
 
 
 async def _record_for(state: GatewayState, fb: Feedback) -> ItemRecord:

@@ -50,6 +50,11 @@ ITEM_COST = Histogram("crowd_gateway_item_cost_usd", "Money spent on one item's 
                       buckets=(1e-7, 1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1))
 HEDGES = Counter("crowd_gateway_hedges", "Duplicate calls sent to a replica after a slow first call, by winner",
                  ["member", "outcome"])
+BATCH_LINES = Counter("crowd_gateway_batch_lines", "Batch lines run by this process, by outcome "
+                      "(ok, error, discarded: a result for a line that another worker had already completed)",
+                      ["outcome"])
+BATCH_IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines running in this process",
+                        multiprocess_mode="livesum")
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

@@ -17,7 +17,6 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.config import Member
 from gateway.errors import APIError
-from gateway.pricing import account
 from gateway.upstream import UpstreamError, Upstreams
 
 _STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
@@ -46,18 +45,18 @@ async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str,
     waited = time.perf_counter() - started
     headers = {}
     if reply.status == 200:
-        headers["x-crowd-cost-usd"] = f"{_reply_cost(member, reply.body):.10f}"
+        headers["x-crowd-cost-usd"] = f"{_reply_cost(upstreams, member, reply.body):.10f}"
     response = Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
     response.upstream_wait_s = waited  # type: ignore[attr-defined]
     return response
 
 
-def _reply_cost(member: Member, body: bytes) -> float:
+def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> float:
     try:
         usage = orjson.loads(body).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return 0.0
-    return account(member, usage)[2]
+    return upstreams.account(member.name, usage)[2]
 
 
 async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any]) -> Response:

@@ -12,7 +12,7 @@ from gateway.reliability import Reliability
 from gateway.store import redis_client
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
-from gateway.upstream import Upstreams
+from gateway.upstream.client import Upstreams
 from routers import get_router
 
 

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.config import Config, Template, check_label_set
+from ensembles.labels import check_label_set
+from ensembles.prompts import Template
+from gateway.config import Config
 from gateway.errors import APIError, bad_request
 
 Kind = Literal["chat", "completion"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from routers.adaptive import Adaptive
-from routers.base import MemberState, RouteView, Router, Step, StopReason
+from routers.base import Knobs, MemberState, RouteView, Router, Step, StopReason
 from routers.cost_aware import CostAware
 from routers.fanout import FanOut
 from routers.least_loaded import LeastLoaded
@@ -13,11 +13,16 @@ REGISTRY: dict[str, type[Router]] = {cls.name: cls for cls in (FanOut, Passthrou
                                                                 LeastLoaded)}
 
 
-def get_router(name: str) -> Router:
+def router_class(name: str) -> type[Router]:
     try:
-        return REGISTRY[name]()
+        return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown router {name!r}; known: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "MemberState", "RouteView", "Router", "Step", "StopReason", "get_router"]
+def get_router(name: str) -> Router:
+    return router_class(name)()
+
+
+__all__ = ["REGISTRY", "Knobs", "MemberState", "RouteView", "Router", "Step", "StopReason", "get_router",
+           "router_class"]

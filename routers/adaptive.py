@@ -10,9 +10,33 @@ cheap members that agree settle them (FrugalGPT's cascade, CoAnnotating's alloca
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+from pydantic import Field
 
 from ensembles.aggregators.weighted import log_odds
-from routers.base import MemberState, RouteView, Router, Step
+from routers.base import TARGETS, Knobs, MemberState, RouteView, Router, Step
+
+PRICE_WEIGHTS = (1.0, 0.5, 0.0)
+"""tune's grid of `price_weight`: reliability per dollar (1), most reliable first (0), and between."""
+
+
+class CascadeKnobs(Knobs):
+    """What a cascade reads after each wave: when to stop, how many to add, how to rank."""
+
+    target: float = Field(0.9, gt=0, le=1)
+    """Stop asking once the (calibrated) confidence reaches this."""
+    widen: int = Field(1, ge=1)
+    """Workers added by each further wave."""
+    price_weight: float = Field(1.0, ge=0, le=1)
+    """How much price counts when ranking workers, information / cost**w: 1 asks the best reliability per
+    dollar first (fewest dollars), 0 the most reliable first (fewest calls: for a self-hosted pool,
+    where a call's real cost is GPU time)."""
+
+
+class AdaptiveKnobs(CascadeKnobs):
+    start: int = Field(2, ge=1)
+    """Workers asked in the first wave."""
 
 
 def value(state: MemberState, n_labels: int, price_weight: float = 1.0) -> tuple[float, float]:
@@ -25,7 +49,8 @@ def value(state: MemberState, n_labels: int, price_weight: float = 1.0) -> tuple
 
 def ranked(view: RouteView) -> list[MemberState]:
     """Workers not asked yet, best reliability per dollar first (config order breaks ties)."""
-    weight = view.ensemble.routing.price_weight
+    knobs = view.knobs
+    weight = knobs.price_weight if isinstance(knobs, CascadeKnobs) else 1.0
     return sorted(view.open_groups(), key=lambda s: value(s, view.n_labels, weight), reverse=True)
 
 
@@ -43,14 +68,22 @@ def affordable(candidates: list[MemberState], budget: float, count: int) -> list
 
 class Adaptive(Router):
     name = "adaptive"
+    knobs = AdaptiveKnobs
+
+    @classmethod
+    def tunables(cls, quorum: int, n_members: int) -> dict[str, Sequence[float]]:
+        return {"start": range(quorum, n_members + 1), "target": TARGETS, "price_weight": PRICE_WEIGHTS}
 
     def first(self, view: RouteView) -> list[str]:
-        count = max(view.ensemble.routing.start, view.ensemble.quorum)
+        knobs = view.knobs
+        assert isinstance(knobs, AdaptiveKnobs)
+        count = max(knobs.start, view.quorum)
         return affordable(ranked(view), view.remaining_budget(), count)
 
     def more(self, view: RouteView) -> Step:
-        routing = view.ensemble.routing
-        quorum = view.ensemble.quorum
+        routing = view.knobs
+        assert isinstance(routing, CascadeKnobs)
+        quorum = view.quorum
         if view.valid_votes >= quorum and view.confidence >= routing.target:
             return Step(stop="confident")
         candidates = ranked(view)

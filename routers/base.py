@@ -14,11 +14,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from gateway.config import Ensemble
+from pydantic import BaseModel, ConfigDict, Field
 
 StopReason = Literal["confident", "exhausted", "escalated", "budget", "deadline"]
 """Why an item stopped: confidence reached the target; every worker asked (or none left usable);
 a stronger member was asked after that; the per-item spending cap; the ensemble deadline."""
+
+
+TARGETS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
+"""The grid `crowd-gateway tune` searches for confidence thresholds (`target`, `escalation.below`)."""
+
+
+class Knobs(BaseModel):
+    """The `routing:` section every strategy reads; a strategy with knobs of its own subclasses it.
+
+    Unknown keys are errors: a knob the ensemble's router does not read must not be silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_cost_usd: float | None = Field(None, gt=0)
+    """Per-item spending cap: no wave or escalation that could take an item's cost above it."""
+    hedge: bool = False
+    """Duplicate a call that runs past its member's recent p95 latency to an idle replica of its group."""
+    hedge_min_samples: int = Field(20, ge=1)
+    """Latencies a member needs on record before its p95 is trusted for hedging."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,13 +59,17 @@ class MemberState:
     """Learned probability that its answer is right (the aggregator's fitted parameters)."""
     queue_depth: float | None = None
     """Requests waiting plus running on its vLLM server, when read from its /metrics."""
+    samples: int = 0
+    """Latencies on record behind p50/p95."""
 
 
 @dataclass(slots=True)
 class RouteView:
     """One item's routing state: the ensemble, its members' states and what was asked so far."""
 
-    ensemble: Ensemble
+    knobs: Knobs
+    """The ensemble's `routing:` section, as the router's own knob model."""
+    quorum: int
     members: Mapping[str, MemberState]
     """The ensemble's members, in config order."""
     n_labels: int
@@ -54,11 +78,12 @@ class RouteView:
     """Groups with at least one valid vote on this item."""
     valid_votes: int = 0
     confidence: float = 0.0
-    """Calibrated top posterior after the votes so far (0 before any)."""
+    """How sure the votes so far are: min(top posterior, its calibrated value); 0 before any vote.
+    The minimum, because an isotonic map fitted on few gold items can lift any posterior to 1.0."""
     spent_usd: float = 0.0
 
     def remaining_budget(self) -> float:
-        cap = self.ensemble.routing.max_cost_usd
+        cap = self.knobs.max_cost_usd
         return float("inf") if cap is None else cap - self.spent_usd
 
     def open_groups(self) -> list[MemberState]:
@@ -90,8 +115,17 @@ def load_key(state: MemberState) -> tuple[float, float]:
 
 class Router(ABC):
     name: ClassVar[str]
+    knobs: ClassVar[type[Knobs]] = Knobs
+    """The model of its `routing:` section."""
     reads_queue_depth: ClassVar[bool] = False
     """True when the router wants vLLM queue depths fresh before it plans."""
+    replayable: ClassVar[bool] = True
+    """False when its decisions depend on live load, which `crowd-gateway tune` cannot replay offline."""
+
+    @classmethod
+    def tunables(cls, quorum: int, n_members: int) -> dict[str, Sequence[float]]:
+        """Knob name -> the values `crowd-gateway tune` tries for it."""
+        return {}
 
     @abstractmethod
     def first(self, view: RouteView) -> list[str]:

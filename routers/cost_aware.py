@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from ensembles.aggregators.weighted import log_odds
-from routers.adaptive import Adaptive, ranked
-from routers.base import MemberState, RouteView
+from routers.adaptive import Adaptive, CascadeKnobs, ranked
+from routers.base import TARGETS, MemberState, RouteView
 
 MAX_EXACT = 12
 """Above this many workers, sets are grown greedily by reliability per dollar instead of enumerated."""
@@ -67,11 +67,17 @@ def _greedy(candidates: Sequence[MemberState], n_labels: int, target: float, bud
 
 class CostAware(Adaptive):
     name = "cost_aware"
+    knobs = CascadeKnobs
+
+    @classmethod
+    def tunables(cls, quorum: int, n_members: int) -> dict[str, Sequence[float]]:
+        return {"target": TARGETS}
 
     def first(self, view: RouteView) -> list[str]:
         candidates = ranked(view)
-        chosen = cheapest_set(candidates, view.n_labels, view.ensemble.routing.target, view.remaining_budget())
-        short = view.ensemble.quorum - len(chosen)
+        assert isinstance(view.knobs, CascadeKnobs)
+        chosen = cheapest_set(candidates, view.n_labels, view.knobs.target, view.remaining_budget())
+        short = view.quorum - len(chosen)
         if short > 0:
             chosen += [s.name for s in candidates if s.name not in chosen][:short]
         return chosen

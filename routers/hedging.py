@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from routers.base import MemberState, load_key
 
 
-def hedge_plan(primary: MemberState, samples: int, replicas: Sequence[MemberState], min_samples: int,
+def hedge_plan(primary: MemberState, replicas: Sequence[MemberState], min_samples: int,
                asked: Sequence[str]) -> tuple[float, str] | None:
     """(seconds to wait before hedging, replica to ask) or None when hedging is not possible."""
-    if primary.p95_s is None or samples < min_samples:
+    if primary.p95_s is None or primary.samples < min_samples:
         return None
     spare = [r for r in replicas if r.name != primary.name and r.group == primary.group and r.usable
              and r.name not in asked]

@@ -7,12 +7,21 @@ calls in flight stands in. A worker whose replica failed is retried once on anot
 
 from __future__ import annotations
 
-from routers.base import RouteView, Router, Step, load_key
+from pydantic import Field
+
+from routers.base import Knobs, RouteView, Router, Step, load_key
+
+
+class LeastLoadedKnobs(Knobs):
+    load_cache_s: float = Field(1.0, gt=0)
+    """How long a queue depth read from a vLLM server's /metrics is reused."""
 
 
 class LeastLoaded(Router):
     name = "least_loaded"
+    knobs = LeastLoadedKnobs
     reads_queue_depth = True
+    replayable = False
 
     def first(self, view: RouteView) -> list[str]:
         return [state.name for state in view.open_groups()]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.batches.models import batch_record, file_record
+from gateway.batches.protocol import batch_record, file_record
 from gateway.batches.store import BatchStore, UnknownCursor
 from gateway.batches.store_memory import MemoryBatchStore
 from gateway.batches.store_redis import RedisBatchStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.breaker import CircuitBreaker, State
+from gateway.upstream.breaker import CircuitBreaker, State
 
 
 def test_opens_after_threshold_and_refuses() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ensembles import metrics as m
-from gateway.evaluate import split_of
+from gateway.tools.evaluate import split_of
 from tests.conftest import Gateway, Upstream
 
 

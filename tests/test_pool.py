@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import localmodels, pool
-from gateway.config import Pool, PoolServer
+from gateway.tools import localmodels, pool
+from gateway.tools.pool import Pool, PoolServer
 
 FAKE_SERVER = """
 import http.server, sys, time
@@ -167,8 +167,8 @@ def test_running_pool_cleans_up_when_the_process_gets_sigterm(tmp_path: Path) ->
     port = free_port()
     script = f"""
 import sys
-from gateway import pool
-from gateway.config import Pool, PoolServer
+from gateway.tools import pool
+from gateway.tools.pool import Pool, PoolServer
 pool.launch = lambda s: pool.Launch([sys.executable, "-c", {FAKE_SERVER!r}, str(s.port), "0"], {{}})
 config = Pool(servers=[PoolServer(name="s0", engine="llamacpp", model="gemma3-270m", port={port})])
 with pool.running_pool(config, note=lambda _: None) as servers:

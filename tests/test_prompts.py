@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ensembles.prompts import render_chat, render_completion
-from gateway.config import Example, Template
+from ensembles.prompts import Example, Template
 
 LABELS = ("positive", "negative")
 FEW_SHOT = Template(

@@ -15,8 +15,8 @@ import yaml
 from openai import OpenAI
 
 from gateway.config import load_config
-from gateway.pool import running_pool
-from gateway.queue_depth import parse_queue_depth
+from gateway.tools.pool import running_pool
+from gateway.upstream.queue_depth import parse_queue_depth
 from tests.conftest import ROOT, Gateway
 
 pytestmark = pytest.mark.real

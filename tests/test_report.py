@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.report import load_items, summarise
+from gateway.tools.report import load_items, summarise
 
 # (m1, m2, m3 votes), crowd label, gold; m2 abstains on the third item
 ITEMS = [(("a", "a", "b"), "a", "a"), (("b", "b", "b"), "b", "a"), (("a", None, "a"), "a", "a"),

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from ensembles.aggregators import get_aggregator
-from gateway.config import ConfigError, Ensemble, parse_config
-from gateway.queue_depth import parse_queue_depth
+from gateway.config import ConfigError, parse_config
+from gateway.upstream.queue_depth import parse_queue_depth
 from routers import MemberState, RouteView, get_router
-from routers.adaptive import ranked
+from routers.adaptive import AdaptiveKnobs, ranked
 from routers.cost_aware import cheapest_set, combined_accuracy
 from routers.hedging import hedge_plan
+from routers.least_loaded import LeastLoadedKnobs
 
 
-def view(states: list[MemberState], **routing: object) -> RouteView:
-    ens = Ensemble(name="e", members=[s.name for s in states], routing=routing)
-    return RouteView(ensemble=ens, members={s.name: s for s in states}, n_labels=2)
+def view(states: list[MemberState], quorum: int = 1, **routing: object) -> RouteView:
+    return RouteView(knobs=AdaptiveKnobs(**routing), quorum=quorum, members={s.name: s for s in states}, n_labels=2)
 
 
 def test_combined_accuracy_of_independent_weighted_voters() -> None:
@@ -42,8 +42,7 @@ def test_adaptive_first_wave_honours_start_quorum_and_budget() -> None:
     assert router.first(view(states, start=2)) == ["a", "b"]
     assert router.first(view(states, start=1, max_cost_usd=3.5)) == ["a"]
     assert router.first(view(states, start=3, max_cost_usd=4.5)) == ["a", "b"], "c would pass the cap"
-    ens = Ensemble(name="e", members=list("abcd"), quorum=3, routing={"start": 1})
-    assert router.first(RouteView(ensemble=ens, members={s.name: s for s in states}, n_labels=2)) == ["a", "b", "c"]
+    assert router.first(view(states, quorum=3, start=1)) == ["a", "b", "c"]
 
 
 def test_adaptive_more_stops_or_widens() -> None:
@@ -82,12 +81,13 @@ def test_cheapest_set_within_budget() -> None:
 
 
 def test_hedge_plan_needs_samples_and_an_idle_replica() -> None:
-    primary = MemberState("p", "g", p95_s=0.2)
+    primary = MemberState("p", "g", p95_s=0.2, samples=30)
     replicas = [MemberState("busy", "g", in_flight=4), MemberState("idle", "g"), MemberState("other", "h")]
-    assert hedge_plan(primary, 30, replicas, 20, ["p"]) == (0.2, "idle")
-    assert hedge_plan(primary, 10, replicas, 20, ["p"]) is None, "too few latencies on record"
-    assert hedge_plan(primary, 30, replicas, 20, ["p", "idle", "busy"]) is None, "replicas already asked"
-    assert hedge_plan(MemberState("p", "g"), 30, replicas, 20, ["p"]) is None, "no p95 yet"
+    assert hedge_plan(primary, replicas, 20, ["p"]) == (0.2, "idle")
+    few = MemberState("p", "g", p95_s=0.2, samples=10)
+    assert hedge_plan(few, replicas, 20, ["p"]) is None, "too few latencies on record"
+    assert hedge_plan(primary, replicas, 20, ["p", "idle", "busy"]) is None, "replicas already asked"
+    assert hedge_plan(MemberState("p", "g", samples=30), replicas, 20, ["p"]) is None, "no p95 yet"
 
 
 VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -125,9 +125,18 @@ def test_learned_accuracies_read_from_fitted_params() -> None:
 def test_routing_config_is_validated() -> None:
     base = {"members": [{"name": "a", "base_url": "http://x/v1", "model": "m"}]}
     with pytest.raises(ConfigError, match="routing.target"):
-        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "routing": {"target": 1.5}}]})
+        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "router": "adaptive",
+                                             "routing": {"target": 1.5}}]})
     with pytest.raises(ConfigError, match="routing.strat"):
-        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "routing": {"strat": 2}}]})
+        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "router": "adaptive",
+                                             "routing": {"strat": 2}}]})
+    with pytest.raises(ConfigError, match="routing.target.*router 'fanout'"):
+        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "routing": {"target": 0.9}}]})
+    with pytest.raises(ConfigError, match="unknown router 'nope'"):
+        parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "router": "nope"}]})
+    config = parse_config({**base, "ensembles": [{"name": "e", "members": ["a"], "router": "least_loaded",
+                                                  "routing": {"load_cache_s": 2, "hedge": True}}]})
+    assert isinstance(config.ensembles[0].routing, LeastLoadedKnobs) and config.ensembles[0].routing.load_cache_s == 2
 
 
 def test_a_cascade_does_not_stop_on_calibration_alone() -> None:
@@ -135,7 +144,7 @@ def test_a_cascade_does_not_stop_on_calibration_alone() -> None:
     import asyncio
 
     from ensembles.votes import Vote
-    from gateway.replay import ReplayAnnotator
+    from gateway.tools.replay import ReplayAnnotator
     from gateway.task import build_task
 
     config = parse_config({"members": [{"name": n, "base_url": "http://127.0.0.1:9/v1", "model": "m"} for n in "abc"],

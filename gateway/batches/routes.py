@@ -12,7 +12,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
 from gateway.batches.jsonl import ENDPOINTS, InputSummary, check_for_batch, parse_input
-from gateway.batches.models import (
+from gateway.batches.protocol import (
     batch_object,
     batch_record,
     file_object,
@@ -24,7 +24,7 @@ from gateway.batches.models import (
 from gateway.batches.service import Batches
 from gateway.batches.store import UnknownCursor
 from gateway.errors import APIError, bad_request
-from gateway.routes import authorize, json_response, read_json
+from gateway.http import authorize, json_response, read_json
 from gateway.state import GatewayState
 
 router = APIRouter()

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from gateway.batches.models import Record
-from gateway.config import Config
+from gateway.batches.protocol import Record
 
 
 class UnknownCursor(LookupError):
@@ -73,16 +72,3 @@ class BatchStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def open_store(config: Config) -> BatchStore:
-    """The backend `store.backend` names; Redis keys expire after `store.retention_days`."""
-    retention_s = config.store.retention_days * 86400
-    if config.store.backend == "redis":
-        from gateway.batches.store_redis import RedisBatchStore
-        from gateway.store import redis_client
-
-        return RedisBatchStore(redis_client(config.store), retention_s)
-    from gateway.batches.store_memory import MemoryBatchStore
-
-    return MemoryBatchStore()

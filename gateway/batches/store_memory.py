@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.batches.models import Record
+from gateway.batches.protocol import Record
 from gateway.batches.store import UnknownCursor
+from gateway.store.locks import MemoryLocks
 
 
 @dataclass
@@ -30,7 +31,7 @@ class MemoryBatchStore:
         self.batches: dict[str, Record] = {}
         self.lines: dict[str, _Lines] = {}
         self.active: dict[str, None] = {}
-        self.locks: dict[str, float] = {}
+        self.locks = MemoryLocks()
 
     async def put_file(self, rec: Record, content: bytes, lines: Sequence[bytes] = ()) -> None:
         self.files[rec["id"]] = (copy.deepcopy(rec), content, list(lines))
@@ -131,11 +132,7 @@ class MemoryBatchStore:
         return [state.results[line] for line in sorted(state.results)] if state else []
 
     async def try_lock(self, name: str, ttl_s: float) -> bool:
-        now = time.time()
-        if self.locks.get(name, 0.0) > now:
-            return False
-        self.locks[name] = now + ttl_s
-        return True
+        return await self.locks.try_lock(name, ttl_s)
 
     async def retire(self, batch_id: str) -> None:
         self.active.pop(batch_id, None)

@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.batches.models import Record
+from gateway.batches.protocol import Record
 from gateway.batches.store import UnknownCursor
+from gateway.store.locks import RedisLocks
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -141,6 +142,7 @@ def _decode(raw: dict[bytes, bytes]) -> Record:
 class RedisBatchStore:
     def __init__(self, client: aioredis.Redis, retention_s: float) -> None:
         self.redis = client
+        self.locks = RedisLocks(client, "crowd:lock:")
         self.retention_s = int(retention_s)
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
@@ -243,7 +245,7 @@ class RedisBatchStore:
         return [(raw[k][:1] == b"1", raw[k][1:]) for k in sorted(raw, key=int)]
 
     async def try_lock(self, name: str, ttl_s: float) -> bool:
-        return bool(await self.redis.set(f"crowd:lock:{name}", b"1", nx=True, px=max(int(ttl_s * 1000), 1)))
+        return await self.locks.try_lock(name, ttl_s)
 
     async def retire(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -19,24 +19,17 @@ import uuid
 from typing import Any
 
 import orjson
-from prometheus_client import Counter, Gauge
 
+from gateway import metrics
 from gateway.batches.jsonl import ENDPOINTS
-from gateway.batches.models import Record, file_record, now, output_line, result_file_id
+from gateway.batches.protocol import Record, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
 from gateway.config import BatchSettings
 from gateway.errors import APIError
-from gateway.routes import execute
+from gateway.serving import execute
 from gateway.state import GatewayState
 
 log = logging.getLogger("crowd_gateway.batches")
-
-LINES = Counter("crowd_gateway_batch_lines", "Batch lines run by this process, by outcome "
-                "(ok, error, discarded: a result for a line that another worker had already completed)",
-                ["outcome"])
-IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines running in this process",
-                  multiprocess_mode="livesum")
-
 
 async def run_line(state: GatewayState, raw: bytes) -> tuple[bool, bytes]:
     """One request line -> (ok, output line). Never raises: a failure is an error line, not a stopped batch."""
@@ -132,14 +125,14 @@ class BatchWorker:
     def _spawn(self, batch_id: str, line: int, raw: bytes) -> None:
         task = asyncio.create_task(self._run(batch_id, line, raw))
         self.running.setdefault(batch_id, {})[line] = task
-        IN_FLIGHT.inc()
+        metrics.BATCH_IN_FLIGHT.inc()
 
         def done(_: asyncio.Task[None]) -> None:
             lines = self.running.get(batch_id, {})
             lines.pop(line, None)
             if not lines:
                 self.running.pop(batch_id, None)
-            IN_FLIGHT.dec()
+            metrics.BATCH_IN_FLIGHT.dec()
             self.wake.set()
 
         task.add_done_callback(done)
@@ -156,7 +149,7 @@ class BatchWorker:
                 await asyncio.sleep(0.2 * (attempt + 1))
         else:
             return  # the lease runs out and the line is run again: never lost
-        LINES.labels(("ok" if ok else "error") if recorded else "discarded").inc()
+        metrics.BATCH_LINES.labels(("ok" if ok else "error") if recorded else "discarded").inc()
 
     async def _renew(self) -> None:
         while True:

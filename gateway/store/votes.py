@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ensembles.aggregators.base import Triple
 from ensembles.refit import hard_triples
+from gateway.store.locks import MemoryLocks
 
 Source = Literal["gold", "human"]
 HUMAN_PREFIX = "human:"
@@ -118,7 +119,7 @@ class MemoryVoteStore(VoteStore):
         self.params: dict[tuple[str, str], Published] = {}
         self.version = 0
         self.queue: dict[str, dict[str, Any]] = {}
-        self.locks: dict[str, float] = {}
+        self.locks = MemoryLocks()
         self.label_sets: dict[str, list[str]] = {}
 
     def _expire(self) -> None:
@@ -191,11 +192,7 @@ class MemoryVoteStore(VoteStore):
         return len(self.queue)
 
     async def try_lock(self, name: str, ttl_s: float) -> bool:
-        now = time.monotonic()
-        if self.locks.get(name, 0.0) > now:
-            return False
-        self.locks[name] = now + ttl_s
-        return True
+        return await self.locks.try_lock(name, ttl_s)
 
     async def unlock(self, name: str) -> None:
-        self.locks.pop(name, None)
+        await self.locks.unlock(name)

@@ -9,12 +9,12 @@ the review queue, `lock:{name}` refit leases.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.store.locks import RedisLocks
 from gateway.store.votes import HUMAN_PREFIX, ItemRecord, Published, Source, VoteStore
 
 _RECORD = """
@@ -49,6 +49,7 @@ class RedisVoteStore(VoteStore):
         self.r = client
         self.ttl = int(retention_s)
         self.p = prefix
+        self.locks = RedisLocks(client, self._k("lock", ""))
         self._record = client.register_script(_RECORD)
         self._take = client.register_script(_TAKE)
         self._publish = client.register_script(_PUBLISH)
@@ -150,10 +151,10 @@ class RedisVoteStore(VoteStore):
         return int(await self.r.zcard(self._k("review", "order")))
 
     async def try_lock(self, name: str, ttl_s: float) -> bool:
-        return bool(await self.r.set(self._k("lock", name), str(time.time()), nx=True, px=int(ttl_s * 1000)))
+        return await self.locks.try_lock(name, ttl_s)
 
     async def unlock(self, name: str) -> None:
-        await self.r.delete(self._k("lock", name))
+        await self.locks.unlock(name)
 
     async def close(self) -> None:
         await self.r.aclose()

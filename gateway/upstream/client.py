@@ -11,41 +11,23 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from gateway import metrics
-from gateway.breaker import CircuitBreaker, State
 from gateway.config import Breaker, Member
-from gateway.member_stats import MemberStats
+from gateway.upstream.breaker import CircuitBreaker, State
+from gateway.upstream.member_stats import MemberStats
+from gateway.upstream.pricing import Pricer, pricer_for, usage_tokens
+from gateway.upstream.reply import Reply, UpstreamError
+from routers import MemberState
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF_S = 0.05
 MAX_RETRY_AFTER_S = 10.0
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    body: bytes
-    content_type: str
-    latency_s: float
-
-
-class UpstreamError(Exception):
-    """A call that produced no usable HTTP answer. `kind`: connection, timeout, circuit_open, http."""
-
-    def __init__(self, member: str, kind: str, message: str, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(f"{member}: {message}")
-        self.member = member
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
 
 
 class _RetryableStatus(Exception):
@@ -88,22 +70,57 @@ def _retryable(exc: BaseException) -> bool:
         exc, aiohttp.ServerTimeoutError)
 
 
-class MemberClient:
-    """Everything needed to call one member: its limits, breaker and headers."""
+class HttpTransport:
+    """Calls one member's OpenAI-compatible server over the gateway's pooled aiohttp session."""
 
-    def __init__(self, member: Member, breaker: Breaker) -> None:
+    def __init__(self, member: Member, upstreams: Upstreams) -> None:
         self.member = member
-        self.breaker = CircuitBreaker(breaker.failure_threshold, breaker.reset_after_s)
-        self.slots = asyncio.Semaphore(member.max_concurrency)
+        self.upstreams = upstreams
         self.timeout = aiohttp.ClientTimeout(total=member.timeout_s)
         key = member.api_key()
         self.headers = {"Content-Type": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+
+    async def send(self, path: str, body: bytes) -> Reply:
+        session = self.upstreams.session
+        assert session is not None, "Upstreams.start() was not awaited"
+        started = time.perf_counter()
+        async with session.post(self.member.base_url + path, data=body, headers=self.headers,
+                                timeout=self.timeout) as resp:
+            data = await resp.read()
+            retry_after = _retry_after(resp.headers) if resp.status in RETRY_STATUSES else None
+            return Reply(resp.status, data, resp.headers.get("Content-Type", "application/json"),
+                         time.perf_counter() - started, retry_after)
+
+
+class Transport(Protocol):
+    async def send(self, path: str, body: bytes) -> Reply: ...
+
+
+class MemberClient:
+    """Everything needed to call one member: its transport and pricing (chosen once), limits, breaker."""
+
+    def __init__(self, member: Member, breaker: Breaker, upstreams: Upstreams,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.member = member
+        self.breaker = CircuitBreaker(breaker.failure_threshold, breaker.reset_after_s, clock=clock)
+        self.slots = asyncio.Semaphore(member.max_concurrency)
+        self.http = HttpTransport(member, upstreams)
+        self.transport: Transport = self.http
+        if member.dialect == "litellm":
+            from gateway.upstream.litellm import LiteLLMTransport
+
+            self.transport = LiteLLMTransport(member)
+        self.pricer: Pricer = pricer_for(member)
         self.root = member.base_url.removesuffix("/v1")
         self.stats = MemberStats(member)
         self._gauge = metrics.child(metrics.CIRCUIT, member.name)
         self._gauge.set(0)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.http.headers
 
     def publish_state(self) -> State:
         state = self.breaker.state
@@ -114,21 +131,64 @@ class MemberClient:
 class Upstreams:
     """The pooled HTTP client for all members; one per gateway process."""
 
-    def __init__(self, members: list[Member], breaker: Breaker) -> None:
-        self.clients = {m.name: MemberClient(m, breaker) for m in members}
+    def __init__(self, members: list[Member], breaker: Breaker, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clients = {m.name: MemberClient(m, breaker, self, clock) for m in members}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
                                              auto_decompress=True)
+        if any(c.member.dialect == "litellm" for c in self.clients.values()):
+            from gateway.upstream.litellm import preload
+
+            await preload()
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
 
+    def member(self, name: str) -> Member:
+        return self.clients[name].member
+
     def usable(self, name: str) -> bool:
         return self.clients[name].breaker.would_allow()
+
+    def state(self, name: str, reliability: float, queue_depth: float | None = None) -> MemberState:
+        """A read-only snapshot of one member for the routers: circuit, load, latency, expected cost."""
+        client = self.clients[name]
+        stats = client.stats
+        return MemberState(name=name, group=client.member.replica_group, usable=client.breaker.would_allow(),
+                           in_flight=stats.in_flight, p50_s=stats.p50_s, p95_s=stats.p95_s, cost_usd=stats.cost_usd,
+                           reliability=reliability, queue_depth=queue_depth, samples=stats.samples)
+
+    def paid(self, name: str, cost_usd: float) -> None:
+        """Fold one call's cost into the member's expected cost per call (what routers rank by)."""
+        self.clients[name].stats.paid(cost_usd)
+
+    def account(self, name: str, usage: object) -> tuple[int, int, float]:
+        """(prompt tokens, completion tokens, cost) of one call to `name`, counted in its stats and the metrics."""
+        client = self.clients[name]
+        prompt, completion = usage_tokens(usage)
+        cost = client.pricer(prompt, completion)
+        client.stats.paid(cost)
+        metrics.child(metrics.COST, name).inc(cost)
+        metrics.child(metrics.TOKENS, name, "prompt").inc(prompt)
+        metrics.child(metrics.TOKENS, name, "completion").inc(completion)
+        return prompt, completion, cost
+
+    async def get(self, name: str, path: str, timeout_s: float) -> Reply | None:
+        """GET a path under the member's server root (health, /metrics); None when it cannot be reached."""
+        client = self.clients[name]
+        assert self.session is not None, "Upstreams.start() was not awaited"
+        started = time.perf_counter()
+        try:
+            async with self.session.get(client.root + path, headers=client.headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                data = await resp.read()
+                return Reply(resp.status, data, resp.headers.get("Content-Type", ""), time.perf_counter() - started)
+        except (TimeoutError, aiohttp.ClientError):
+            return None
 
     async def post(self, name: str, path: str, body: bytes) -> Reply:
         """POST with retries; returns the final HTTP reply (any status) or raises UpstreamError."""
@@ -191,23 +251,10 @@ class Upstreams:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _post_once(self, client: MemberClient, path: str, body: bytes) -> Reply:
-        if client.member.dialect == "litellm":
-            from gateway import litellm_upstream
-
-            reply = await litellm_upstream.post(client.member, path, body)
-            if reply.status in RETRY_STATUSES:
-                raise _RetryableStatus(reply, None)
-            return reply
-        assert self.session is not None, "Upstreams.start() was not awaited"
-        started = time.perf_counter()
-        async with self.session.post(client.member.base_url + path, data=body, headers=client.headers,
-                                     timeout=client.timeout) as resp:
-            data = await resp.read()
-            reply = Reply(resp.status, data, resp.headers.get("Content-Type", "application/json"),
-                          time.perf_counter() - started)
-            if resp.status in RETRY_STATUSES:
-                raise _RetryableStatus(reply, _retry_after(resp.headers))
-            return reply
+        reply = await client.transport.send(path, body)
+        if reply.status in RETRY_STATUSES:
+            raise _RetryableStatus(reply, reply.retry_after_s)
+        return reply
 
     async def stream(self, name: str, path: str, body: bytes) -> aiohttp.ClientResponse:
         """Open a streaming POST (no retries once bytes may have reached the client)."""
@@ -243,11 +290,5 @@ class Upstreams:
         path = {"vllm": client.member.health_path, "llamacpp": "/v1/models"}.get(client.member.dialect)
         if path is None:
             return True
-        assert self.session is not None
-        try:
-            async with self.session.get(client.root + path, headers=client.headers,
-                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError):
-            return False
+        reply = await self.get(name, path, timeout_s)
+        return reply is not None and reply.status == 200

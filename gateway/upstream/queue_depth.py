@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.upstream import Upstreams
+from gateway.upstream.client import Upstreams
 
 QUEUE_METRICS = frozenset({"vllm:num_requests_waiting", "vllm:num_requests_running"})
 READ_TIMEOUT_S = 0.25
@@ -29,8 +28,9 @@ def parse_queue_depth(text: str) -> float | None:
 
 
 class QueueDepths:
-    def __init__(self, upstreams: Upstreams, ttl_s: float) -> None:
+    def __init__(self, upstreams: Upstreams, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.upstreams = upstreams
+        self.clock = clock
         self.ttl_s = ttl_s
         self._values: dict[str, tuple[float, float | None]] = {}
         self._reads: dict[str, asyncio.Future[None]] = {}
@@ -41,10 +41,10 @@ class QueueDepths:
 
     async def refresh(self, names: Iterable[str]) -> None:
         """Re-read the stale members among `names` (vLLM dialect only), concurrently."""
-        now = time.monotonic()
+        now = self.clock()
         reads = []
         for name in names:
-            if self.upstreams.clients[name].member.dialect != "vllm":
+            if self.upstreams.member(name).dialect != "vllm":
                 continue
             hit = self._values.get(name)
             if hit is not None and now - hit[0] < self.ttl_s:
@@ -56,16 +56,13 @@ class QueueDepths:
             await asyncio.gather(*reads)
 
     async def _read(self, name: str) -> None:
-        client = self.upstreams.clients[name]
         depth: float | None = None
         try:
-            assert self.upstreams.session is not None
-            async with self.upstreams.session.get(client.root + "/metrics", headers=client.headers,
-                                                  timeout=aiohttp.ClientTimeout(total=READ_TIMEOUT_S)) as resp:
-                if resp.status == 200:
-                    depth = parse_queue_depth(await resp.text())
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+            reply = await self.upstreams.get(name, "/metrics", READ_TIMEOUT_S)
+            if reply is not None and reply.status == 200:
+                depth = parse_queue_depth(reply.body.decode(errors="replace"))
+        except ValueError:
             depth = None
         finally:
-            self._values[name] = (time.monotonic(), depth)
+            self._values[name] = (self.clock(), depth)
             self._reads.pop(name, None)

@@ -25,14 +25,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.config import Config, ConfigError, Pool, PoolServer, load_config
-from gateway.localmodels import ModelError, cache_dir, model_path, venv_python
+from pydantic import Field, ValidationError
+
+from gateway.config import Config, ConfigError, Strict, load_config
+from gateway.tools.localmodels import ModelError, cache_dir, model_path, venv_python
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 15.0
 POLL_S = 0.5
 State = Literal["ready", "starting", "exited", "stopped", "port-taken"]
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started, polled to reap them
+
+
+class PoolServer(Strict):
+    """One local model server started by `crowd-gateway pool up` (CPU, real small models)."""
+
+    name: str
+    engine: Literal["vllm", "llamacpp"]
+    model: Literal["smollm2-135m-instruct", "gemma3-270m"]
+    port: int = Field(ge=1024, le=65535)
+    args: list[str] = Field(default_factory=list)
+
+
+class Pool(Strict):
+    servers: list[PoolServer] = Field(min_length=1)
+    ready_timeout_s: float = Field(600.0, gt=0)
+
 
 
 class PoolError(Exception):
@@ -225,9 +243,16 @@ def log_tail(path: str, lines: int = 20) -> str:
 
 
 def _pool_of(config: Config | Pool) -> Pool:
-    pool = config if isinstance(config, Pool) else config.pool
-    if pool is None:
+    if isinstance(config, Pool):
+        pool = config
+    elif config.pool is None:
         raise PoolError("the config has no `pool:` section")
+    else:
+        try:
+            pool = Pool.model_validate(config.pool)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"invalid config: pool.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     for attr in ("name", "port"):
         values = [getattr(s, attr) for s in pool.servers]
         if dupes := sorted({v for v in values if values.count(v) > 1}):

@@ -24,20 +24,14 @@ from ensembles.aggregators import REGISTRY, Params
 from ensembles.refit import refit
 from gateway.config import Config, Ensemble, load_config
 from gateway.errors import APIError
-from gateway.jobs_cli import UsageError, read_rows, row_ids
-from gateway.replay import Recording, ReplayAnnotator, asked_members, record
+from gateway.tools.annotate import UsageError, read_rows, row_ids
+from gateway.tools.replay import Recording, ReplayAnnotator, asked_members, record
 from gateway.task import AnnotationTask, build_task
+from routers import REGISTRY as ROUTERS
+from routers.base import TARGETS
 
-TARGETS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
-"""The grid of `routing.target` and of `escalation.below`."""
-PRICE_WEIGHTS = (1.0, 0.5, 0.0)
-"""adaptive's ranking: reliability per dollar (1), most reliable first (0), and between."""
 OFF = 0.0
 """`escalation.below: 0` never escalates: escalation off, with its `to` kept in the config."""
-KNOBS: dict[str, tuple[str, ...]] = {"fanout": (), "passthrough": (), "adaptive": ("routing.start", "routing.target",
-                                                                                 "routing.price_weight"),
-                                     "cost_aware": ("routing.target",)}
-"""What each replayable router reads; routers that decide on live load cannot be replayed offline."""
 EPS = 1e-9
 
 Setting = dict[str, float]
@@ -58,12 +52,13 @@ def tunable(config: Config, name: str) -> Ensemble:
     ens = next((e for e in config.ensembles if e.name == name), None)
     if ens is None:
         raise UsageError(f"no ensemble {name!r} in the config; ensembles: {[e.name for e in config.ensembles]}")
-    if ens.router not in KNOBS:
-        raise UsageError(f"ensemble {name!r} uses router {ens.router!r}; tune replays {sorted(KNOBS)} "
+    replayable = sorted(n for n, cls in ROUTERS.items() if cls.replayable)
+    if ens.router not in replayable:
+        raise UsageError(f"ensemble {name!r} uses router {ens.router!r}; tune replays {replayable} "
                          f"(routing by live load cannot be replayed offline)")
     if ens.aggregator not in REGISTRY:
         raise UsageError(f"ensemble {name!r}: unknown aggregator {ens.aggregator!r}; known: {sorted(REGISTRY)}")
-    if not KNOBS[ens.router] and ens.escalation is None:
+    if not knob_axes(ens) and ens.escalation is None:
         raise UsageError(f"ensemble {name!r} (router {ens.router}, no escalation) has no threshold to tune")
     return ens
 
@@ -111,15 +106,15 @@ def fit_params(ens: Ensemble, recording: Recording, labels: Sequence[str], gold:
     return refit(ens.aggregator, item_votes, labels, gold, min_gold)
 
 
+def knob_axes(ens: Ensemble) -> dict[str, Sequence[float]]:
+    """The routing knobs the ensemble's router says are worth searching, with their grids."""
+    tunables = ROUTERS[ens.router].tunables(ens.quorum, len(ens.members))
+    return {f"routing.{knob}": values for knob, values in tunables.items()}
+
+
 def grid(ens: Ensemble) -> list[Setting]:
     """Every combination of the values of the knobs this ensemble's router and escalation read."""
-    axes: dict[str, Sequence[float]] = {}
-    if "routing.start" in KNOBS[ens.router]:
-        axes["routing.start"] = range(ens.quorum, len(ens.members) + 1)
-    if "routing.target" in KNOBS[ens.router]:
-        axes["routing.target"] = TARGETS
-    if "routing.price_weight" in KNOBS[ens.router]:
-        axes["routing.price_weight"] = PRICE_WEIGHTS
+    axes = knob_axes(ens)
     if ens.escalation is not None:
         axes["escalation.below"] = (OFF, *TARGETS)
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]

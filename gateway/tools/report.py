@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.jobs_cli import UsageError, read_rows
+from gateway.tools.annotate import UsageError, read_rows
 
 BINS = 10
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import render_chat, render_completion
-from gateway.config import Member, Template
+from ensembles.prompts import Template, render_chat, render_completion
+from gateway.config import Member
 from gateway.task import AnnotationTask
 
 TOP_LOGPROBS = 5

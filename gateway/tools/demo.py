@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.evaluate import annotate_items, embedded_gateway, load_dataset, summarize
-from gateway.pool import running_pool
+from gateway.tools.evaluate import annotate_items, embedded_gateway, load_dataset, summarize
+from gateway.tools.pool import running_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "deploy" / "local-pool.yaml"

@@ -44,7 +44,7 @@ async def record(config: Config, ensemble: Ensemble, tasks: Sequence[AnnotationT
 
     async def one(task: AnnotationTask, name: str) -> tuple[str, Vote]:
         async with gate:
-            vote = await annotator._vote(members[name], task)  # the request path's own call and parsing
+            vote = await annotator.vote(members[name], task)  # the request path's own call and parsing
         bar.update(1)
         return task.item_id, vote
 
@@ -83,12 +83,12 @@ class ReplayAnnotator(Annotator):
                          get_aggregator(ensemble.aggregator))
         self.recording = recording
         for name, cost in mean_costs(recording).items():
-            upstreams.clients[name].stats.paid(cost)
+            upstreams.paid(name, cost)
 
     async def _ask(self, names: Sequence[str], task: AnnotationTask, deadline: float, view: RouteView,
                    hedge: bool = True) -> tuple[list[Vote], int]:
         votes = [self.recording[task.item_id][name] for name in names]
         for vote in votes:
             if vote.raw is not None:
-                self.upstreams.clients[vote.member].stats.paid(vote.cost_usd)
+                self.upstreams.paid(vote.member, vote.cost_usd)
         return votes, 0

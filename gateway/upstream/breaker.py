@@ -8,6 +8,7 @@ re-opens the circuit.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -18,7 +19,9 @@ class State(IntEnum):
 
 
 class CircuitBreaker:
-    def __init__(self, failure_threshold: int = 5, reset_after_s: float = 30.0) -> None:
+    def __init__(self, failure_threshold: int = 5, reset_after_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
         self.failures = 0
@@ -28,7 +31,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> State:
-        if self._state is State.OPEN and time.monotonic() - self.opened_at >= self.reset_after_s:
+        if self._state is State.OPEN and self.clock() - self.opened_at >= self.reset_after_s:
             return State.HALF_OPEN
         return self._state
 
@@ -62,4 +65,4 @@ class CircuitBreaker:
         self.failures += 1
         if self._state is State.HALF_OPEN or self.failures >= self.failure_threshold:
             self._state = State.OPEN
-            self.opened_at = time.monotonic()
+            self.opened_at = self.clock()

@@ -1,0 +1,49 @@
+"""HTTP in and out for every route: the API-key check, bounded JSON bodies, JSON answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import APIError
+from gateway.state import GatewayState
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def authorize(state: GatewayState, request: Request) -> None:
+    if not state.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or key.strip() not in state.api_keys:
+        raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
+
+
+async def read_json(state: GatewayState, request: Request) -> tuple[dict[str, Any], bytes]:
+    """The body as (dict, raw bytes), refusing oversized or malformed ones before any work."""
+    limit = state.config.gateway.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                       code="request_too_large")
+    if declared and declared.isdigit():
+        raw = await request.body()  # the declared size was checked above: read it in one go
+    else:  # chunked: count as it arrives
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_body")
+    return body, raw

@@ -1,0 +1,122 @@
+"""Every wire schema of the gateway's own routes in one place: requests validated, answers built.
+
+Requests: the OpenAI completion bodies (extra fields are allowed and forwarded: clients send
+provider-specific options, and the gateway's own `labels`, `task`, `item_id` through
+`extra_body`) and feedback. Validation failures become a 400 whose `param` names the field.
+Answers: a normal ChatCompletion (or Completion) plus the `annotation` block; every standard field
+stays valid for the OpenAI SDK, and the extras (`annotation`, `usage.cost_usd`) reach clients
+through `model_extra`. The Files and Batches objects live in their wing, `gateway/batches/protocol.py`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from gateway.errors import APIError
+from gateway.task import AnnotationTask, wrap_label
+
+if TYPE_CHECKING:
+    from gateway.annotate import Outcome
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    labels: list[str] | None = None
+    task: str | None = None
+    item_id: str | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    prompt: str | list[str]
+    stream: bool = False
+    labels: list[str] | None = None
+    task: str | None = None
+    item_id: str | None = None
+
+
+class Feedback(BaseModel):
+    """`POST /v1/annotations/feedback`: a gold or human label for one item."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(min_length=1, max_length=256)
+    label: str = Field(min_length=1)
+    source: Literal["gold", "human"]
+    annotator: str = Field("anonymous", min_length=1, max_length=128)
+    task: str | None = None
+    labels: list[str] | None = None
+
+
+_ADAPTERS = {"chat": TypeAdapter(ChatCompletionRequest), "completion": TypeAdapter(CompletionRequest)}
+
+
+def validate_body(body: Any, kind: Literal["chat", "completion"]) -> None:
+    """Raise APIError(400) naming the first invalid field; the dict itself is used downstream."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_body")
+    try:
+        _ADAPTERS[kind].validate_python(body)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def invalid(exc: ValidationError) -> APIError:
+    """A 400 naming the first invalid field of a pydantic validation error."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    what = "missing required parameter" if err["type"] == "missing" else err["msg"]
+    return APIError(400, f"{param}: {what}" if param else what, param=param,
+                    code="missing_required_parameter" if err["type"] == "missing" else "invalid_value")
+
+
+def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
+    return {
+        "label": outcome.label,
+        "confidence": round(outcome.confidence, 6),
+        "distribution": {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)},
+        "aggregator": aggregator,
+        "params_version": params_version,
+        "escalated": outcome.escalated,
+        "needs_review": outcome.needs_review,
+        "item_id": task.item_id,
+        "schema": task.schema,
+        "agreement": round(outcome.agreement, 6),
+        "stop_reason": outcome.stop_reason,
+        "calls": outcome.calls,
+        "votes": [vote.wire() for vote in outcome.votes],
+    }
+
+
+def usage_block(outcome: Outcome) -> dict[str, Any]:
+    prompt = sum(v.prompt_tokens for v in outcome.votes)
+    completion = sum(v.completion_tokens for v in outcome.votes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "cost_usd": round(outcome.cost_usd, 12)}
+
+
+def completion_body(model: str, task: AnnotationTask, annotation: dict[str, Any],
+                    usage: dict[str, Any]) -> dict[str, Any]:
+    content = wrap_label(task, annotation["label"])
+    created = int(time.time())
+    if task.kind == "completion":
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage, "annotation": annotation}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage, "annotation": annotation}

@@ -1,0 +1,3 @@
+"""What runs beside the service, not in it: labelling jobs, evaluation, tuning, reports, the demo and
+the local pool of real models. Their extra dependencies (tqdm, matplotlib, the openai client) come
+with the `tools` extra and are imported only when a tool runs."""

@@ -1,0 +1,80 @@
+"""The layout's rules, checked on the code: who may import whom, and what the serving image loads."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("gateway", "routers", "ensembles")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Project modules a file imports, lazy imports inside functions included; `if TYPE_CHECKING:` ones not."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    return {name: {dep for dep in imports_of(path) if dep in modules and dep != name} for name, path in modules.items()}
+
+
+def test_libraries_never_import_the_gateway() -> None:
+    offenders = {module_name(p): sorted(m for m in imports_of(p) if m.split(".")[0] == "gateway")
+                 for pkg in ("routers", "ensembles") for p in (ROOT / pkg).rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(edges[node]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_batch_worker_does_not_import_the_http_layer() -> None:
+    batch_modules = (ROOT / "gateway" / "batches").glob("*.py")
+    worker_side = [p for p in batch_modules if p.stem not in ("routes", "__init__")]
+    for path in worker_side:
+        assert not {"gateway.routes", "gateway.http"} & imports_of(path), path.name
+
+
+def test_serving_package_loads_no_tool_dependencies() -> None:
+    """The serving image installs neither the `tools` nor the `litellm` extra: the app must not need them."""
+    code = ("import sys, gateway.app, gateway.cli; "
+            "print(sorted(m for m in ('matplotlib', 'tqdm', 'openai', 'litellm', 'pandas', 'crowdkit', 'sklearn') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
