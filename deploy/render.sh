@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders the Helm chart with its default values and each example into deploy/rendered/, so a
-# template change shows up as a diff in review (tests/test_helm_chart.py compares on every run).
+# template change shows up as a diff in review (tests/deploy/test_helm_chart.py compares on every run).
 # Also syncs the chart's copies of the Prometheus rules and the Grafana dashboard from deploy/,
 # the one place where they are edited.
 # Usage: deploy/render.sh              sync the copies, then render into deploy/rendered/

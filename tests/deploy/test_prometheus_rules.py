@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from tests.k8s_support import REPO, exported_names, promtool
+from tests.deploy.k8s_support import REPO, exported_names, promtool
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 RULES = PROM_DIR / "crowd-gateway-rules.yaml"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
-from tests.k8s_support import (
+from tests.deploy.k8s_support import (
     CHART,
     RENDER_SH,
     REPO,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.k8s_support import REPO, exported_names, promtool
+from tests.deploy.k8s_support import REPO, exported_names, promtool
 
 DASHBOARD = REPO / "deploy" / "grafana" / "crowd-gateway.json"
 VLLM_SERIES = {"vllm:num_requests_waiting", "vllm:num_requests_running"}
