@@ -37,8 +37,12 @@ render() {  # render NAME [VALUES_FILE]
   local values=()
   [ $# -gt 0 ] && values=(--values "$1")
   # Relative paths keep the "# Source:" comments and the output the same on every machine.
+  # The chart generates the Redis password at install: a fixed placeholder (not base64, so applying a
+  # render fails instead of using a known password) keeps the renders reproducible.
   (cd "$ROOT/helm" && "$helm" template "$RELEASE" ./crowd-gateway --namespace "$NAMESPACE" \
-    --kube-version "$KUBE_VERSION" "${api_versions[@]}" "${values[@]}") > "$out/$name.yaml"
+    --kube-version "$KUBE_VERSION" "${api_versions[@]}" "${values[@]}") \
+    | sed -E '\#^\# Source: crowd-gateway/templates/redis-secret.yaml$#,/^---$/ s/^(  redis-password: ).*/\1GENERATED-AT-INSTALL/' \
+    > "$out/$name.yaml"
 }
 
 render default

@@ -68,8 +68,12 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def template_args(values: Path | None = None, *, crds: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
-    args = ["template", "crowd-gateway", "./crowd-gateway", "--namespace", "crowd", "--kube-version", kube_version()]
+def template_args(
+    values: Path | None = None, *, crds: bool = True, extra: tuple[str, ...] = (), chart: Path | None = None
+) -> list[str]:
+    """`helm template` of the chart in helm/ (or of a copy at `chart`), as deploy/render.sh runs it."""
+    path = "./crowd-gateway" if chart is None else str(chart)
+    args = ["template", "crowd-gateway", path, "--namespace", "crowd", "--kube-version", kube_version()]
     if crds:
         for api in MONITORING_API_VERSIONS:
             args += ["--api-versions", api]
@@ -78,9 +82,11 @@ def template_args(values: Path | None = None, *, crds: bool = True, extra: tuple
     return args + list(extra)
 
 
-def render(values: Path | None = None, *, crds: bool = True, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def render(
+    values: Path | None = None, *, crds: bool = True, extra: tuple[str, ...] = (), chart: Path | None = None
+) -> list[dict[str, Any]]:
     """Render the chart and return its objects."""
-    out = helm(*template_args(values, crds=crds, extra=extra)).stdout
+    out = helm(*template_args(values, crds=crds, extra=extra, chart=chart)).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -92,6 +98,91 @@ def gateway_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The gateway's config.yaml as rendered into its ConfigMap."""
     (cm,) = [o for o in find(objects, "ConfigMap") if "config.yaml" in o.get("data", {})]
     return yaml.safe_load(cm["data"]["config.yaml"])
+
+
+def pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every pod the objects would create: workloads, jobs, cron jobs, bare pods."""
+    out = []
+    for obj in objects:
+        kind, spec = obj["kind"], obj.get("spec", {})
+        where = f"{kind}/{obj['metadata']['name']}"
+        if kind == "Pod":
+            out.append((where, spec))
+        elif kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
+            out.append((where, spec["template"]["spec"]))
+        elif kind == "CronJob":
+            out.append((where, spec["jobTemplate"]["spec"]["template"]["spec"]))
+    return out
+
+
+# --- Pod Security Standards, "restricted" profile ----------------------------------------------
+# https://kubernetes.io/docs/concepts/security/pod-security-standards/ (baseline and restricted
+# controls, as the PodSecurity admission plugin checks them for Linux pods).
+
+PSS_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}
+PSS_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+PSS_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What keeps a pod spec out of a namespace labelled pod-security.kubernetes.io/enforce=restricted."""
+    errors = []
+    pod_sc = pod.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            errors.append(f"{field} is true")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= PSS_VOLUME_TYPES:
+            errors.append(f"volume {volume['name']}: type {sorted(kinds - PSS_VOLUME_TYPES)} not allowed")
+    for sysctl in pod_sc.get("sysctls", []):
+        if sysctl["name"] not in PSS_SAFE_SYSCTLS:
+            errors.append(f"sysctl {sysctl['name']} not allowed")
+    containers = [
+        (f"{key} {c['name']}", c) for key in ("initContainers", "containers", "ephemeralContainers")
+        for c in pod.get(key, [])
+    ]
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    for level, sc in [("pod", pod_sc)] + [(name, c.get("securityContext") or {}) for name, c in containers]:
+        if sc.get("runAsUser") == 0:
+            errors.append(f"{level}: runAsUser is 0")
+        if sc.get("runAsNonRoot") is False:
+            errors.append(f"{level}: runAsNonRoot is false")
+        seccomp = (sc.get("seccompProfile") or {}).get("type")
+        if seccomp is not None and seccomp not in {"RuntimeDefault", "Localhost"}:
+            errors.append(f"{level}: seccompProfile {seccomp}")
+        selinux = sc.get("seLinuxOptions") or {}
+        if selinux.get("type", "") not in PSS_SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+            errors.append(f"{level}: seLinuxOptions {selinux}")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            errors.append(f"{level}: windowsOptions.hostProcess")
+    for name, c in containers:
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            errors.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            errors.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in caps.get("drop", []):
+            errors.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            errors.append(f"{name}: adds capabilities {sorted(set(caps['add']) - {'NET_BIND_SERVICE'})}")
+        if sc.get("procMount", "Default") != "Default":
+            errors.append(f"{name}: procMount {sc['procMount']}")
+        if not (sc.get("runAsNonRoot") or (pod_sc.get("runAsNonRoot") and "runAsNonRoot" not in sc)):
+            errors.append(f"{name}: runAsNonRoot is not set to true (container or pod)")
+        if (sc.get("seccompProfile") or {}).get("type") is None and pod_seccomp is None:
+            errors.append(f"{name}: no seccompProfile (container or pod)")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            errors.append(f"{name}: hostPort")
+    return errors
 
 
 # --- schema validation -------------------------------------------------------------------------
