@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders the Helm chart with its default values and each example into deploy/rendered/, so a
-# template change shows up as a diff in review (tests/test_helm_chart.py compares on every run).
+# template change shows up as a diff in review (tests/deploy/test_helm_chart.py compares on every run).
 # Also syncs the chart's copies of the Prometheus rules and the Grafana dashboard from deploy/,
 # the one place where they are edited.
 # Usage: deploy/render.sh              sync the copies, then render into deploy/rendered/
@@ -37,8 +37,12 @@ render() {  # render NAME [VALUES_FILE]
   local values=()
   [ $# -gt 0 ] && values=(--values "$1")
   # Relative paths keep the "# Source:" comments and the output the same on every machine.
+  # The chart generates the Redis password at install: a fixed placeholder (not base64, so applying a
+  # render fails instead of using a known password) keeps the renders reproducible.
   (cd "$ROOT/helm" && "$helm" template "$RELEASE" ./crowd-gateway --namespace "$NAMESPACE" \
-    --kube-version "$KUBE_VERSION" "${api_versions[@]}" "${values[@]}") > "$out/$name.yaml"
+    --kube-version "$KUBE_VERSION" "${api_versions[@]}" "${values[@]}") \
+    | sed -E '\#^\# Source: crowd-gateway/templates/redis-secret.yaml$#,/^---$/ s/^(  redis-password: ).*/\1GENERATED-AT-INSTALL/' \
+    > "$out/$name.yaml"
 }
 
 render default

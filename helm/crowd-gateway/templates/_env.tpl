@@ -27,11 +27,11 @@
 {{- define "crowd-gateway.redisEnv" -}}
 {{- $r := .Values.redis }}
 {{- if eq $r.mode "internal" }}
-{{- if $r.auth.existingSecret }}
+{{- if $r.auth.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $r.auth.existingSecret }}
+      name: {{ include "crowd-gateway.redisSecretName" . }}
       key: {{ $r.auth.existingSecretKey }}
 - name: CROWD_GATEWAY_REDIS_URL
   value: "redis://:$(REDIS_PASSWORD)@{{ include "crowd-gateway.redisName" . }}:6379/0"

@@ -34,6 +34,35 @@ app.kubernetes.io/part-of: crowd-gateway
 {{- end }}
 {{- end }}
 
+{{/*
+Labels of pod templates: the stable labels only. helm.sh/chart and app.kubernetes.io/version stay off
+them, so bumping the chart alone never restarts pods (vLLM pods take minutes to load a model).
+*/}}
+{{- define "crowd-gateway.podLabels" -}}
+{{ include "crowd-gateway.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: crowd-gateway
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Init containers as YAML; one without a securityContext gets the pod's container securityContext, so
+the pod still passes Pod Security "restricted". Call with (dict "containers" $list "securityContext" $sc).
+*/}}
+{{- define "crowd-gateway.initContainers" -}}
+{{- $out := list }}
+{{- range $c := .containers }}
+{{- $c = deepCopy $c }}
+{{- if not (hasKey $c "securityContext") }}
+{{- $_ := set $c "securityContext" $.securityContext }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
 {{- define "crowd-gateway.gatewayName" -}}
 {{- include "crowd-gateway.fullname" . }}
 {{- end }}
@@ -48,6 +77,11 @@ app.kubernetes.io/part-of: crowd-gateway
 
 {{- define "crowd-gateway.redisName" -}}
 {{- printf "%s-redis" (include "crowd-gateway.fullname" .) }}
+{{- end }}
+
+{{/* The Secret holding the internal Redis' password: yours, or the one the chart generates. */}}
+{{- define "crowd-gateway.redisSecretName" -}}
+{{- default (printf "%s-redis-auth" (include "crowd-gateway.fullname" .)) .Values.redis.auth.existingSecret }}
 {{- end }}
 
 {{- define "crowd-gateway.apiKeysSecretName" -}}

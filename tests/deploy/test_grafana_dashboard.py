@@ -1,5 +1,6 @@
 """The Grafana dashboard in deploy/grafana/: every query is valid PromQL (checked by promtool), uses
-only exported series, and the panels the issue asks for are there."""
+only exported series, is scoped by the cluster, namespace and job variables, and the panels the issue
+asks for are there."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.k8s_support import REPO, exported_names, promtool
+from tests.deploy.k8s_support import REPO, exported_names, promtool
 
 DASHBOARD = REPO / "deploy" / "grafana" / "crowd-gateway.json"
 VLLM_SERIES = {"vllm:num_requests_waiting", "vllm:num_requests_running"}
@@ -27,7 +28,9 @@ def queries() -> list[str]:
 
 def as_promql(expr: str) -> str:
     """Replace Grafana's variables with what they expand to, so Prometheus' parser can check the query."""
-    return expr.replace("$__rate_interval", "5m").replace("$ensemble", ".*").replace("$member", ".*")
+    for variable in ("$__rate_interval", "$ensemble", "$member", "$cluster", "$namespace", "$job"):
+        expr = expr.replace(variable, "5m" if variable == "$__rate_interval" else ".*")
+    return expr
 
 
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
@@ -69,10 +72,40 @@ def test_required_views_are_there() -> None:
         assert f"histogram_quantile({quantile}, sum by (ensemble, le)" in text
 
 
-def test_dashboard_is_portable() -> None:
-    """A fixed uid for links, a datasource variable instead of a hard-coded datasource, no overlaps."""
+SCOPE = {"cluster": '"$cluster"', "namespace": '"$namespace"', "job": '"$job"'}
+
+
+def test_every_query_is_scoped_by_cluster_namespace_and_job() -> None:
+    """Each series selector in every panel and variable query matches on the three variables, so two
+    releases (or clusters) never blend; vLLM's series are selected as job "<gateway job>-vllm"."""
     dash = dashboard()
-    assert dash["uid"] == "crowd-gateway"
+    exprs = queries() + [v["query"]["query"] for v in dash["templating"]["list"]
+                         if v["type"] == "query" and v["name"] not in {"cluster", "namespace", "job"}]
+    assert len(exprs) > 20
+    for expr in exprs:
+        selectors = re.findall(r"\b((?:crowd_gateway_|vllm:)[a-zA-Z0-9_:]+)(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for name, selector in selectors:
+            matchers = dict(re.findall(r'(\w+)=~("[^"]*")', selector))
+            scope = {**SCOPE, "job": '"$job-vllm"'} if name.startswith("vllm:") else SCOPE
+            assert {k: matchers.get(k) for k in scope} == scope, f"{name} in {expr}"
+
+
+def test_scope_variables_chain() -> None:
+    """cluster, then namespace within it, then job within both: each picker lists only what exists."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert list(variables)[:4] == ["datasource", "cluster", "namespace", "job"]
+    assert variables["namespace"]["query"]["query"].endswith('{cluster=~"$cluster"}, namespace)')
+    assert variables["job"]["query"]["query"].endswith('{cluster=~"$cluster", namespace=~"$namespace"}, job)')
+    for name in ("cluster", "namespace", "job"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+
+
+def test_dashboard_is_portable() -> None:
+    """No fixed uid (Grafana assigns one on import; the chart sets one per release), a datasource
+    variable instead of a hard-coded datasource, no overlaps."""
+    dash = dashboard()
+    assert dash["uid"] is None
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     cells: set[tuple[int, int]] = set()

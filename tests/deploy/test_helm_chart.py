@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
-from tests.k8s_support import (
+from tests.deploy.k8s_support import (
     CHART,
     RENDER_SH,
     REPO,
@@ -140,7 +140,8 @@ def test_value_variants_render_valid_objects_and_config(tmp_path: Path, values: 
         assert list(env).index("REDIS_PASSWORD") < list(env).index("CROWD_GATEWAY_REDIS_URL")  # $(VAR) order
     if values.get("gateway", {}).get("workers"):
         assert pod["containers"][0]["args"][-2:] == ["--workers", "4"]
-        assert not find(objects, "PodDisruptionBudget") and not find(objects, "HorizontalPodAutoscaler")
+        assert not find(objects, "PodDisruptionBudget", "crowd-gateway")
+        assert not find(objects, "HorizontalPodAutoscaler")
 
 
 def test_gpu_pool_requests_gpus_and_splits_the_big_model(renders: dict) -> None:
@@ -166,7 +167,7 @@ def test_gateway_pod_probes_secrets_and_redis(renders: dict) -> None:
     command = container["command"] + container["args"][:3]
     assert command == ["crowd-gateway", "serve", "--config", "/etc/crowd-gateway/config.yaml"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["CROWD_GATEWAY_REDIS_URL"]["value"] == "redis://crowd-gateway-redis:6379/0"
+    assert env["CROWD_GATEWAY_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@crowd-gateway-redis:6379/0"
     assert find(objects, "StatefulSet", "crowd-gateway-redis")
     assert find(objects, "HorizontalPodAutoscaler", "crowd-gateway")
     assert find(objects, "PodDisruptionBudget", "crowd-gateway")
@@ -227,11 +228,21 @@ def test_prometheus_rule_is_the_rules_file(renders: dict) -> None:
     assert rule["spec"] == source
 
 
-def test_dashboard_config_map_is_the_dashboard_file(renders: dict) -> None:
+def test_dashboard_config_map_is_the_dashboard_file_with_a_release_uid(tmp_path: Path, renders: dict) -> None:
+    """The dashboard file as is, except uid and title (and file name): per release unless set."""
     (cm,) = find(renders["default"], "ConfigMap", "crowd-gateway-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     source = json.loads((REPO / "deploy/grafana/crowd-gateway.json").read_text())
-    assert json.loads(cm["data"]["crowd-gateway.json"]) == source
+    (key,) = cm["data"]
+    shipped = json.loads(cm["data"][key])
+    assert key == "crowd-gateway-crowd-crowd-gateway.json"
+    assert shipped.pop("uid") == "crowd-gateway-crowd-crowd-gateway"
+    assert shipped.pop("title") == "Crowd Gateway (crowd/crowd-gateway)"
+    assert shipped == {k: v for k, v in source.items() if k not in {"uid", "title"}}
+    values = {"monitoring": {"grafanaDashboard": {"uid": "crowd-prod", "title": "Crowd (prod)"}}}
+    (cm,) = find(render(write_values(tmp_path, values)), "ConfigMap", "crowd-gateway-dashboard")
+    shipped = json.loads(cm["data"]["crowd-prod.json"])
+    assert (shipped["uid"], shipped["title"]) == ("crowd-prod", "Crowd (prod)")
 
 
 def test_chart_copies_match_their_sources() -> None:
@@ -271,6 +282,12 @@ BROKEN_VALUES = {
     "external redis without url": ({"redis": {"mode": "external"}}, "external"),
     "monitor kind typo": ({"monitoring": {"gateway": {"monitor": "ServiceMonitors"}}}, "monitor"),
     "chart-owned config key": ({"gateway": {"config": {"gateway": {"api_keys_env": "X"}}}}, "api_keys_env"),
+    "GPU resource without a domain": ({"vllm": {"gpuResourceName": "gpu"}}, "gpuResourceName"),
+    "external member with a runtime class": ({"members": [{**EXTERNAL, "runtimeClassName": "nvidia",
+                                                           "gateway": {"dialect": "vllm"}}]}, "members.0"),
+    "ingress without hosts": ({"gateway": {"ingress": {"enabled": True}}}, "hosts"),
+    "HTTPRoute without parents": ({"gateway": {"httpRoute": {"enabled": True}}}, "parentRefs"),
+    "dashboard uid over 40 characters": ({"monitoring": {"grafanaDashboard": {"uid": "x" * 41}}}, "uid"),
 }
 
 

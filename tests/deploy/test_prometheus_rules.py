@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from tests.k8s_support import REPO, exported_names, promtool
+from tests.deploy.k8s_support import REPO, exported_names, promtool
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 RULES = PROM_DIR / "crowd-gateway-rules.yaml"
@@ -73,5 +73,23 @@ def test_rules_use_only_exported_metrics() -> None:
     for rule in rules():
         expr = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", rule["expr"])
         used |= {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if name not in functions}
-    unknown = used - exported - recorded - {"ensemble", "member"}
+    unknown = used - exported - recorded - {"namespace", "job", "ensemble", "member"}
     assert not unknown, f"rules use series nobody exports: {sorted(unknown)}"
+
+
+def test_every_aggregation_keeps_namespace_and_job() -> None:
+    """Two releases in one Prometheus stay apart: each `by (...)` starts with namespace and job, and a
+    recorded series is named after those labels (level:metric:operation)."""
+    for rule in rules():
+        groupings = re.findall(r"\bby \(([^)]*)\)", rule["expr"])
+        assert groupings or "alert" in rule, rule
+        for grouping in groupings:
+            assert grouping.split(", ")[:2] == ["namespace", "job"], (rule.get("record") or rule["alert"], grouping)
+        if "record" in rule:
+            assert rule["record"].startswith("namespace_job_"), rule["record"]
+
+
+def test_unit_tests_cover_two_releases() -> None:
+    """The promtool tests include a case with one ensemble and member name in two namespaces."""
+    names = [test["name"] for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]]
+    assert "two releases are not blended" in names
