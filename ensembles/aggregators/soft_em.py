@@ -1,12 +1,13 @@
 """EM for Dawid-Skene and one-coin on soft votes (numpy), off the request path.
 
-crowd-kit 1.4.2 fits only hard labels. Here a soft vote x (a distribution over labels) is a noisy
-reading of the member's hidden hard answer: P(x | true = k) = sum_l x[l] * conf[k][l], the same
-expected likelihood the request-path posterior uses (confusion.py). The M-step counts the hidden
-answers in expectation: vote v adds T[i,k] * x[l] conf[k][l] / sum_l' x[l'] conf[k][l'] to
-conf[k][l]. With one-hot votes this is exactly Dawid & Skene (1979), "Maximum likelihood estimation
-of observer error-rates using the EM algorithm", started from majority vote as crowd-kit starts;
-gold items keep their known class in every E-step.
+crowd-kit 1.4.2 fits only hard labels. Here a soft vote x (the member's distribution over labels)
+enters the M-step as expected counts: vote v on item i adds T[i,k] * x[l] to member m's count of
+answering l when the truth is k, so a member that says 0.7 where it is right counts 0.7 right, not
+1. The E-step scores a vote by its expected likelihood sum_l x[l] * conf[k][l], exactly as the
+request-path posterior does (confusion.py), so fitted labels are the labels the gateway will give.
+With one-hot votes this is Dawid & Skene (1979), "Maximum likelihood estimation of observer
+error-rates using the EM algorithm", started from majority vote as crowd-kit starts; gold items
+keep their known class in every E-step.
 """
 
 from __future__ import annotations
@@ -63,15 +64,11 @@ def fit_soft_em(item_votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
     t = np.zeros((len(items), k))
     np.add.at(t, vi_a, x)  # majority vote (soft) as the start
     t = _clamped(t / np.maximum(t.sum(axis=1, keepdims=True), _FLOOR), clamp, fixed)
-    conf = np.full((len(members), k, k), 1.0 / k)
-    prior = t.mean(axis=0)
     last = -np.inf
     for _ in range(n_iter):
-        # M-step: expected hidden answers, per member and true class
-        lik = np.einsum("vl,vkl->vk", x, conf[vm_a])  # P(vote | true = k)
-        resp = t[vi_a][:, :, None] * x[:, None, :] * conf[vm_a] / np.maximum(lik, _FLOOR)[:, :, None]
+        # M-step: expected counts of each member's answers per true class
         counts = np.zeros((len(members), k, k))
-        np.add.at(counts, vm_a, resp)
+        np.add.at(counts, vm_a, t[vi_a][:, :, None] * x[:, None, :])
         mass = counts.sum(axis=2)
         if one_coin:
             skill = np.trace(counts, axis1=1, axis2=2) / np.maximum(mass.sum(axis=1), _FLOOR)
@@ -82,7 +79,7 @@ def fit_soft_em(item_votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
             conf = np.where(mass[:, :, None] > 0, counts / np.maximum(mass, _FLOOR)[:, :, None], 1.0 / k)
         prior = np.maximum(t.mean(axis=0), _FLOOR)
         # E-step
-        lik = np.einsum("vl,vkl->vk", x, conf[vm_a])
+        lik = np.einsum("vl,vkl->vk", x, conf[vm_a])  # P(vote | true = k)
         log_t = np.tile(np.log(prior), (len(items), 1))
         np.add.at(log_t, vi_a, np.log(np.maximum(lik, _FLOOR)))
         top = log_t.max(axis=1, keepdims=True)
