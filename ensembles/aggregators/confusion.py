@@ -37,24 +37,22 @@ right (and unseen confusions as impossible, so one odd vote vetoes the truth); o
 shrinkage vanishes."""
 
 
-def shrink(matrix: Matrix, votes: float, prior: Sequence[float], toward: Matrix) -> Matrix:
-    """Each row t mixed with `toward`'s row t, weighted by the member's (expected) votes on class t."""
-    out = []
-    for t, row in enumerate(matrix):
-        n = votes * prior[t]
-        out.append([(n * p + PSEUDO_VOTES * d) / (n + PSEUDO_VOTES) for p, d in zip(row, toward[t])])
-    return out
+def shrink(matrix: Matrix, rows: Sequence[float], toward: Matrix) -> Matrix:
+    """Each row t mixed with `toward`'s row t, weighted by the member's (expected) votes on class t, `rows[t]`."""
+    return [[(n * p + PSEUDO_VOTES * d) / (n + PSEUDO_VOTES) for p, d in zip(row, toward[t])]
+            for t, (row, n) in enumerate(zip(matrix, rows))]
 
 
-def pooled_human(matrices: Mapping[str, Matrix], counts: Mapping[str, float], prior: Sequence[float],
-                 k: int) -> Matrix | None:
-    """The humans' vote-weighted mean matrix, shrunk toward the default like one member; None without humans."""
-    humans = [(mat, float(counts.get(m, 0))) for m, mat in matrices.items() if m.startswith(HUMAN_PREFIX)]
-    total = sum(n for _, n in humans)
-    if total <= 0:
+def pooled_human(matrices: Mapping[str, Matrix], rows: Mapping[str, Sequence[float]], k: int) -> Matrix | None:
+    """The humans' mean matrix, each row weighted by their votes on that class, shrunk toward the default
+    like one member's; None without humans."""
+    humans = [(mat, rows[m]) for m, mat in matrices.items() if m.startswith(HUMAN_PREFIX) and m in rows]
+    totals = [sum(n[t] for _, n in humans) for t in range(k)]
+    if not humans or sum(totals) <= 0:
         return None
-    mean = [[sum(n * mat[t][o] for mat, n in humans) / total for o in range(k)] for t in range(k)]
-    return shrink(mean, total, prior, one_coin(DEFAULT_SKILL, k))
+    mean = [[sum(n[t] * mat[t][o] for mat, n in humans) / totals[t] if totals[t] > 0 else 0.0 for o in range(k)]
+            for t in range(k)]
+    return shrink(mean, totals, one_coin(DEFAULT_SKILL, k))
 
 
 def shrink_skills(skills: Mapping[str, float], counts: Mapping[str, float]) -> tuple[dict[str, float], float | None]:
@@ -117,6 +115,11 @@ class ConfusionAggregator(Aggregator):
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
         """Each fitted member's confusion matrix in `labels` order."""
 
+    def row_votes(self, params: Params, labels: Sequence[str], prior: Sequence[float]) -> dict[str, list[float]]:
+        """Each member's (expected) votes per true class, what its rows are shrunk by: its votes spread by the prior
+        unless the fit published better."""
+        return {m: [float(n) * p for p in prior] for m, n in params.get("votes_per_member", {}).items()}
+
     def prior(self, params: Params | None, labels: Sequence[str]) -> list[float]:
         prior = (params or {}).get("prior") or {}
         values = [float(prior.get(label, 0.0)) for label in labels]
@@ -131,12 +134,13 @@ class ConfusionAggregator(Aggregator):
             return hit[1]
         mats = self.matrices(params, labels) if params else {}
         prior = self.prior(params, labels)
-        counts = (params or {}).get("votes_per_member")
         human = None
-        if counts is not None:
-            default = one_coin(DEFAULT_SKILL, len(labels))
-            human = pooled_human(mats, counts, prior, len(labels))
-            mats = {m: shrink(mat, float(counts.get(m, 0)), prior,
+        if params and "votes_per_member" in params:
+            k = len(labels)
+            default = one_coin(DEFAULT_SKILL, k)
+            rows = self.row_votes(params, labels, prior)
+            human = pooled_human(mats, rows, k)
+            mats = {m: shrink(mat, rows.get(m, [0.0] * k),
                               human if human is not None and m.startswith(HUMAN_PREFIX) else default)
                     for m, mat in mats.items()}
         compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels), human,

@@ -18,19 +18,31 @@ class DawidSkene(ConfusionAggregator):
 
     def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
             item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
-        """Prior and confusion rows (only the true classes the member was seen on) by soft EM."""
-        from ensembles.aggregators.soft_em import fit_soft_em
+        """Prior, confusion rows (only the true classes the member was seen on) and each row's expected votes, by soft EM."""
+        from ensembles.aggregators.soft_em import SEEN, fit_soft_em
 
         model = fit_soft_em(item_votes if item_votes is not None else votes_of(votes), labels, gold)
         confusion = {member: {labels[t]: {labels[o]: float(model.confusion_[m, t, o]) for o in range(len(labels))}
-                              for t in range(len(labels)) if model.mass_[m, t] > 0}
+                              for t in range(len(labels)) if model.mass_[m, t] > SEEN}
                      for m, member in enumerate(model.members)}
-        return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)}, "confusion": confusion}
+        mass = {member: {labels[t]: float(model.mass_[m, t]) for t in range(len(labels))}
+                for m, member in enumerate(model.members)}
+        return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)}, "confusion": confusion,
+                "mass": mass}
+
+    def row_votes(self, params: Params, labels: Sequence[str], prior: Sequence[float]) -> dict[str, list[float]]:
+        """The fit's expected votes per true class (`mass`), so a row seen on a sliver of an item barely counts."""
+        if "mass" not in params:
+            return super().row_votes(params, labels, prior)
+        return {m: [float(by_true.get(t, 0.0)) for t in labels] for m, by_true in params["mass"].items()}
 
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
-        default = one_coin(DEFAULT_SKILL, len(labels))
+        """Rows of true classes the member was never seen on are one-coin at its mean accuracy on the others
+        (DEFAULT_SKILL if none): a sparse annotator's one right answer says as much about the other class."""
         out = {}
         for member, by_true in params.get("confusion", {}).items():
-            out[member] = [[float(by_true[t].get(o, 0.0)) for o in labels] if t in by_true else default[i]
+            seen = [float(by_true[t].get(t, 0.0)) for t in labels if t in by_true]
+            fill = one_coin(sum(seen) / len(seen) if seen else DEFAULT_SKILL, len(labels))
+            out[member] = [[float(by_true[t].get(o, 0.0)) for o in labels] if t in by_true else fill[i]
                            for i, t in enumerate(labels)]
         return out
