@@ -25,7 +25,6 @@ from typing import Any
 
 from ensembles.aggregators.base import (MIN_GOLD, Aggregator, ItemVotes, Params, Triple, fit_tempered, pick,
                                         publishable, votes_of)
-from ensembles.aggregators.weighted import Weighted
 from ensembles.temperature import fit_temperatures, soft, temper_votes
 from ensembles.votes import Vote
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ensembles.aggregators import get_aggregator
+from ensembles.refit import refit
 from ensembles.simulation import Annotator
 from ensembles.votes import Vote
 from tests.unit.crowds import LABELS, accuracy, crowd, fit, member_accuracy
@@ -59,3 +60,11 @@ def test_too_little_gold_falls_back_to_weighted() -> None:
     assert get_aggregator("auto").posterior(vs, LABELS, params) == pytest.approx(
         get_aggregator("weighted").posterior(vs, LABELS, params["params"]))
     assert get_aggregator("auto").posterior(vs, LABELS) == pytest.approx(get_aggregator("weighted").posterior(vs, LABELS))
+
+
+def test_refit_publishes_auto_with_a_calibration_per_number_of_votes(with_copies: tuple) -> None:
+    truth, votes, _ = with_copies
+    wire = {item: [{"member": v.member, "label": v.label} for v in vs] for item, vs in votes.items()}
+    params = refit("auto", wire, LABELS, dict(list(truth.items())[:120]), 20)
+    assert params["winner"] == "member:strong"
+    assert set(params["calibration"]["by_votes"]) == {"1", "2", "3", "4"}
