@@ -7,7 +7,7 @@ plain JSON-able parameters, which the gateway publishes to the store.
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,16 +35,17 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
           gold: Mapping[str, str], min_gold: int) -> dict[str, Any]:
     """Fitted parameters, plus a `calibration` map when at least `min_gold` gold items have votes.
 
-    The fit uses hard votes (what crowd-kit takes); the calibration map is fitted on posteriors
-    computed as the request path computes them, soft votes included, so it maps what it will be applied to.
+    `min_gold` is also the fewest gold items the fit itself learns from (soft-vote temperatures,
+    `stacking`, `auto`'s choice; config `refit.min_gold`). Aggregators with `soft_fit` fit on the
+    soft votes, the others on hard triples (Aggregator.fit_params); the calibration map is fitted on
+    posteriors computed as the request path computes them, so it maps what it will be applied to.
     """
     agg = get_aggregator(aggregator)
     triples = hard_triples(item_votes)
-    params: dict[str, Any] = dict(agg.fit(triples, labels, gold) or {})
-    params["votes_per_member"] = dict(Counter(member for _, member, _ in triples))
     by_item: dict[str, list[Vote]] = defaultdict(list)
     for item, votes in item_votes.items():
         by_item[item] = [Vote.from_wire(v, len(labels)) for v in votes if v.get("label") is not None]
+    params = agg.fit_params(triples, labels, gold, by_item, min_gold)
     confidences, correct = [], []
     for item, truth in gold.items():
         if item in by_item:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+HUMAN_PREFIX = "human:"
+"""Member names of human annotators (feedback labels join the crowd as `human:<annotator>`); the
+store writes them, the fits pool their reliability. Must equal the store's prefix."""
+
 
 @dataclass(slots=True)
 class Vote:

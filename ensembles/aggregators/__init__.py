@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ensembles.aggregators.auto import Auto
 from ensembles.aggregators.base import Aggregator, Params, pick
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.glad import Glad
@@ -9,10 +10,11 @@ from ensembles.aggregators.mace import Mace
 from ensembles.aggregators.majority import Majority
 from ensembles.aggregators.one_coin import OneCoin
 from ensembles.aggregators.skill_weighted import Wawa, ZeroBasedSkill
+from ensembles.aggregators.stacking import Stacking
 from ensembles.aggregators.weighted import Weighted
 
 REGISTRY: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Majority, Weighted, DawidSkene, OneCoin, Glad, Mace, Wawa, ZeroBasedSkill)
+    cls.name: cls for cls in (Majority, Weighted, DawidSkene, OneCoin, Glad, Mace, Wawa, ZeroBasedSkill, Stacking, Auto)
 }
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from ensembles.temperature import fit_temperatures, temper_votes
 from ensembles.votes import Vote
 
 Params = Mapping[str, Any]
@@ -25,11 +27,21 @@ Triple = tuple[str, str, str]
 DEFAULT_SKILL = 0.7
 """One-coin accuracy assumed for a member the fitted model has not seen (or before any fit)."""
 
+MIN_GOLD = 20
+"""Fewest gold items anything is fitted on (temperatures, stacking, auto's choice) unless the refit says otherwise."""
+
+ItemVotes = Mapping[str, Sequence[Vote]]
+"""Each item's valid votes, soft ones included: what `soft_fit` aggregators fit on."""
+
 
 class Aggregator(ABC):
     """Turns the votes on one item into a distribution over the label set."""
 
     name: ClassVar[str]
+    soft_fit: ClassVar[bool] = False
+    """`fit` also takes keyword `item_votes` (ItemVotes, soft votes tempered) and `min_gold`."""
+    uses_gold: ClassVar[bool] = False
+    """`fit` reads `gold`; when False, the fit is the same whatever gold is given (auto fits it once)."""
 
     @abstractmethod
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
@@ -43,12 +55,44 @@ class Aggregator(ABC):
         """
         return None
 
+    def fit_params(self, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
+                   item_votes: ItemVotes, min_gold: int = MIN_GOLD) -> dict[str, Any]:
+        """What a refit publishes: per-member temperatures fitted on gold, the fit on tempered votes, vote counts."""
+        temperatures = fit_temperatures(item_votes, labels, gold, min_gold)
+        fitted = fit_tempered(self, triples, labels, gold, temper_votes(item_votes, temperatures), min_gold)
+        return publishable(fitted, triples, temperatures)
+
     def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         """Each fitted member's probability of answering right, read from `params` (routers rank by it).
 
         Members absent from the result are unknown: callers assume DEFAULT_SKILL.
         """
         return {}
+
+
+def fit_tempered(agg: Aggregator, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
+                 tempered: ItemVotes, min_gold: int) -> Params | None:
+    """`agg.fit` given what it takes: soft fits get the (already tempered) votes, the others hard triples."""
+    if agg.soft_fit:
+        return agg.fit(triples, labels, gold, item_votes=tempered, min_gold=min_gold)  # type: ignore[call-arg]
+    return agg.fit(triples, labels, gold)
+
+
+def publishable(fitted: Params | None, triples: Sequence[Triple], temperatures: Mapping[str, float]) -> dict[str, Any]:
+    """A fit's parameters plus what every posterior reads: votes per member (shrinkage), temperatures."""
+    params = dict(fitted or {})
+    params["votes_per_member"] = dict(Counter(member for _, member, _ in triples))
+    if temperatures:
+        params["temperatures"] = dict(temperatures)
+    return params
+
+
+def votes_of(triples: Sequence[Triple]) -> dict[str, list[Vote]]:
+    """Hard triples as ItemVotes, for soft fits called without soft votes."""
+    out: dict[str, list[Vote]] = {}
+    for item, member, label in triples:
+        out.setdefault(item, []).append(Vote(member=member, label=label))
+    return out
 
 
 def pick(distribution: Sequence[float]) -> int:

@@ -5,6 +5,13 @@ in log space. A soft vote (a distribution p over labels from log-probabilities) 
 log(sum_l p[l] * P(l | k)), its expected likelihood. Each subclass only says how to read its
 fitted parameters into a prior and a confusion matrix per member; matrices are compiled once per
 parameter set and label order, so the request path is a few list operations per vote.
+
+Small data: each fitted matrix is shrunk toward a prior matrix. For LLM members that prior is the
+DEFAULT_SKILL one-coin matrix; human annotators (`human:<who>`), who each label a few items, are a
+crowd of their own: their matrices are pooled (vote-weighted) into one `human` matrix, itself shrunk
+toward the default, and each annotator shrinks toward that pooled matrix instead (a two-level
+hierarchical estimate, empirical-Bayes style: Kim & Ghahramani, "Bayesian Classifier Combination",
+AISTATS 2012, pool workers through community priors the same way). Unseen annotators get the pooled one.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, Params, softmax
-from ensembles.votes import Vote
+from ensembles.temperature import temper
+from ensembles.votes import HUMAN_PREFIX, Vote
 
 Matrix = list[list[float]]
 """conf[k][l] = P(member answers labels[l] | true label is labels[k])."""
@@ -29,14 +37,41 @@ right (and unseen confusions as impossible, so one odd vote vetoes the truth); o
 shrinkage vanishes."""
 
 
-def shrink(matrix: Matrix, votes: float, prior: Sequence[float], k: int) -> Matrix:
-    """Each row k mixed with the default one-coin row, weighted by the member's votes on class k."""
-    default = one_coin(DEFAULT_SKILL, k)
-    out = []
-    for t, row in enumerate(matrix):
-        n = votes * prior[t]
-        out.append([(n * p + PSEUDO_VOTES * d) / (n + PSEUDO_VOTES) for p, d in zip(row, default[t])])
-    return out
+def shrink(matrix: Matrix, rows: Sequence[float], toward: Matrix) -> Matrix:
+    """Each row t mixed with `toward`'s row t, weighted by the member's (expected) votes on class t, `rows[t]`."""
+    return [[(n * p + PSEUDO_VOTES * d) / (n + PSEUDO_VOTES) for p, d in zip(row, toward[t])]
+            for t, (row, n) in enumerate(zip(matrix, rows))]
+
+
+def pooled_human(matrices: Mapping[str, Matrix], rows: Mapping[str, Sequence[float]], k: int) -> Matrix | None:
+    """The humans' mean matrix, each row weighted by their votes on that class, shrunk toward the default
+    like one member's; None without humans."""
+    humans = [(mat, rows[m]) for m, mat in matrices.items() if m.startswith(HUMAN_PREFIX) and m in rows]
+    totals = [sum(n[t] for _, n in humans) for t in range(k)]
+    if not humans or sum(totals) <= 0:
+        return None
+    mean = [[sum(n[t] * mat[t][o] for mat, n in humans) / totals[t] if totals[t] > 0 else 0.0 for o in range(k)]
+            for t in range(k)]
+    return shrink(mean, totals, one_coin(DEFAULT_SKILL, k))
+
+
+def shrink_skills(skills: Mapping[str, float], counts: Mapping[str, float]) -> tuple[dict[str, float], float | None]:
+    """One-coin skills shrunk like matrices: LLM members toward DEFAULT_SKILL, humans toward their pooled skill.
+
+    Returns the shrunk skills and the pooled human skill (None without humans), for unseen annotators.
+    """
+    humans = {m: float(counts.get(m, 0)) for m in skills if m.startswith(HUMAN_PREFIX)}
+    total = sum(humans.values())
+    pooled = None
+    if total > 0:
+        mean = sum(n * skills[m] for m, n in humans.items()) / total
+        pooled = (total * mean + PSEUDO_VOTES * DEFAULT_SKILL) / (total + PSEUDO_VOTES)
+    out = {}
+    for m, s in skills.items():
+        n = float(counts.get(m, 0))
+        toward = pooled if pooled is not None and m in humans else DEFAULT_SKILL
+        out[m] = (n * s + PSEUDO_VOTES * toward) / (n + PSEUDO_VOTES)
+    return out, pooled
 
 
 def one_coin(skill: float, k: int) -> Matrix:
@@ -47,14 +82,29 @@ def one_coin(skill: float, k: int) -> Matrix:
 
 
 class Compiled:
-    """Parameters read once for one label order: log prior, and per member its matrix and log matrix."""
+    """Parameters read once for one label order: log prior, per member its matrix and log matrix, the
+    matrices for unseen members (default, and pooled human), and soft-vote temperatures."""
 
-    def __init__(self, log_prior: list[float], matrices: dict[str, Matrix], k: int) -> None:
+    def __init__(self, log_prior: list[float], matrices: dict[str, Matrix], k: int, human: Matrix | None,
+                 temperatures: Mapping[str, float]) -> None:
         self.log_prior = log_prior
         self.matrices = matrices
-        self.logs = {m: [[math.log(max(p, _FLOOR)) for p in row] for row in mat] for m, mat in matrices.items()}
+        self.logs = {m: _logs(mat) for m, mat in matrices.items()}
         self.default = one_coin(DEFAULT_SKILL, k)
-        self.default_log = [[math.log(p) for p in row] for row in self.default]
+        self.default_log = _logs(self.default)
+        self.human = human or self.default
+        self.human_log = _logs(self.human)
+        self.temperatures = temperatures
+
+    def unseen(self, member: str) -> tuple[Matrix, Matrix]:
+        """(matrix, log matrix) for a member the fit did not see."""
+        if member.startswith(HUMAN_PREFIX):
+            return self.human, self.human_log
+        return self.default, self.default_log
+
+
+def _logs(matrix: Matrix) -> Matrix:
+    return [[math.log(max(p, _FLOOR)) for p in row] for row in matrix]
 
 
 class ConfusionAggregator(Aggregator):
@@ -64,6 +114,11 @@ class ConfusionAggregator(Aggregator):
     @abstractmethod
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
         """Each fitted member's confusion matrix in `labels` order."""
+
+    def row_votes(self, params: Params, labels: Sequence[str], prior: Sequence[float]) -> dict[str, list[float]]:
+        """Each member's (expected) votes per true class, what its rows are shrunk by: its votes spread by the prior
+        unless the fit published better."""
+        return {m: [float(n) * p for p in prior] for m, n in params.get("votes_per_member", {}).items()}
 
     def prior(self, params: Params | None, labels: Sequence[str]) -> list[float]:
         prior = (params or {}).get("prior") or {}
@@ -79,10 +134,17 @@ class ConfusionAggregator(Aggregator):
             return hit[1]
         mats = self.matrices(params, labels) if params else {}
         prior = self.prior(params, labels)
-        counts = (params or {}).get("votes_per_member")
-        if counts is not None:
-            mats = {m: shrink(mat, float(counts.get(m, 0)), prior, len(labels)) for m, mat in mats.items()}
-        compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels))
+        human = None
+        if params and "votes_per_member" in params:
+            k = len(labels)
+            default = one_coin(DEFAULT_SKILL, k)
+            rows = self.row_votes(params, labels, prior)
+            human = pooled_human(mats, rows, k)
+            mats = {m: shrink(mat, rows.get(m, [0.0] * k),
+                              human if human is not None and m.startswith(HUMAN_PREFIX) else default)
+                    for m, mat in mats.items()}
+        compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels), human,
+                            (params or {}).get("temperatures") or {})
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[key] = (params, compiled)
@@ -102,16 +164,19 @@ class ConfusionAggregator(Aggregator):
         index = {label: i for i, label in enumerate(labels)}
         scores = list(c.log_prior)
         log, mul = math.log, operator.mul
+        temps = c.temperatures
         for vote in votes:
             if vote.label is None:
                 continue
             probs = vote.probs
             if probs is not None and len(probs) == k:
-                mat = c.matrices.get(vote.member, c.default)
+                if temps and vote.member in temps:
+                    probs = temper(probs, temps[vote.member])
+                mat = c.matrices.get(vote.member) or c.unseen(vote.member)[0]
                 for t in range(k):
                     scores[t] += log(max(sum(map(mul, probs, mat[t])), _FLOOR))
             else:
-                logs = c.logs.get(vote.member, c.default_log)
+                logs = c.logs.get(vote.member) or c.unseen(vote.member)[1]
                 obs = index[vote.label]
                 for t in range(k):
                     scores[t] += logs[t][obs]

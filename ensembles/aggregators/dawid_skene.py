@@ -1,37 +1,48 @@
-"""Dawid-Skene: a full confusion matrix per member, fitted by EM (crowd-kit), anchored by gold labels."""
+"""Dawid-Skene: a full confusion matrix per member, fitted by EM on soft and hard votes, anchored by gold labels.
+
+Model and citation in soft_em.py; with hard votes only the fit is crowd-kit's DawidSkene (test_parity checks it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ensembles.aggregators.base import Params, Triple
+from ensembles.aggregators.base import DEFAULT_SKILL, MIN_GOLD, ItemVotes, Params, Triple, votes_of
 from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin
-from ensembles.aggregators.base import DEFAULT_SKILL
 
 
 class DawidSkene(ConfusionAggregator):
     name = "dawid_skene"
+    soft_fit = True
+    uses_gold = True
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
-        import pandas as pd
-        from crowdkit.aggregation import DawidSkene as CrowdKitDS
+    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
+            item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
+        """Prior, confusion rows (only the true classes the member was seen on) and each row's expected votes, by soft EM."""
+        from ensembles.aggregators.soft_em import SEEN, fit_soft_em
 
-        from ensembles.aggregators.crowdkit_frame import frame
+        model = fit_soft_em(item_votes if item_votes is not None else votes_of(votes), labels, gold)
+        confusion = {member: {labels[t]: {labels[o]: float(model.confusion_[m, t, o]) for o in range(len(labels))}
+                              for t in range(len(labels)) if model.mass_[m, t] > SEEN}
+                     for m, member in enumerate(model.members)}
+        mass = {member: {labels[t]: float(model.mass_[m, t]) for t in range(len(labels))}
+                for m, member in enumerate(model.members)}
+        return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)}, "confusion": confusion,
+                "mass": mass}
 
-        data = frame(votes)
-        items = set(data["task"])
-        true = pd.Series({i: g for i, g in (gold or {}).items() if i in items}, dtype=object)
-        model = CrowdKitDS(n_iter=100).fit(data, true_labels=true if len(true) else None)
-        confusion: dict[str, dict[str, dict[str, float]]] = {}
-        for (worker, observed), row in model.errors_.iterrows():
-            for truth, p in row.items():
-                confusion.setdefault(str(worker), {}).setdefault(str(truth), {})[str(observed)] = float(p)
-        return {"prior": {str(k): float(v) for k, v in model.priors_.items()}, "confusion": confusion}
+    def row_votes(self, params: Params, labels: Sequence[str], prior: Sequence[float]) -> dict[str, list[float]]:
+        """The fit's expected votes per true class (`mass`), so a row seen on a sliver of an item barely counts."""
+        if "mass" not in params:
+            return super().row_votes(params, labels, prior)
+        return {m: [float(by_true.get(t, 0.0)) for t in labels] for m, by_true in params["mass"].items()}
 
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
-        default = one_coin(DEFAULT_SKILL, len(labels))
+        """Rows of true classes the member was never seen on are one-coin at its mean accuracy on the others
+        (DEFAULT_SKILL if none): a sparse annotator's one right answer says as much about the other class."""
         out = {}
         for member, by_true in params.get("confusion", {}).items():
-            out[member] = [[float(by_true[t].get(o, 0.0)) for o in labels] if t in by_true else default[i]
+            seen = [float(by_true[t].get(t, 0.0)) for t in labels if t in by_true]
+            fill = one_coin(sum(seen) / len(seen) if seen else DEFAULT_SKILL, len(labels))
+            out[member] = [[float(by_true[t].get(o, 0.0)) for o in labels] if t in by_true else fill[i]
                            for i, t in enumerate(labels)]
         return out

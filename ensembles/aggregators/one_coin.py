@@ -1,24 +1,28 @@
-"""One-coin Dawid-Skene: one accuracy per member, errors spread evenly (crowd-kit's OneCoinDawidSkene)."""
+"""One-coin Dawid-Skene: one accuracy per member, errors spread evenly, fitted by EM on soft and hard votes.
+
+Model and citation in soft_em.py; with hard votes only the fit is crowd-kit's OneCoinDawidSkene (test_parity checks it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ensembles.aggregators.base import Params, Triple
+from ensembles.aggregators.base import MIN_GOLD, ItemVotes, Params, Triple, votes_of
 from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin
 
 
 class OneCoin(ConfusionAggregator):
     name = "one_coin"
+    soft_fit = True
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
-        from crowdkit.aggregation import OneCoinDawidSkene
+    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
+            item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
+        """Prior and skills, unanchored (as crowd-kit's one-coin): gold does not enter the fit."""
+        from ensembles.aggregators.soft_em import fit_soft_em
 
-        from ensembles.aggregators.crowdkit_frame import frame
-
-        model = OneCoinDawidSkene(n_iter=100).fit(frame(votes))
-        return {"prior": {str(k): float(v) for k, v in model.priors_.items()},
-                "skills": {str(w): float(s) for w, s in model.skills_.items()}}
+        model = fit_soft_em(item_votes if item_votes is not None else votes_of(votes), labels, one_coin=True)
+        return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)},
+                "skills": {member: float(model.confusion_[m, 0, 0]) for m, member in enumerate(model.members)}}
 
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
         return {m: one_coin(float(s), len(labels)) for m, s in params.get("skills", {}).items()}

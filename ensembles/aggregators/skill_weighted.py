@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, Params, Triple, normalise
-from ensembles.votes import Vote
+from ensembles.temperature import soft
+from ensembles.votes import HUMAN_PREFIX, Vote
 
 
 class SkillWeighted(Aggregator):
-    """Posterior = skill-weighted (soft) votes, normalised; unseen members weigh DEFAULT_SKILL."""
+    """Posterior = skill-weighted (soft, tempered) votes, normalised; unseen members weigh DEFAULT_SKILL,
+    unseen humans the pooled human weight when the fit published one (`human_key`)."""
 
     crowdkit_class: str
     key = "skills"
+    human_key = "human_weight"
 
     def default_weight(self, k: int) -> float:
         return DEFAULT_SKILL
@@ -29,16 +32,23 @@ class SkillWeighted(Aggregator):
         return {m: min(max(float(s), 0.0), 1.0) for m, s in (params or {}).get("skills", {}).items()}
 
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
-        skills = (params or {}).get(self.key, {})
+        params = params or {}
+        skills = params.get(self.key, {})
+        temps = params.get("temperatures")
         default = self.default_weight(len(labels))
+        human = params.get(self.human_key, default)
         index = {label: i for i, label in enumerate(labels)}
         mass = [0.0] * len(labels)
         for vote in votes:
             if vote.label is None:
                 continue
-            w = max(float(skills.get(vote.member, default)), 0.0)
-            if vote.probs is not None and len(vote.probs) == len(labels):
-                for i, p in enumerate(vote.probs):
+            w = skills.get(vote.member)
+            if w is None:
+                w = human if vote.member.startswith(HUMAN_PREFIX) else default
+            w = max(float(w), 0.0)
+            probs = soft(vote, len(labels), temps)
+            if probs is not None:
+                for i, p in enumerate(probs):
                     mass[i] += w * p
             else:
                 mass[index[vote.label]] += w

@@ -2,8 +2,10 @@
 
 A member that returned token log-probabilities contributes its soft vote; the others a one-hot
 vote. Weights are log((K-1) s / (1-s)) of the member's one-coin accuracy s (the optimal weighted
-vote under the one-coin model), fitted with crowd-kit's OneCoinDawidSkene; members no better
-than chance weigh nothing. Before any fit every member weighs the same.
+vote under the one-coin model), fitted by one-coin EM on soft and hard votes (soft_em.py); members
+no better than chance weigh nothing. Before any fit every member weighs the same. Skills are shrunk
+toward DEFAULT_SKILL, humans' toward their pooled skill (confusion.shrink_skills), published as
+`human_weight` for annotators the fit has not seen.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ensembles.aggregators.base import DEFAULT_SKILL, Params, Triple
-from ensembles.aggregators.confusion import PSEUDO_VOTES
+from ensembles.aggregators.base import DEFAULT_SKILL, MIN_GOLD, ItemVotes, Params, Triple
+from ensembles.aggregators.confusion import shrink_skills
 from ensembles.aggregators.one_coin import OneCoin
 from ensembles.aggregators.skill_weighted import SkillWeighted
 
@@ -26,6 +29,7 @@ def log_odds(skill: float, k: int) -> float:
 class Weighted(SkillWeighted):
     name = "weighted"
     key = "weights"
+    soft_fit = True
 
     def default_weight(self, k: int) -> float:
         return log_odds(DEFAULT_SKILL, k)
@@ -35,10 +39,12 @@ class Weighted(SkillWeighted):
         k = len(labels)
         return {m: math.exp(w) / (k - 1 + math.exp(w)) for m, w in (params or {}).get("weights", {}).items()}
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
-        """One-coin skills, shrunk toward DEFAULT_SKILL by PSEUDO_VOTES, as log-odds weights."""
-        skills = OneCoin().fit(votes, labels)["skills"]
-        counts = Counter(member for _, member, _ in votes)
-        shrunk = {m: (counts[m] * s + PSEUDO_VOTES * DEFAULT_SKILL) / (counts[m] + PSEUDO_VOTES)
-                  for m, s in skills.items()}
-        return {"weights": {m: log_odds(s, len(labels)) for m, s in shrunk.items()}}
+    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
+            item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
+        """One-coin skills, shrunk (humans toward their pool), as log-odds weights."""
+        skills = OneCoin().fit(votes, labels, item_votes=item_votes)["skills"]
+        shrunk, human = shrink_skills(skills, Counter(member for _, member, _ in votes))
+        params: dict[str, Any] = {"weights": {m: log_odds(s, len(labels)) for m, s in shrunk.items()}}
+        if human is not None:
+            params["human_weight"] = log_odds(human, len(labels))
+        return params

@@ -1,0 +1,59 @@
+"""Stacking learns how much a block of look-alike members is worth, from gold."""
+
+from __future__ import annotations
+
+import pytest
+
+from ensembles.aggregators import get_aggregator
+from ensembles.simulation import Annotator
+from ensembles.votes import Vote
+from tests.unit.crowds import LABELS, accuracy, crowd, fit, member_accuracy
+
+POOL = [Annotator("strong", 0.85), Annotator("weak", 0.65)]
+
+
+def vote_weight(params: dict, member: str) -> float:
+    """How far one vote for `positive` rather than `negative` moves logit(positive) - logit(negative)."""
+    c = params["coef"][member]
+    return (c["positive"]["positive"] - c["negative"]["positive"]) - (c["positive"]["negative"] - c["negative"]["negative"])
+
+
+@pytest.fixture(scope="module")
+def copies() -> tuple:
+    truth, votes = crowd(POOL, 1500, seed=1, copies={"weak": 3})
+    test_truth, test_votes = crowd(POOL, 1000, seed=2, copies={"weak": 3}, prefix="test")
+    return truth, votes, test_truth, test_votes, fit("stacking", votes, truth)
+
+
+def test_a_block_of_three_copies_weighs_about_one_member(copies: tuple) -> None:
+    *_, params = copies
+    truth, votes = crowd(POOL, 1500, seed=1)  # the same crowd with the weak member once
+    single = vote_weight(fit("stacking", votes, truth), "weak")
+    block = [vote_weight(params, f"weak-{c}") for c in range(3)]
+    assert single > 0.5
+    assert sum(block) == pytest.approx(single, rel=0.25)
+    assert max(block) < 0.5 * single
+
+
+def test_stacking_beats_majority_and_matches_the_best_member_on_held_out_items(copies: tuple) -> None:
+    _, _, test_truth, test_votes, params = copies
+    stacked = accuracy("stacking", params, test_truth, test_votes)
+    best = member_accuracy("strong", test_truth, test_votes)
+    assert stacked >= best - 0.01
+    assert stacked > accuracy("majority", None, test_truth, test_votes) + 0.1
+
+
+def test_without_params_stacking_is_weighted_and_ignores_members_it_never_saw(copies: tuple) -> None:
+    *_, params = copies
+    stacking, weighted = get_aggregator("stacking"), get_aggregator("weighted")
+    votes = [Vote("strong", "negative"), Vote("weak-0", "positive"), Vote("weak-1", "positive")]
+    assert stacking.posterior(votes, LABELS) == pytest.approx(weighted.posterior(votes, LABELS))
+    stranger = [Vote("stranger", "positive")] * 3
+    assert stacking.posterior(votes + stranger, LABELS, params) == pytest.approx(stacking.posterior(votes, LABELS, params))
+
+
+def test_too_little_gold_means_no_coefficients() -> None:
+    truth, votes = crowd(POOL, 100, seed=3)
+    gold = dict(list(truth.items())[:19])
+    assert "coef" not in fit("stacking", votes, gold, min_gold=20)
+    assert "coef" in fit("stacking", votes, gold, min_gold=19)
