@@ -89,20 +89,46 @@ def soft_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[float, 
 
 
 def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
-    """Candidates for the first token, from the chat or the legacy completions shape."""
+    """Candidates for the first token, from the chat or the legacy completions shape.
+
+    A member's log-probabilities are untrusted input: any entry that is not a (string token, finite
+    log-probability <= 0) pair makes the whole soft vote unusable, and the hard vote stands alone.
+    """
     if not isinstance(logprobs, Mapping):
         return []
     content = logprobs.get("content")
     if isinstance(content, list):  # chat: {"content": [{"token", "logprob", "top_logprobs": [...]}, ...]}
         for entry in content:
+            if not isinstance(entry, Mapping):
+                return []
             tops = entry.get("top_logprobs") or [entry]
-            pairs = [(t.get("token", ""), t.get("logprob", -math.inf)) for t in tops]
+            if not isinstance(tops, list) or not all(isinstance(t, Mapping) for t in tops):
+                return []
+            pairs = _checked([(t.get("token"), t.get("logprob")) for t in tops])
+            if pairs is None:
+                return []
             if any(fold(token) for token, _ in pairs):
                 return pairs
         return []
     tops = logprobs.get("top_logprobs")  # completions: {"top_logprobs": [{token: logprob}, ...]}
     if isinstance(tops, list):
         for entry in tops:
-            if isinstance(entry, Mapping) and any(fold(token) for token in entry):
-                return [(str(token), float(lp)) for token, lp in entry.items()]
+            if not isinstance(entry, Mapping):
+                return []
+            pairs = _checked(list(entry.items()))
+            if pairs is None:
+                return []
+            if any(fold(token) for token, _ in pairs):
+                return pairs
     return []
+
+
+def _checked(pairs: list[tuple[Any, Any]]) -> list[tuple[str, float]] | None:
+    out = []
+    for token, logprob in pairs:
+        if not isinstance(token, str) or isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+            return None
+        if not (math.isfinite(logprob) and logprob <= 1e-6):
+            return None
+        out.append((token, float(min(logprob, 0.0))))
+    return out

@@ -29,6 +29,7 @@ from gateway.errors import APIError
 from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
+from gateway.upstream.reply import parse_completion
 from routers import MemberState, RouteView, Router, StopReason
 from routers.hedging import hedge_plan
 
@@ -188,8 +189,8 @@ class Annotator:
         """Votes of `names` (abstentions for those past the deadline) and how many hedged duplicates were sent."""
         hedged: list[str] = []
         hedging = hedge and self.ensemble.routing.hedge
-        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged) if hedging
-                                             else self.vote(self.members[name], task)) for name in names}
+        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline) if hedging
+                                             else self.vote(self.members[name], task, deadline)) for name in names}
         if not calls:
             return [], 0
         timeout = max(deadline - time.perf_counter(), 0.0)
@@ -205,13 +206,14 @@ class Annotator:
                                   error=f"no answer before the ensemble deadline of {self.ensemble.deadline_s:g}s"))
         return votes, len(hedged)
 
-    async def _hedged_vote(self, name: str, task: AnnotationTask, view: RouteView, hedged: list[str]) -> Vote:
+    async def _hedged_vote(self, name: str, task: AnnotationTask, view: RouteView, hedged: list[str],
+                           deadline: float) -> Vote:
         """The member's vote; past its recent p95, also a replica's, and the first valid answer wins."""
         member = self.members[name]
         replicas = [self._state(m.name, {}) for m in self.members.values()
                     if m.replica_group == member.replica_group and m.name != name]
         plan = hedge_plan(self._state(name, {}), replicas, self.ensemble.routing.hedge_min_samples, view.asked)
-        primary = asyncio.ensure_future(self.vote(member, task))
+        primary = asyncio.ensure_future(self.vote(member, task, deadline))
         if plan is None:
             return await primary
         delay_s, replica = plan
@@ -222,7 +224,7 @@ class Annotator:
                 return primary.result()
             view.asked.append(replica)
             hedged.append(replica)
-            backup = asyncio.ensure_future(self.vote(self.members[replica], task))
+            backup = asyncio.ensure_future(self.vote(self.members[replica], task, deadline))
             pending: set[asyncio.Future[Vote]] = {primary, backup}
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -236,32 +238,34 @@ class Annotator:
                 if fut is not None and not fut.done():
                     fut.cancel()
 
-    async def vote(self, member: Member, task: AnnotationTask) -> Vote:
+    async def vote(self, member: Member, task: AnnotationTask, deadline: float | None = None) -> Vote:
         """One member's vote; every failure becomes an abstaining vote with its reason."""
         path, body = shape(member, task)
         started = time.perf_counter()
         try:
-            reply = await self.upstreams.post(member.name, path, body)
+            reply = await self.upstreams.post(member.name, path, body, deadline, settle=True)
         except UpstreamError as exc:
             return Vote(member=member.name, label=None, latency_ms=_ms(started), error=exc.message)
         latency_ms = _ms(started)
         if reply.status != 200:
+            if reply.status < 300:
+                self.upstreams.settled(member.name, False)
             return Vote(member=member.name, label=None, latency_ms=latency_ms,
                         error=f"HTTP {reply.status}: {_error_message(reply.body)}")
         try:
-            data = orjson.loads(reply.body)
-            choice = data["choices"][0]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return Vote(member=member.name, label=None, latency_ms=latency_ms,
-                        error="malformed completion body from the member")
-        prompt_tokens, completion_tokens, cost = self.upstreams.account(member.name, data.get("usage"))
-        raw = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content")
-        label, error = parse_answer(raw, task.labels)
-        probs = soft_vote(choice, task.labels) if label is not None else None
+            answer = parse_completion(reply.body)
+        except ValueError as exc:
+            self.upstreams.settled(member.name, False)
+            return Vote(member=member.name, label=None, latency_ms=latency_ms, error=f"malformed reply: {exc}")
+        self.upstreams.settled(member.name, True)
+        cost = self.upstreams.account(member.name, answer.prompt_tokens, answer.completion_tokens)
+        label, error = parse_answer(answer.text, task.labels)
+        probs = soft_vote(answer.choice, task.labels) if label is not None else None
         if label is None:
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "invalid_answer").inc()
-        return Vote(member=member.name, label=label, raw=raw, probs=probs, latency_ms=latency_ms,
-                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, error=error)
+        return Vote(member=member.name, label=label, raw=answer.text, probs=probs, latency_ms=latency_ms,
+                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens, cost_usd=cost,
+                    error=error)
 
 
 def _ms(started: float) -> float:

@@ -6,12 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.batches import Batches
 from gateway.batches import router as batches_router
 from gateway.config import Config, load_config
-from gateway.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from gateway.errors import (
+    APIError,
+    handle_api_error,
+    handle_http_exception,
+    handle_request_validation,
+    handle_unexpected,
+)
 from gateway.feedback import router as feedback_router
 from gateway.routes import HOT_ROUTES, router
 from gateway.state import GatewayState
@@ -46,5 +53,6 @@ def create_app(config: Config | None = None) -> FastAPI:
     app.include_router(batches_router)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_request_validation)
     app.add_exception_handler(Exception, handle_unexpected)
     return app

@@ -122,20 +122,52 @@ class Breaker(Strict):
     reset_after_s: float = Field(30.0, gt=0)
 
 
+class Tenant(Strict):
+    """A group of API keys that share stored items, gold, reviews, files and batches."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    keys_env: str
+    """Environment variable holding the group's keys, comma-separated."""
+
+
 class GatewaySettings(Strict):
     api_keys_env: str | None = "CROWD_GATEWAY_API_KEYS"
+    """Keys that are each their own tenant."""
+    tenants: list[Tenant] = Field(default_factory=list)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_labels: int = Field(1000, ge=2)
+    """Most labels a request's label set may have (400 beyond)."""
+    max_label_chars: int = Field(200, ge=1)
+    """Longest label a request may send (400 beyond)."""
+    max_items_in_flight: int = Field(512, ge=1)
+    """Items an ensemble runs at once; beyond it, requests are refused at once with 429 and Retry-After."""
+    max_items_in_flight_per_key: int = Field(256, ge=1)
+    """Items one tenant runs at once, over all ensembles."""
     breaker: Breaker = Breaker()
 
-    def api_keys(self) -> frozenset[str]:
-        raw = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
-        return frozenset(k.strip() for k in raw.split(",") if k.strip())
+    def api_keys(self) -> dict[str, str]:
+        """Every accepted key -> its tenant; empty when authentication is off."""
+        from gateway.tenancy import key_tenant
+
+        keys = {k: key_tenant(k) for k in _env_list(self.api_keys_env)}
+        for tenant in self.tenants:
+            keys.update((k, tenant.name) for k in _env_list(tenant.keys_env))
+        return keys
+
+
+def _env_list(name: str | None) -> list[str]:
+    raw = os.environ.get(name, "") if name else ""
+    return [k.strip() for k in raw.split(",") if k.strip()]
 
 
 class StoreSettings(Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url_env: str = "CROWD_GATEWAY_REDIS_URL"
     retention_days: float = Field(30.0, gt=0)
+    max_connections: int = Field(200, ge=1)
+    """Redis connections per gateway process; beyond them a write waits for a free one."""
+    pool_timeout_s: float = Field(10.0, gt=0)
+    """How long a write waits for a free connection before the answer says `stored: false`."""
 
 
 class BatchSettings(Strict):

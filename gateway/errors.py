@@ -37,8 +37,9 @@ class APIError(Exception):
     """An error with an HTTP status, rendered as OpenAI's error body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None) -> None:
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.param = param
@@ -49,7 +50,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> Response:
-        return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json")
+        return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json",
+                        headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
@@ -66,6 +68,14 @@ async def handle_http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = "unknown_url" if exc.status_code == 404 else None
     return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+
+async def handle_request_validation(_: Request, exc: Exception) -> Response:
+    """FastAPI's parameter validation (query and path parameters), as a 400 naming the parameter."""
+    errors = getattr(exc, "errors", lambda: [])()
+    first = errors[0] if errors else {}
+    param = str(first.get("loc", ("", ""))[-1]) or None
+    return APIError(400, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value").response()
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -21,23 +21,26 @@ from gateway.protocol import Feedback, invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
+from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
 router = APIRouter()
 
 
-async def _record_for(state: GatewayState, fb: Feedback) -> ItemRecord:
-    """The stored item, or a new record when the item has not been annotated yet (needs `task` or `labels`)."""
-    found = await state.store.item(fb.item_id)
+async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRecord:
+    """The tenant's stored item, or a new record when the item has not been annotated yet (needs `task` or `labels`)."""
+    item_id = scoped(tenant, fb.item_id)
+    found = await state.store.item(item_id)
     if found is not None:
         return found[0]
     if fb.task is not None:
         task = state.config.task(fb.task)
         if task is None:
             raise APIError(400, f"unknown task {fb.task!r}", param="task", code="task_not_found")
-        return ItemRecord(fb.item_id, task.name, list(task.labels), "", "")
+        return ItemRecord(item_id, scoped(tenant, task.name), list(task.labels), "", "")
     if fb.labels is not None:
-        labels = checked_labels(fb.labels, "labels")
-        return ItemRecord(fb.item_id, schema_for_labels(labels), list(labels), "", "")
+        labels = checked_labels(fb.labels, "labels", state.config.gateway.max_labels,
+                                state.config.gateway.max_label_chars)
+        return ItemRecord(item_id, scoped(tenant, schema_for_labels(labels)), list(labels), "", "")
     raise APIError(404, f"item {fb.item_id!r} has no stored votes: send `task` or `labels` with its label",
                    param="item_id", code="item_not_found")
 
@@ -45,19 +48,19 @@ async def _record_for(state: GatewayState, fb: Feedback) -> ItemRecord:
 @router.post("/v1/annotations/feedback")
 async def post_feedback(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
-    authorize(state, request)
+    tenant = authorize(state, request)
     body, _ = await read_json(state, request)
     try:
         fb = Feedback.model_validate(body)
     except ValidationError as exc:
         raise invalid(exc) from None
-    item = await _record_for(state, fb)
+    item = await _record_for(state, fb, tenant)
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:
         raise bad_request(f"label {fb.label!r} is not in the item's label set {item.labels}", "label")
     await state.store.add_label(item, canonical, fb.source, fb.annotator)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return json_response({"object": "annotation.feedback", "item_id": item.item_id, "schema": item.schema,
+    return json_response({"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
                   "label": canonical, "source": fb.source, "resolved_review": resolved})
 
 
@@ -65,8 +68,8 @@ async def post_feedback(request: Request) -> Response:
 async def get_annotation(request: Request, item_id: str) -> Response:
     """The item's votes and its aggregate under the latest published parameters."""
     state: GatewayState = request.app.state.gateway
-    authorize(state, request)
-    found = await state.store.item(item_id)
+    tenant = authorize(state, request)
+    found = await state.store.item(scoped(tenant, item_id))
     if found is None:
         raise APIError(404, f"no stored annotation for item {item_id!r}", param="item_id", code="item_not_found")
     item, raw_votes = found
@@ -74,7 +77,7 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     aggregator = get_aggregator(ensemble.aggregator if ensemble else "majority")
     params = state.reliability.get(item.schema, aggregator.name)
     votes = [Vote.from_wire(v, len(item.labels)) for v in raw_votes]
-    gold = (await state.store.gold(item.schema)).get(item_id)
+    gold = (await state.store.gold(item.schema)).get(item.item_id)
     aggregate = None
     if any(v.valid for v in votes):
         dist = aggregator.posterior(votes, item.labels, params)
@@ -84,24 +87,29 @@ async def get_annotation(request: Request, item_id: str) -> Response:
                      "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
                      "aggregator": aggregator.name,
                      "params_version": state.reliability.version_of(item.schema, aggregator.name)}
-    return json_response({"object": "annotation", **item.wire(), "gold": gold, "votes": raw_votes, "aggregate": aggregate})
+    shown = {**item.wire(), "item_id": item_id, "schema": unscoped(tenant, item.schema)}
+    return json_response({"object": "annotation", **shown, "gold": gold, "votes": raw_votes, "aggregate": aggregate})
 
 
 @router.get("/v1/review")
 async def list_review(request: Request, limit: int = 50) -> Response:
     state: GatewayState = request.app.state.gateway
-    authorize(state, request)
+    tenant = authorize(state, request)
     if not 1 <= limit <= 1000:
         raise bad_request("limit must be between 1 and 1000", "limit")
-    entries = await state.store.reviews(limit)
-    return json_response({"object": "list", "data": entries, "total": await state.store.review_count()})
+    entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
+               for e in await state.store.reviews(limit, tenant)]
+    total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
+    return json_response({"object": "list", "data": entries, "total": total})
 
 
 @router.post("/v1/annotations/refit")
 async def refit_now(request: Request) -> Response:
     """Refit every schema now (instead of waiting for N items or T seconds); returns the new versions."""
     state: GatewayState = request.app.state.gateway
-    authorize(state, request)
-    schemas = await state.reliability.refit_due(force=True)
-    versions = {f"{s}/{a}": state.reliability.version_of(s, a) for s in schemas for a in state.reliability.aggregators}
-    return json_response({"object": "refit", "refitted": schemas, "versions": versions})
+    tenant = authorize(state, request)
+    schemas = [s for s in await state.reliability.refit_due(force=True) if owns(tenant, s)]
+    versions = {f"{unscoped(tenant, s)}/{a}": state.reliability.version_of(s, a)
+                for s in schemas for a in state.reliability.aggregators}
+    return json_response({"object": "refit", "refitted": [unscoped(tenant, s) for s in schemas],
+                          "versions": versions})

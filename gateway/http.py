@@ -10,19 +10,23 @@ from starlette.responses import Response
 
 from gateway.errors import APIError
 from gateway.state import GatewayState
+from gateway.tenancy import DEFAULT
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def authorize(state: GatewayState, request: Request) -> None:
+def authorize(state: GatewayState, request: Request) -> str:
+    """The caller's tenant; 401 without a valid key (when keys are configured)."""
     if not state.api_keys:
-        return
+        return DEFAULT
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or key.strip() not in state.api_keys:
+    tenant = state.api_keys.get(key.strip()) if scheme.lower() == "bearer" else None
+    if tenant is None:
         raise APIError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
+    return tenant
 
 
 async def read_json(state: GatewayState, request: Request) -> tuple[dict[str, Any], bytes]:

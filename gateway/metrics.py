@@ -55,6 +55,10 @@ BATCH_LINES = Counter("crowd_gateway_batch_lines", "Batch lines run by this proc
                       ["outcome"])
 BATCH_IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines running in this process",
                         multiprocess_mode="livesum")
+VOTES_NOT_STORED = Counter("crowd_gateway_votes_not_stored", "Votes of answered items that the store could not "
+                           "keep (the answer said stored: false)", ["ensemble"])
+ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429 because too "
+                            "many items were in flight, by ensemble and limit (ensemble, key)", ["ensemble", "limit"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

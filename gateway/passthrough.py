@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.config import Member
 from gateway.errors import APIError
 from gateway.upstream import UpstreamError, Upstreams
+from gateway.upstream.reply import usage_tokens
 
 _STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
 _DONE = b"data: [DONE]"
@@ -52,11 +53,13 @@ async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str,
 
 
 def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> float:
+    """What the call cost, from the body's usage; a body without readable usage is relayed at cost 0."""
     try:
-        usage = orjson.loads(body).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
+        data = orjson.loads(body)
+        prompt, completion = usage_tokens(data.get("usage") if isinstance(data, dict) else None)
+    except (orjson.JSONDecodeError, ValueError):
         return 0.0
-    return upstreams.account(member.name, usage)[2]
+    return upstreams.account(member.name, prompt, completion)
 
 
 async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any]) -> Response:

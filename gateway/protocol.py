@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from gateway.errors import APIError
 from gateway.task import AnnotationTask, wrap_label
@@ -28,25 +28,36 @@ class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
 
+    @model_validator(mode="after")
+    def _speaks(self) -> Message:
+        if self.content is None and self.role in ("system", "developer", "user"):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
-class ChatCompletionRequest(BaseModel):
+
+class Sampling(BaseModel):
+    """The forwarded sampling parameters, typed: a wrong one is the client's 400, not every member's failure."""
+
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
+    stream: bool = False
+    labels: list[str] | None = None
+    task: str | None = None
+    item_id: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+class ChatCompletionRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    labels: list[str] | None = None
-    task: str | None = None
-    item_id: str | None = None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1)
+class CompletionRequest(Sampling):
     prompt: str | list[str]
-    stream: bool = False
-    labels: list[str] | None = None
-    task: str | None = None
-    item_id: str | None = None
 
 
 class Feedback(BaseModel):

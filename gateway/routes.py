@@ -21,12 +21,12 @@ router = APIRouter()
 async def _complete(request: Request, kind: Kind, path: str) -> Response:
     state: GatewayState = request.app.state.gateway
     try:
-        authorize(state, request)
+        tenant = authorize(state, request)
         body, raw = await read_json(state, request)
     except APIError as exc:
         metrics.child(metrics.REQUESTS, "-", OUTCOMES.get(exc.status, "error")).inc()
         return exc.response()
-    return await execute(state, body, raw, kind, path)
+    return await execute(state, body, raw, kind, path, tenant)
 
 
 async def chat_completions(request: Request) -> Response:

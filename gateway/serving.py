@@ -22,22 +22,29 @@ from gateway.protocol import annotation_block, completion_body, usage_block, val
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import AnnotationTask, Kind, build_task
+from gateway.tenancy import DEFAULT, scoped
 
 log = logging.getLogger("crowd_gateway")
 
-OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 503: "unavailable"}
+OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 429: "overloaded",
+            503: "unavailable"}
 """HTTP status -> the `outcome` label of crowd_gateway_requests_total."""
 
 
-async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str) -> Response:
-    """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response."""
+async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str,
+                  tenant: str = DEFAULT) -> Response:
+    """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response.
+
+    `tenant` owns what the answer stores (votes, review entries): see gateway/tenancy.py.
+    """
     started = time.perf_counter()
     model = body.get("model")
     name = model if isinstance(model, str) and (model in state.annotators or model in state.members) else "-"
     try:
         validate_body(body, kind)
         if model in state.annotators:
-            response, waited = await _annotate(state, model, body, kind)
+            with state.admission.admit(model, tenant):
+                response, waited = await _annotate(state, model, body, kind, tenant)
             route = "ensemble"
         elif model in state.members:
             member = state.members[model]
@@ -60,7 +67,8 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
     return response
 
 
-async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind) -> tuple[Response, float]:
+async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind,
+                    tenant: str) -> tuple[Response, float]:
     if body.get("stream"):
         raise APIError(400, "stream: true is supported when `model` names a member (passthrough), not for an "
                             "ensemble, whose answer exists only once the votes are in", param="stream",
@@ -68,30 +76,37 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     annotator = state.annotators[model]
     task = build_task(body, kind, state.config)
     aggregator = annotator.aggregator.name
-    outcome = await annotator.run(task, state.reliability.get(task.schema, aggregator))
-    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(task.schema, aggregator))
+    schema = scoped(tenant, task.schema)
+    outcome = await annotator.run(task, state.reliability.get(schema, aggregator))
+    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator))
     usage = usage_block(outcome)
-    await remember(state, model, task, outcome, annotation)
+    annotation["stored"] = await remember(state, model, task, outcome, annotation, tenant)
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
-               "x-crowd-stop-reason": outcome.stop_reason}
+               "x-crowd-stop-reason": outcome.stop_reason,
+               "x-crowd-votes-stored": "true" if annotation["stored"] else "false"}
     return json_response(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
-                   annotation: dict[str, Any]) -> None:
-    """Keep the votes (for refits) and queue the item for review when flagged.
+                   annotation: dict[str, Any], tenant: str) -> bool:
+    """Keep the votes (for refits) and queue the item for review when flagged; False when they could not be.
 
-    A store outage costs the record, not the answer: the label is still returned and the failure logged.
+    A store outage costs the record, not the answer: the label is still returned, and the answer says
+    `stored: false` (also a header, a metric and a log line), so no vote is lost silently.
     """
-    item = ItemRecord(item_id=task.item_id, schema=task.schema, labels=list(task.labels), text=task.text,
-                      ensemble=ensemble)
+    item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
+                      labels=list(task.labels), text=task.text, ensemble=ensemble)
     try:
         await state.store.record(item, [v.wire() for v in outcome.votes])
         if outcome.needs_review:
             await state.store.enqueue_review({**item.wire(), "label": outcome.label,
                                               "confidence": annotation["confidence"],
                                               "distribution": annotation["distribution"], "queued_at": time.time()})
-    except (OSError, RedisError):
-        log.exception("vote store unavailable: votes of item %s not recorded", task.item_id)
+    except (OSError, RedisError) as exc:
+        metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
+        log.error("vote store unavailable: %d votes of item %s not stored (%s: %s)", len(outcome.votes),
+                  task.item_id, type(exc).__name__, exc)
+        return False
+    return True

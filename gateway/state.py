@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from ensembles.aggregators import get_aggregator
+from gateway.admission import Admission
 from gateway.annotate import Annotator
 from gateway.config import Config, ConfigError, Member
 from gateway.reliability import Reliability
@@ -22,9 +23,11 @@ class GatewayState:
     upstreams: Upstreams
     annotators: dict[str, Annotator]
     members: dict[str, Member]
-    api_keys: frozenset[str]
+    api_keys: dict[str, str]
+    """Accepted key -> tenant; empty when authentication is off."""
     store: VoteStore
     reliability: Reliability
+    admission: Admission
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -43,4 +46,6 @@ class GatewayState:
         store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
                             else MemoryVoteStore(retention_s))
         return cls(config=config, upstreams=upstreams, annotators=annotators, members=members,
-                   api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config))
+                   api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config),
+                   admission=Admission(config.gateway.max_items_in_flight,
+                                       config.gateway.max_items_in_flight_per_key))

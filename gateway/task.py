@@ -46,7 +46,7 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
             known = [t.name for t in config.tasks]
             raise APIError(400, f"unknown task {task_name!r}; configured tasks: {known}", param="task",
                            code="task_not_found")
-    labels, json_field = _label_set(body, task.labels if task else None)
+    labels, json_field = _label_set(body, task.labels if task else None, config)
     text = _item_text(body, kind)
     schema = task.name if task else schema_for_labels(labels)
     item_id = body.get("item_id") or _metadata_item_id(body) or "item-" + _digest(schema + "\x1e" + text)[:20]
@@ -56,17 +56,19 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
                           item_id=item_id, json_field=json_field)
 
 
-def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None) -> tuple[tuple[str, ...], str | None]:
+def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None,
+               config: Config) -> tuple[tuple[str, ...], str | None]:
+    limits = config.gateway.max_labels, config.gateway.max_label_chars
     if (labels := body.get("labels")) is not None:
-        return checked_labels(labels, "labels"), None
+        return checked_labels(labels, "labels", *limits), None
     if (fmt := body.get("response_format")) is not None:
         found = _enum_from_response_format(fmt)
         if found is not None:
             field, values = found
-            return checked_labels(values, "response_format"), field
+            return checked_labels(values, "response_format", *limits), field
     outputs = body.get("structured_outputs")
     if isinstance(outputs, Mapping) and outputs.get("choice") is not None:
-        return checked_labels(outputs["choice"], "structured_outputs.choice"), None
+        return checked_labels(outputs["choice"], "structured_outputs.choice", *limits), None
     if task_labels is not None:
         return tuple(task_labels), None
     raise APIError(400, "no label set: send `labels` (extra_body), a response_format JSON schema with one enum "
@@ -74,9 +76,15 @@ def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None) -> tu
                    code="missing_labels")
 
 
-def checked_labels(labels: Any, param: str) -> tuple[str, ...]:
+def checked_labels(labels: Any, param: str, max_labels: int = 1000, max_chars: int = 200) -> tuple[str, ...]:
+    """A client's label set, checked in linear time, within the configured count and length caps."""
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise bad_request(f"{param} must be a list of strings", param)
+    if len(labels) > max_labels:
+        raise bad_request(f"{param} has {len(labels)} labels; at most {max_labels} are accepted "
+                          f"(gateway.max_labels)", param)
+    if any(len(label) > max_chars for label in labels):
+        raise bad_request(f"{param}: a label is longer than {max_chars} characters (gateway.max_label_chars)", param)
     try:
         return tuple(check_label_set(labels))
     except ValueError as exc:
@@ -92,7 +100,10 @@ def _enum_from_response_format(fmt: Any) -> tuple[str, list[Any]] | None:
     """`{"type": "json_schema", "json_schema": {"schema": {"properties": {p: {"enum": [...]}}}}}`."""
     if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
         return None
-    schema = (fmt.get("json_schema") or {}).get("schema") or {}
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise bad_request("response_format.json_schema must be an object", "response_format.json_schema")
+    schema = spec.get("schema") or {}
     props = schema.get("properties") if isinstance(schema, Mapping) else None
     if not isinstance(props, Mapping):
         return None
@@ -121,7 +132,10 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+        parts = [p for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
+        if not all(isinstance(p.get("text"), str) for p in parts):
+            raise bad_request("a text content part needs a string `text`", "messages")
+        return "\n".join(p["text"] for p in parts)
     return ""
 
 

@@ -7,7 +7,8 @@ in order), `retry_after` (header sent with failures), `drop` (close the connecti
 answer), `down` (health fails), `logprobs` ({token: logprob} for the first answer token),
 `usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop), `jitter_ms`
 (mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
-running], served as vLLM's gauges on `GET /m/{name}/metrics`). `GET /_calls/{name}` returns how
+running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON value, sent verbatim
+with status 200 as the completion body: the odd replies a fault test needs). `GET /_calls/{name}` returns how
 many calls arrived, how many the client abandoned while they waited (`cancelled`), and the last
 body. Used by the integration tests and by bench/ as the fast upstream.
 
@@ -26,7 +27,8 @@ import orjson
 from aiohttp import web
 
 DEFAULT = {"answer": None, "keywords": {}, "latency_ms": 0, "fail": [], "retry_after": None, "drop": False,
-           "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False, "jitter_ms": 0, "queue": None}
+           "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False, "jitter_ms": 0, "queue": None,
+           "raw": None}
 POLL_S = 0.005
 
 
@@ -97,6 +99,8 @@ async def completion(request: web.Request) -> web.StreamResponse:
         err = {"error": {"message": f"scripted failure {status}", "type": "server_error", "param": None,
                          "code": None}}
         return web.Response(body=orjson.dumps(err), status=status, content_type="application/json", headers=headers)
+    if script["raw"] is not None:
+        return web.Response(body=orjson.dumps(script["raw"]), content_type="application/json")
     chat = request.path.endswith("/chat/completions")
     answer = _answer(script, body)
     prompt_tokens, completion_tokens = script["usage"]

@@ -122,11 +122,11 @@ def test_list_is_newest_first_with_cursor(run: Any) -> None:
             await store.create_batch(rec)
             ids.append(rec["id"])
         newest = ids[::-1]
-        page, more = await store.list_batches(None, 2)
+        page, more = await store.list_batches(None, 2, "default")
         assert [r["id"] for r in page] == newest[:2] and more
-        page, more = await store.list_batches(newest[1], 10)
+        page, more = await store.list_batches(newest[1], 10, "default")
         assert [r["id"] for r in page] == newest[2:] and not more
         with pytest.raises(UnknownCursor):
-            await store.list_batches("batch_nope", 2)
+            await store.list_batches("batch_nope", 2, "default")
         assert await store.active_batches() == ids
     run(scenario)

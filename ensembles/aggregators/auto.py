@@ -25,11 +25,20 @@ from typing import Any
 
 from ensembles.aggregators.base import (MIN_GOLD, Aggregator, ItemVotes, Params, Triple, fit_tempered, pick,
                                         publishable, votes_of)
+from ensembles.aggregators.dawid_skene import DawidSkene
+from ensembles.aggregators.glad import Glad
+from ensembles.aggregators.majority import Majority
+from ensembles.aggregators.stacking import Stacking
+from ensembles.aggregators.weighted import Weighted
 from ensembles.temperature import fit_temperatures, soft, temper_votes
 from ensembles.votes import Vote
 
 MEMBER = "member:"
 """Prefix of a single-member candidate's name."""
+
+
+CANDIDATES: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Majority, Weighted, DawidSkene, Glad, Stacking)}
+"""What `auto` chooses among (besides each member alone); imported directly, so the registry can import `auto`."""
 
 
 class Auto(Aggregator):
@@ -39,15 +48,13 @@ class Auto(Aggregator):
 
     def __init__(self, candidates: Sequence[str] = ("majority", "weighted", "dawid_skene", "glad", "stacking"),
                  folds: int = 5, seed: int = 0, min_coverage: float = 0.5) -> None:
-        from ensembles.aggregators import REGISTRY  # the registry imports this module
-
         self.candidates = tuple(candidates)
         self.folds = folds
         self.seed = seed
         """Seeds the split of gold items into folds, so a refit on the same data chooses the same."""
         self.min_coverage = min_coverage
         """A member is a stand-alone candidate only if it answered at least this share of the gold items."""
-        self._aggs: dict[str, Aggregator] = {n: REGISTRY[n]() for n in {*self.candidates, "weighted"}}
+        self._aggs: dict[str, Aggregator] = {n: CANDIDATES[n]() for n in {*self.candidates, "weighted"}}
 
     def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params:
         """Auto's parameters from hard triples alone (refit calls fit_params with the soft votes)."""

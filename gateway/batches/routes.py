@@ -26,6 +26,7 @@ from gateway.batches.store import UnknownCursor
 from gateway.errors import APIError, bad_request
 from gateway.http import authorize, json_response, read_json
 from gateway.state import GatewayState
+from gateway.tenancy import DEFAULT
 
 router = APIRouter()
 
@@ -33,10 +34,11 @@ _MULTIPART_SLACK = 64 * 1024
 """Room for the multipart envelope around a file of the maximum size."""
 
 
-def _context(request: Request) -> tuple[GatewayState, Batches]:
+def _context(request: Request) -> tuple[GatewayState, Batches, str]:
+    """The gateway, the batch service and the caller's tenant (who owns the files and batches it touches)."""
     state: GatewayState = request.app.state.gateway
-    authorize(state, request)
-    return state, request.app.state.batches
+    tenant = authorize(state, request)
+    return state, request.app.state.batches, tenant
 
 
 def _too_large(limit: int) -> APIError:
@@ -83,7 +85,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, str, bytes]:
 
 @router.post("/v1/files")
 async def create_file(request: Request) -> Response:
-    state, batches = _context(request)
+    state, batches, tenant = _context(request)
     settings = state.config.batches
     purpose, filename, content = await _read_upload(request, settings.max_file_bytes)
     if purpose != "batch":
@@ -92,27 +94,29 @@ async def create_file(request: Request) -> Response:
     # off the event loop: checking a large file takes long enough to stall every other request
     lines, summary = await asyncio.to_thread(parse_input, content, settings.max_lines)
     rec = file_record(new_file_id(), filename, purpose, len(content), state.config.store.retention_days * 86400,
-                      lines=summary.lines, urls=summary.urls, models=summary.models)
+                      lines=summary.lines, urls=summary.urls, models=summary.models, owner=tenant)
     await batches.store.put_file(rec, content, lines)
     return json_response(file_object(rec))
 
 
-async def _file(batches: Batches, file_id: str, param: str = "id") -> dict[str, Any]:
+async def _file(batches: Batches, file_id: str, tenant: str, param: str = "id") -> dict[str, Any]:
+    """The tenant's file; another tenant's is as absent as a file that does not exist."""
     rec = await batches.store.get_file(file_id)
-    if rec is None:
+    if rec is None or rec.get("owner", DEFAULT) != tenant:
         raise APIError(404, f"No such File object: {file_id}", param=param, code="file_not_found")
     return rec
 
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
-    _, batches = _context(request)
-    return json_response(file_object(await _file(batches, file_id)))
+    _, batches, tenant = _context(request)
+    return json_response(file_object(await _file(batches, file_id, tenant)))
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
-    _, batches = _context(request)
+    _, batches, tenant = _context(request)
+    await _file(batches, file_id, tenant)
     content = await batches.store.file_content(file_id)
     if content is None:
         raise APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
@@ -132,7 +136,7 @@ def _metadata(value: Any) -> dict[str, str] | None:
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
-    state, batches = _context(request)
+    state, batches, tenant = _context(request)
     body, _ = await read_json(state, request)
     for name in ("input_file_id", "endpoint", "completion_window"):
         if not isinstance(body.get(name), str):
@@ -143,38 +147,38 @@ async def create_batch(request: Request) -> Response:
     if body["completion_window"] != "24h":
         raise bad_request("completion_window must be '24h'", "completion_window")
     metadata = _metadata(body.get("metadata"))
-    file = await _file(batches, body["input_file_id"], "input_file_id")
+    file = await _file(batches, body["input_file_id"], tenant, "input_file_id")
     if file["purpose"] != "batch":
         raise bad_request(f"file {file['id']} has purpose {file['purpose']!r}; a batch's input needs purpose "
                           f"'batch'", "input_file_id")
     summary = InputSummary(lines=file["lines"], urls=file["urls"], models=file["models"])
     check_for_batch(summary, endpoint, set(state.annotators) | set(state.members))
-    rec = batch_record(file["id"], endpoint, summary.lines, metadata)
+    rec = {**batch_record(file["id"], endpoint, summary.lines, metadata), "owner": tenant}
     await batches.store.create_batch(rec)
     batches.worker.nudge()
     return json_response(batch_object(rec))
 
 
-async def _batch(batches: Batches, batch_id: str) -> dict[str, Any]:
+async def _batch(batches: Batches, batch_id: str, tenant: str) -> dict[str, Any]:
     rec = await batches.store.get_batch(batch_id)
-    if rec is None:
+    if rec is None or rec.get("owner", DEFAULT) != tenant:
         raise APIError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
     return rec
 
 
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(batch_id: str, request: Request) -> Response:
-    _, batches = _context(request)
-    return json_response(batch_object(await _batch(batches, batch_id)))
+    _, batches, tenant = _context(request)
+    return json_response(batch_object(await _batch(batches, batch_id, tenant)))
 
 
 @router.get("/v1/batches")
 async def list_batches(request: Request, after: str | None = None, limit: str = "20") -> Response:
-    _, batches = _context(request)
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+    _, batches, tenant = _context(request)
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 100:
         raise bad_request("limit must be an integer from 1 to 100", "limit")
     try:
-        records, has_more = await batches.store.list_batches(after, int(limit))
+        records, has_more = await batches.store.list_batches(after, int(limit), tenant)
     except UnknownCursor:
         raise bad_request(f"after {after!r} names no batch of this gateway", "after") from None
     return json_response(list_page([batch_object(rec) for rec in records], has_more))
@@ -183,10 +187,11 @@ async def list_batches(request: Request, after: str | None = None, limit: str = 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request) -> Response:
     """Stops new lines at once; lines already running finish and appear in the output (OpenAI's semantics)."""
-    _, batches = _context(request)
+    _, batches, tenant = _context(request)
+    await _batch(batches, batch_id, tenant)
     cancelled = await batches.store.transition(batch_id, ("validating", "in_progress"), "cancelling",
                                                cancelling_at=now())
-    rec = await _batch(batches, batch_id)
+    rec = await _batch(batches, batch_id, tenant)
     if not cancelled and rec["status"] not in ("cancelling", "cancelled"):
         raise APIError(409, f"cannot cancel batch {batch_id}: its status is {rec['status']!r}",
                        code="batch_not_cancellable")

@@ -30,8 +30,8 @@ class BatchStore(Protocol):
 
     async def get_batch(self, batch_id: str) -> Record | None: ...
 
-    async def list_batches(self, after: str | None, limit: int) -> tuple[list[Record], bool]:
-        """Newest first; raises UnknownCursor when `after` is not a listed batch."""
+    async def list_batches(self, after: str | None, limit: int, owner: str) -> tuple[list[Record], bool]:
+        """`owner`'s batches, newest first; raises UnknownCursor when `after` is not one of them."""
         ...
 
     async def active_batches(self) -> list[str]: ...

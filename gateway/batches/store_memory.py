@@ -14,6 +14,7 @@ from typing import Any
 from gateway.batches.protocol import Record
 from gateway.batches.store import UnknownCursor
 from gateway.store.locks import MemoryLocks
+from gateway.tenancy import DEFAULT
 
 
 @dataclass
@@ -53,11 +54,11 @@ class MemoryBatchStore:
         rec = self.batches.get(batch_id)
         return copy.deepcopy(rec) if rec else None
 
-    async def list_batches(self, after: str | None, limit: int) -> tuple[list[Record], bool]:
-        ids = list(reversed(self.batches))
+    async def list_batches(self, after: str | None, limit: int, owner: str) -> tuple[list[Record], bool]:
+        ids = [i for i in reversed(self.batches) if self.batches[i].get("owner", DEFAULT) == owner]
         start = 0
         if after is not None:
-            if after not in self.batches:
+            if after not in ids:
                 raise UnknownCursor(after)
             start = ids.index(after) + 1
         page = ids[start:start + limit]

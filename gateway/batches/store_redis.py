@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from gateway.batches.protocol import Record
 from gateway.batches.store import UnknownCursor
 from gateway.store.locks import RedisLocks
+from gateway.tenancy import DEFAULT
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -105,7 +106,12 @@ _LIVE = _NOW_MS + "return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
 _INT_FIELDS = frozenset({"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
                          "expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "next",
                          "sealed"})
-_ALL = "crowd:batches"
+
+
+def _owned(owner: str) -> str:
+    """The index of one tenant's batches, newest last (tenant names are from the config or hashes of keys)."""
+    return f"crowd:batches:{{{owner}}}"
+
 _ACTIVE = "crowd:batches:active"
 
 
@@ -174,7 +180,7 @@ class RedisBatchStore:
             pipe.hset(key, mapping=_encode({**rec, "next": 0}))
             pipe.expire(key, self.retention_s)
             score = time.time()
-            pipe.zadd(_ALL, {rec["id"]: score})
+            pipe.zadd(_owned(rec.get("owner", DEFAULT)), {rec["id"]: score})
             pipe.zadd(_ACTIVE, {rec["id"]: score})
             await pipe.execute()
 
@@ -182,14 +188,15 @@ class RedisBatchStore:
         raw = await self.redis.hgetall(_batch_key(batch_id))
         return _decode(raw) if raw else None
 
-    async def list_batches(self, after: str | None, limit: int) -> tuple[list[Record], bool]:
+    async def list_batches(self, after: str | None, limit: int, owner: str) -> tuple[list[Record], bool]:
+        index = _owned(owner)
         start = 0
         if after is not None:
-            rank = await self.redis.zrevrank(_ALL, after)
+            rank = await self.redis.zrevrank(index, after)
             if rank is None:
                 raise UnknownCursor(after)
             start = rank + 1
-        ids = await self.redis.zrevrange(_ALL, start, start + limit)
+        ids = await self.redis.zrevrange(index, start, start + limit)
         async with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in ids[:limit]:
                 pipe.hgetall(_batch_key(batch_id.decode()))

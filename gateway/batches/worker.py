@@ -27,11 +27,12 @@ from gateway.batches.store import BatchStore
 from gateway.config import BatchSettings
 from gateway.errors import APIError
 from gateway.serving import execute
+from gateway.tenancy import DEFAULT
 from gateway.state import GatewayState
 
 log = logging.getLogger("crowd_gateway.batches")
 
-async def run_line(state: GatewayState, raw: bytes) -> tuple[bool, bytes]:
+async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tuple[bool, bytes]:
     """One request line -> (ok, output line). Never raises: a failure is an error line, not a stopped batch."""
     request = orjson.loads(raw)
     body: dict[str, Any] = request["body"]
@@ -41,7 +42,7 @@ async def run_line(state: GatewayState, raw: bytes) -> tuple[bool, bytes]:
                             code="unsupported_value").response()
     else:
         try:
-            response = await execute(state, body, None, kind, path)
+            response = await execute(state, body, None, kind, path, tenant)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",
@@ -113,7 +114,7 @@ class BatchWorker:
             if (free := self.settings.concurrency - self.in_flight) > 0:
                 claimed = await self.store.claim(batch_id, rec["input_file_id"], self.id, free, self.settings.lease_s)
             for line, raw in claimed:
-                self._spawn(batch_id, line, raw)
+                self._spawn(batch_id, line, raw, rec.get("owner", DEFAULT))
             if not claimed and rec["completed"] + rec["failed"] >= rec["total"]:
                 if await self.store.transition(batch_id, ("in_progress",), "finalizing", finalizing_at=now()):
                     self.wake.set()
@@ -122,8 +123,8 @@ class BatchWorker:
         elif status == "cancelling" and await self.store.live_leases(batch_id) == 0:
             await self._finalize(rec, "cancelled", "cancelled_at")
 
-    def _spawn(self, batch_id: str, line: int, raw: bytes) -> None:
-        task = asyncio.create_task(self._run(batch_id, line, raw))
+    def _spawn(self, batch_id: str, line: int, raw: bytes, tenant: str) -> None:
+        task = asyncio.create_task(self._run(batch_id, line, raw, tenant))
         self.running.setdefault(batch_id, {})[line] = task
         metrics.BATCH_IN_FLIGHT.inc()
 
@@ -137,8 +138,8 @@ class BatchWorker:
 
         task.add_done_callback(done)
 
-    async def _run(self, batch_id: str, line: int, raw: bytes) -> None:
-        ok, result = await run_line(self.state, raw)
+    async def _run(self, batch_id: str, line: int, raw: bytes, tenant: str) -> None:
+        ok, result = await run_line(self.state, raw, tenant)
         for attempt in range(3):
             try:
                 recorded = await self.store.complete(batch_id, line, ok, result)
@@ -178,7 +179,7 @@ class BatchWorker:
             if content:
                 file_id = result_file_id(batch_id, which)
                 meta = file_record(file_id, f"{batch_id}_{which}.jsonl", "batch_output", len(content),
-                                   self.state.config.store.retention_days * 86400)
+                                   self.state.config.store.retention_days * 86400, owner=rec.get("owner", DEFAULT))
                 await self.store.put_file(meta, content)
                 files[f"{which}_file_id"] = file_id
         if await self.store.transition(batch_id, ("finalizing", "cancelling"), final, **files, **{stamp: now()}):

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from ensembles.aggregators.base import Triple
 from ensembles.refit import hard_triples
+from ensembles.votes import HUMAN_PREFIX
 from gateway.store.locks import MemoryLocks
+from gateway.tenancy import DEFAULT, owns
 
 Source = Literal["gold", "human"]
-HUMAN_PREFIX = "human:"
 
 
 @dataclass
@@ -90,7 +91,8 @@ class VoteStore(ABC):
     async def enqueue_review(self, entry: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    async def reviews(self, limit: int) -> list[dict[str, Any]]: ...
+    async def reviews(self, limit: int, tenant: str = DEFAULT) -> list[dict[str, Any]]:
+        """The oldest `limit` queued items of `tenant`."""
 
     @abstractmethod
     async def resolve_review(self, item_id: str) -> bool: ...
@@ -113,7 +115,8 @@ class MemoryVoteStore(VoteStore):
     def __init__(self, retention_s: float = 30 * 86400) -> None:
         self.retention_s = retention_s
         self.items: dict[str, ItemRecord] = {}
-        self.votes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.votes: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        """Item id -> member -> its latest vote: re-asking an item replaces votes, never stacks them."""
         self.gold_labels: dict[str, dict[str, str]] = defaultdict(dict)
         self.new: dict[str, int] = defaultdict(int)
         self.params: dict[tuple[str, str], Published] = {}
@@ -138,14 +141,14 @@ class MemoryVoteStore(VoteStore):
             self._expire()
         self.items[item.item_id] = item
         self.label_sets[item.schema] = item.labels
-        self.votes[item.item_id].extend(votes)
+        self.votes[item.item_id].update((v["member"], v) for v in votes)
 
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
         rec = self.items.get(item_id)
-        return (rec, list(self.votes[item_id])) if rec else None
+        return (rec, list(self.votes[item_id].values())) if rec else None
 
     async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
-        return {i: list(self.votes[i]) for i, rec in self.items.items() if rec.schema == schema}
+        return {i: list(self.votes[i].values()) for i, rec in self.items.items() if rec.schema == schema}
 
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
         if item.item_id not in self.items:
@@ -154,7 +157,7 @@ class MemoryVoteStore(VoteStore):
         if source == "gold":
             self.gold_labels[item.schema][item.item_id] = label
         else:
-            self.votes[item.item_id].append({"member": HUMAN_PREFIX + who, "label": label, "raw": label})
+            self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
             self.new[item.schema] += 1
 
     async def gold(self, schema: str) -> dict[str, str]:
@@ -182,8 +185,9 @@ class MemoryVoteStore(VoteStore):
     async def enqueue_review(self, entry: dict[str, Any]) -> None:
         self.queue[entry["item_id"]] = entry
 
-    async def reviews(self, limit: int) -> list[dict[str, Any]]:
-        return sorted(self.queue.values(), key=lambda e: e["queued_at"])[:limit]
+    async def reviews(self, limit: int, tenant: str = DEFAULT) -> list[dict[str, Any]]:
+        mine = [e for item_id, e in self.queue.items() if owns(tenant, item_id)]
+        return sorted(mine, key=lambda e: e["queued_at"])[:limit]
 
     async def resolve_review(self, item_id: str) -> bool:
         return self.queue.pop(item_id, None) is not None

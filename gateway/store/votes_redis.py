@@ -1,7 +1,8 @@
 """The Redis vote store: shared by several gateway replicas; multi-key writes are atomic Lua scripts.
 
-Keys (prefix `cg:`): `item:{id}` the item record and `item:{id}:votes` its votes (both expire
-after the retention), `schema:{s}:items` a sorted set of item ids by time (trimmed to the
+Keys (prefix `cg:`): `item:{h}` the item record and `item:{h}:votes` its votes, one per member, the
+latest replacing an earlier one (both expire after the retention; `h` is a hash of the item id, so
+no client-chosen id can name another item's keys), `schema:{s}:items` a sorted set of item ids by time (trimmed to the
 retention), `schemas` label sets, `new` items since the last refit, `gold:{s}` gold labels,
 `params`/`params:versions`/`params:version` published parameters, `review` and `review:order`
 the review queue, `lock:{name}` refit leases.
@@ -9,20 +10,23 @@ the review queue, `lock:{name}` refit leases.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from gateway.store.locks import RedisLocks
-from gateway.store.votes import HUMAN_PREFIX, ItemRecord, Published, Source, VoteStore
+from gateway.tenancy import DEFAULT, owns
+from ensembles.votes import HUMAN_PREFIX
+from gateway.store.votes import ItemRecord, Published, Source, VoteStore
 
 _RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
 local added = redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
 if added == 1 then redis.call('HINCRBY', KEYS[5], ARGV[4], 1) end
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[6]))
 return added
@@ -57,17 +61,20 @@ class RedisVoteStore(VoteStore):
     def _k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
 
+    def _item(self, item_id: str, *parts: str) -> str:
+        return self._k("item", hashlib.blake2b(item_id.encode(), digest_size=16).hexdigest(), *parts)
+
     async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
         await self._record(
-            keys=[self._k("item", item.item_id), self._k("item", item.item_id, "votes"),
+            keys=[self._item(item.item_id), self._item(item.item_id, "votes"),
                   self._k("schema", item.schema, "items"), self._k("schemas"), self._k("new")],
             args=[orjson.dumps(item.wire()), item.created, item.item_id, item.schema, orjson.dumps(item.labels),
-                  self.ttl, *(orjson.dumps(v) for v in votes)])
+                  self.ttl, *(part for v in votes for part in (v["member"], orjson.dumps(v)))])
 
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
         async with self.r.pipeline(transaction=False) as pipe:
-            pipe.get(self._k("item", item_id))
-            pipe.lrange(self._k("item", item_id, "votes"), 0, -1)
+            pipe.get(self._item(item_id))
+            pipe.hvals(self._item(item_id, "votes"))
             raw, votes = await pipe.execute()
         if raw is None:
             return None
@@ -80,7 +87,7 @@ class RedisVoteStore(VoteStore):
             chunk = items[start:start + 500]
             async with self.r.pipeline(transaction=False) as pipe:
                 for item_id in chunk:
-                    pipe.lrange(self._k("item", item_id, "votes"), 0, -1)
+                    pipe.hvals(self._item(item_id, "votes"))
                 for item_id, votes in zip(chunk, await pipe.execute()):
                     out[item_id] = [orjson.loads(raw) for raw in votes]
         return out
@@ -89,7 +96,7 @@ class RedisVoteStore(VoteStore):
         if source == "gold":
             async with self.r.pipeline(transaction=True) as pipe:
                 pipe.hset(self._k("gold", item.schema), item.item_id, label)
-                pipe.set(self._k("item", item.item_id), orjson.dumps(item.wire()), ex=self.ttl, nx=True)
+                pipe.set(self._item(item.item_id), orjson.dumps(item.wire()), ex=self.ttl, nx=True)
                 pipe.zadd(self._k("schema", item.schema, "items"), {item.item_id: item.created}, nx=True)
                 pipe.hset(self._k("schemas"), item.schema, orjson.dumps(item.labels))
                 await pipe.execute()
@@ -133,8 +140,8 @@ class RedisVoteStore(VoteStore):
             pipe.zadd(self._k("review", "order"), {entry["item_id"]: entry["queued_at"]})
             await pipe.execute()
 
-    async def reviews(self, limit: int) -> list[dict[str, Any]]:
-        ids = await self.r.zrange(self._k("review", "order"), 0, limit - 1)
+    async def reviews(self, limit: int, tenant: str = DEFAULT) -> list[dict[str, Any]]:
+        ids = [i for i in await self.r.zrange(self._k("review", "order"), 0, -1) if owns(tenant, i.decode())][:limit]
         if not ids:
             return []
         raw = await self.r.hmget(self._k("review"), ids)

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from gateway import metrics
 from gateway.config import Breaker, Member
 from gateway.upstream.breaker import CircuitBreaker, State
 from gateway.upstream.member_stats import MemberStats
-from gateway.upstream.pricing import Pricer, pricer_for, usage_tokens
+from gateway.upstream.pricing import Pricer, pricer_for
 from gateway.upstream.reply import Reply, UpstreamError
 from routers import MemberState
 
@@ -39,17 +47,22 @@ class _RetryableStatus(Exception):
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), capped."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), capped; None for what cannot be parsed."""
     value = headers.get("Retry-After")
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if parsed is None or parsed.tzinfo is None:
             return None
         seconds = parsed.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
@@ -166,16 +179,25 @@ class Upstreams:
         """Fold one call's cost into the member's expected cost per call (what routers rank by)."""
         self.clients[name].stats.paid(cost_usd)
 
-    def account(self, name: str, usage: object) -> tuple[int, int, float]:
-        """(prompt tokens, completion tokens, cost) of one call to `name`, counted in its stats and the metrics."""
+    def account(self, name: str, prompt: int, completion: int) -> float:
+        """The cost of one call to `name` with these token counts, counted in its stats and the metrics."""
         client = self.clients[name]
-        prompt, completion = usage_tokens(usage)
         cost = client.pricer(prompt, completion)
         client.stats.paid(cost)
         metrics.child(metrics.COST, name).inc(cost)
         metrics.child(metrics.TOKENS, name, "prompt").inc(prompt)
         metrics.child(metrics.TOKENS, name, "completion").inc(completion)
-        return prompt, completion, cost
+        return cost
+
+    def settled(self, name: str, ok: bool) -> None:
+        """The verdict on a 2xx reply posted with `settle`: readable (ok) or malformed (a member failure)."""
+        client = self.clients[name]
+        if ok:
+            client.breaker.success()
+        else:
+            client.breaker.failure()
+            metrics.child(metrics.UPSTREAM_REQUESTS, name, "malformed").inc()
+        client.publish_state()
 
     async def get(self, name: str, path: str, timeout_s: float) -> Reply | None:
         """GET a path under the member's server root (health, /metrics); None when it cannot be reached."""
@@ -190,8 +212,15 @@ class Upstreams:
         except (TimeoutError, aiohttp.ClientError):
             return None
 
-    async def post(self, name: str, path: str, body: bytes) -> Reply:
-        """POST with retries; returns the final HTTP reply (any status) or raises UpstreamError."""
+    async def post(self, name: str, path: str, body: bytes, deadline: float | None = None,
+                   settle: bool = False) -> Reply:
+        """POST with retries; returns the final HTTP reply (any status) or raises UpstreamError.
+
+        `deadline` (a `time.perf_counter()` instant) bounds the retries: no wait, hinted or not, that would
+        end past it is started; the last reply is returned instead. With `settle`, a 2xx reply's success is
+        left to the caller, who reads the body and calls `settled(name, ok)`: a 200 with an unreadable body
+        is a failure of the member, for its breaker.
+        """
         client = self.clients[name]
         member = client.member
         if not client.breaker.allow():
@@ -203,12 +232,12 @@ class Upstreams:
         client.stats.in_flight += 1
         try:
             async with client.slots:
-                reply = await self._post_with_retries(client, path, body)
+                reply = await self._post_with_retries(client, path, body, deadline)
             client.stats.answered(time.perf_counter() - started)
             outcome = "ok" if reply.status < 400 else "error"
-            if reply.status >= 500:
+            if reply.status >= 500 or reply.status == 429:  # an overloaded member is a failing one, for a while
                 client.breaker.failure()
-            else:
+            elif not (settle and reply.status < 300):
                 client.breaker.success()
             return reply
         except asyncio.CancelledError:
@@ -229,19 +258,23 @@ class Upstreams:
             metrics.child(metrics.UPSTREAM_DURATION, member.name).observe(time.perf_counter() - started)
             client.publish_state()
 
-    async def _post_with_retries(self, client: MemberClient, path: str, body: bytes) -> Reply:
+    async def _post_with_retries(self, client: MemberClient, path: str, body: bytes,
+                                 deadline: float | None) -> Reply:
         """The first attempt runs bare (the common case); only a retryable failure pays for tenacity."""
         try:
             return await self._post_once(client, path, body)
         except (_RetryableStatus, aiohttp.ClientConnectionError) as exc:
-            if not _retryable(exc) or client.member.retries == 0:
+            hinted = getattr(exc, "retry_after", None)
+            wait = hinted if hinted is not None else FIRST_BACKOFF_S * (1 + random.random())
+            left = math.inf if deadline is None else deadline - time.perf_counter()
+            if not _retryable(exc) or client.member.retries == 0 or wait >= left:
                 if isinstance(exc, _RetryableStatus):
                     return exc.reply
                 raise
-            hinted = getattr(exc, "retry_after", None)
-            await asyncio.sleep(hinted if hinted is not None else FIRST_BACKOFF_S * (1 + random.random()))
-        retrying = AsyncRetrying(stop=stop_after_attempt(client.member.retries), wait=_WaitRetryAfter(),
-                                 retry=retry_if_exception(_retryable), reraise=True)
+            await asyncio.sleep(wait)
+        left = math.inf if deadline is None else deadline - time.perf_counter()
+        retrying = AsyncRetrying(stop=stop_after_attempt(client.member.retries) | stop_before_delay(left),
+                                 wait=_WaitRetryAfter(), retry=retry_if_exception(_retryable), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:

@@ -6,21 +6,12 @@ a `dialect: litellm` member without one, the provider's list price from litellm'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
-from typing import Any
-
 from gateway.config import Member, Price
 
 Pricer = Callable[[int, int], float]
 """(prompt tokens, completion tokens) -> USD."""
-
-
-def usage_tokens(usage: Any) -> tuple[int, int]:
-    """(prompt, completion) tokens from an OpenAI `usage` block; missing counts are zero."""
-    if not isinstance(usage, Mapping):
-        return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:

@@ -6,7 +6,11 @@ and none of them should import another just to name them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -30,3 +34,63 @@ class UpstreamError(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+
+
+MAX_TOKENS_COUNT = 2**53
+"""Token counts at or above this are not believable (and would overflow cost and metrics arithmetic)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Completion:
+    """The parts of a member's completion body the gateway reads, checked."""
+
+    text: str
+    choice: Mapping[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def parse_completion(body: bytes) -> Completion:
+    """Read a chat or text completion body; raises ValueError naming what is malformed.
+
+    A member's body is untrusted: wrong types anywhere make the reply that member's failed vote,
+    never the item's failure.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("the member's body is not JSON") from None
+    if not isinstance(data, Mapping):
+        raise ValueError("the member's body is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise ValueError("the member's body has no choices[0] object")
+    choice = choices[0]
+    if "text" in choice:
+        text = choice["text"]
+    else:
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            raise ValueError("choices[0].message is not an object")
+        text = message.get("content")
+    if not isinstance(text, str):
+        raise ValueError(f"the answer is {type(text).__name__}, not a string")
+    prompt, completion = usage_tokens(data.get("usage"))
+    return Completion(text, choice, prompt, completion)
+
+
+def usage_tokens(usage: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of an OpenAI `usage` block; absent counts are zero, odd ones a ValueError."""
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, Mapping):
+        raise ValueError("usage is not an object")
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if value is None:
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS_COUNT:
+            raise ValueError(f"usage.{key} is not a token count")
+        counts.append(value)
+    return counts[0], counts[1]
