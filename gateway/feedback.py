@@ -64,6 +64,24 @@ async def post_feedback(request: Request) -> Response:
                   "label": canonical, "source": fb.source, "resolved_review": resolved})
 
 
+@router.get("/v1/annotations/params")
+async def get_params(request: Request) -> Response:
+    """What the last refit published per schema and aggregator: for `auto`, the chosen aggregator and the
+    cross-validated accuracy of every candidate on gold; for all, what the fit saw."""
+    state: GatewayState = request.app.state.gateway
+    tenant = authorize(state, request)
+    data = []
+    for (schema, aggregator), published in sorted(state.reliability.params.items()):
+        if not owns(tenant, schema):
+            continue
+        params = published.params
+        data.append({"schema": unscoped(tenant, schema), "aggregator": aggregator, "version": published.version,
+                     "chosen": params.get("winner", aggregator), "cv_accuracy": params.get("cv_accuracy"),
+                     "gold": params.get("gold", (params.get("fitted_on") or {}).get("gold")),
+                     "fitted_on": params.get("fitted_on"), "calibrated": "calibration" in params})
+    return json_response({"object": "list", "data": data})
+
+
 @router.get("/v1/annotations/{item_id}")
 async def get_annotation(request: Request, item_id: str) -> Response:
     """The item's votes and its aggregate under the latest published parameters."""
