@@ -153,6 +153,6 @@ def test_redis_store_is_shared_by_replicas(upstream: Upstream, gateway_factory: 
         model="ds", messages=[{"role": "user", "content": "ITEM002X"}],
         extra_body={"labels": LABELS, "item_id": "shared-1"})
     seen = httpx.get(f"{two.v1}/annotations/shared-1").json()
-    assert [v["member"] for v in seen["votes"]] == ["good", "fair1", "fair2", "adversary", "lazy"]
+    assert sorted(v["member"] for v in seen["votes"]) == sorted(["good", "fair1", "fair2", "adversary", "lazy"])
     assert feedback(two, item_id="shared-1", label="negative", source="gold").status_code == 200
     assert httpx.get(f"{one.v1}/annotations/shared-1").json()["gold"] == "negative"
