@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from gateway.tools import annotate, demo, evaluate, pool, report, tune
+from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
 from gateway.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
         return 2
-    except annotate.UsageError as exc:
+    except UsageError as exc:
         print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ensembles import metrics as m
-from gateway.tools.evaluate import split_of
+from gateway.tools.datasets import split_of
 from tests.conftest import Gateway, Upstream
 
 
@@ -44,7 +44,8 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     exe = Path(sys.executable).parent / "crowd-gateway"
     out = tmp_path / "out"
-    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.v1, "--out", str(out)],
+    # the gateway's URL without /v1, as users type it (issue 14: every item failed, then eval crashed)
+    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.url, "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
