@@ -19,6 +19,7 @@ from typing import Any
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
 from ensembles.votes import Vote
+from gateway.tools import UsageError
 from gateway.tools.datasets import load_dataset, row_ids
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -175,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         with gateway_v1(args.gateway, args.config) as url:
             records = asyncio.run(annotate_items(url, key, args.ensemble, rows, labels, args.concurrency))
         (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if not any(r["annotation"] for r in records):
+        first = next((r["error"] for r in records), "no items")
+        raise UsageError(f"no item was answered, so there is nothing to score (first error: {first})")
     summary = summarize(records, labels)
     comparison = reaggregate(records, labels) if not args.no_reaggregate else {}
     (out / "summary.json").write_text(json.dumps({"summary": summary, "aggregators": comparison}, indent=2))
