@@ -19,7 +19,9 @@ import httpx
 import yaml
 
 from gateway.config import parse_config
-from gateway.tools.evaluate import annotate_items, embedded_gateway, load_dataset, split_of, summarize
+from gateway.tools.datasets import load_dataset, split_of
+from gateway.tools.embedded import embedded_gateway
+from gateway.tools.evaluate import annotate_items, summarize
 from gateway.tools.pool import running_pool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 from ensembles.aggregators import REGISTRY
 from ensembles.votes import Vote
 from gateway.config import Config, parse_config
-from gateway.tools.evaluate import embedded_gateway, load_dataset, split_of
+from gateway.tools.datasets import load_dataset, split_of
+from gateway.tools.embedded import embedded_gateway
 from gateway.tools.pool import running_pool
 from gateway.tools.replay import Recording
 from gateway.task import build_task

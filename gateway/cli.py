@@ -3,16 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
 import sys
 import tempfile
+from importlib import metadata
+from typing import Any
 
-from gateway.tools import annotate, demo, evaluate, pool, report, tune
-from gateway.config import CONFIG_ENV, ConfigError, load_config
+from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
+from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's levels; `info` (the default) shows the startup line, refits and warnings, not every request."""
+log = logging.getLogger("crowd_gateway")
+
+
+def version() -> str:
+    try:
+        return metadata.version("crowd-gateway")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with the gateway's own loggers on the same handler and level, so `serve` shows them."""
+    from uvicorn.config import LOG_LEVELS as LEVELS, LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["crowd_gateway"] = {"handlers": ["default"], "level": LEVELS[level], "propagate": False}
+    return config
+
+
+def log_startup(config: Config, args: argparse.Namespace) -> None:
+    """One line that says what this gateway serves; a warning when any client may call it without a key."""
+    keys = config.gateway.api_keys()
+    env = config.gateway.api_keys_env
+    auth = f"on ({len(keys)} keys in ${env})" if keys else f"off (${env} is empty)" if env else \
+        "off (gateway.api_keys_env: null)"
+    ensembles = ", ".join(f"{e.name} ({len(e.members)} members, {e.aggregator})" for e in config.ensembles)
+    log.info("crowd-gateway %s on http://%s:%d, %d worker(s): ensembles %s; %d members; store %s; auth %s",
+             version(), args.host, args.port, args.workers, ensembles or "none", len(config.members),
+             config.store.backend, auth)
+    if not keys and env:
+        log.warning("auth is off: $%s is empty, so any client may call this gateway without a key", env)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the gateway under uvicorn; several workers share metrics through a multiprocess dir."""
+    import logging.config
+
     import uvicorn
 
     from gateway.app import create_app
@@ -20,8 +60,11 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # fail here, with the field named, before any worker starts
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-    common = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop="uvloop",
-                  http="httptools", timeout_keep_alive=65)
+    logging_config = log_config(args.log_level)
+    logging.config.dictConfig(logging_config)
+    log_startup(config, args)
+    common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
+                  access_log=args.access_log, loop="uvloop", http="httptools", timeout_keep_alive=65)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.app:create_app", factory=True, workers=args.workers, **common)
@@ -32,14 +75,16 @@ def serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crowd-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
     p.add_argument("--config", help=f"YAML config (default: ${CONFIG_ENV})")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level (default: info)")
+    p.add_argument("--access-log", action="store_true", help="log every request (at info level)")
     p.set_defaults(func=serve)
 
     annotate.add_parser(sub)
@@ -58,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
         return 2
-    except annotate.UsageError as exc:
+    except UsageError as exc:
         print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

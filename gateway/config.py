@@ -241,11 +241,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not path:
         raise ConfigError(f"no config: pass --config FILE or set {CONFIG_ENV}")
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        with Path(path).open(encoding="utf-8") as fh:  # a stream, so YAML errors name the file
+            raw = yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        where = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConfigError(f"config {path} is not valid YAML: {where}") from None
     return parse_config(raw, source=str(path))
 
 

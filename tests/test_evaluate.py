@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ensembles import metrics as m
-from gateway.tools.evaluate import split_of
+from gateway.cli import main
+from gateway.tools.datasets import split_of
 from tests.conftest import Gateway, Upstream
 
 
@@ -44,7 +46,8 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     exe = Path(sys.executable).parent / "crowd-gateway"
     out = tmp_path / "out"
-    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.v1, "--out", str(out)],
+    # the gateway's URL without /v1, as users type it (issue 14: every item failed, then eval crashed)
+    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.url, "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -59,3 +62,29 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["summary"] == summary["summary"]
+
+
+def test_eval_with_an_embedded_gateway(upstream: Upstream, tmp_path: Path) -> None:
+    """`--config` serves the gateway inside the eval command (tools/embedded.py), in this process."""
+    upstream.script("x1", keywords={"good": "positive", "bad": "negative"})
+    upstream.script("x2", keywords={"good": "positive", "bad": "negative"})
+    members = [{"name": n, "base_url": upstream.base_url(n), "model": n} for n in ("x1", "x2")]
+    (tmp_path / "gw.yaml").write_text(yaml.safe_dump(
+        {"members": members, "ensembles": [{"name": "crowd", "members": ["x1", "x2"], "quorum": 2}]}))
+    rows = [{"id": f"e{i}", "text": "good" if i % 2 else "bad", "label": "positive" if i % 2 else "negative"}
+            for i in range(6)]
+    (tmp_path / "data.csv").write_text("id,text,label\n" + "".join(f"{r['id']},{r['text']},{r['label']}\n"
+                                                                  for r in rows))
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", str(tmp_path / "data.csv"), "--config", str(tmp_path / "gw.yaml"),
+                 "--out", str(out), "--no-reaggregate"]) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert (summary["items"], summary["failed"], summary["accuracy"]) == (6, 0, 1.0)
+
+
+def test_eval_where_every_item_failed_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data.jsonl").write_text('{"id": "a", "text": "x", "label": "p"}\n')
+    assert main(["eval", "--dataset", str(tmp_path / "data.jsonl"), "--gateway", "http://127.0.0.1:9",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "crowd-gateway eval: no item was answered" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.tools.report import load_items, summarise
+from gateway.tools.report import Item, load_items, summarise
 
 # (m1, m2, m3 votes), crowd label, gold; m2 abstains on the third item
 ITEMS = [(("a", "a", "b"), "a", "a"), (("b", "b", "b"), "b", "a"), (("a", None, "a"), "a", "a"),
@@ -55,7 +55,9 @@ def test_figures_match_the_hand_computation(out_file: Path) -> None:
     assert s["cost_usd"] == pytest.approx(0.012) and s["member_cost_usd"]["m2"] == pytest.approx(0.004)
     gold = s["gold"]
     assert gold["accuracy"] == 0.75 and gold["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
-    assert {m: v["accuracy"] for m, v in gold["members"].items()} == {"m1": 0.75, "m2": 0.25, "m3": 0.5}
+    # m2 answered 3 of the 4 items (it abstained on the third) and got 1 of those right
+    assert {m: v["accuracy"] for m, v in gold["members"].items()} == {"m1": 0.75, "m2": pytest.approx(1 / 3),
+                                                                       "m3": 0.5}
     assert gold["members"]["m2"]["coverage"] == 0.75
 
 
@@ -79,3 +81,13 @@ def test_a_file_that_is_not_an_out_file_is_refused(tmp_path: Path, capsys: pytes
     (tmp_path / "x.csv").write_text("id,text\n1,a\n")
     assert main(["report", str(tmp_path / "x.csv")]) == 2
     assert "no crowd_label" in capsys.readouterr().err
+
+
+def test_member_accuracy_counts_only_the_rows_it_answered() -> None:
+    """Issue 14: a member asked on 19 of 300 rows, right on all 19, was shown 19/300 = 0.063."""
+    items = [Item(label="a", confidence=0.9, needs_review=False, escalated=False, cost_usd=0.0,
+                  votes={"often": "a", **({"rare": "a"} if n < 19 else {})}, vote_costs={}, gold="a")
+             for n in range(300)]
+    members = summarise(items)["gold"]["members"]
+    assert members["rare"] == {"accuracy": 1.0, "coverage": pytest.approx(19 / 300)}
+    assert members["often"] == {"accuracy": 1.0, "coverage": 1.0}

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.tools.evaluate import annotate_items, embedded_gateway, load_dataset, summarize
+from gateway.tools.datasets import load_dataset
+from gateway.tools.embedded import embedded_gateway
+from gateway.tools.evaluate import annotate_items, summarize
 from gateway.tools.pool import running_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +66,12 @@ def print_table(summary: dict, ensemble: str, aggregator: str, n: int) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="label a bundled sample with real small models on CPU, end to end")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG))
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--ensemble", default="crowd")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--out", default="out/demo")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config with the pool and the ensemble "
+                                                                  "(default: deploy/local-pool.yaml)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="labeled rows: CSV, JSONL or JSONL.gz with id, text, "
+                                                             "label (default: the bundled sample)")
+    p.add_argument("--ensemble", default="crowd", help="the ensemble that labels the rows (default: crowd)")
+    p.add_argument("--limit", type=int, help="use the first N rows")
+    p.add_argument("--concurrency", type=int, default=4, help="items in flight (default: 4)")
+    p.add_argument("--out", default="out/demo", help="directory for annotations.jsonl (default: out/demo)")
     p.set_defaults(func=run)

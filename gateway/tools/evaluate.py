@@ -8,108 +8,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gzip
-import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
 from ensembles.votes import Vote
-
-
-def split_of(item_id: str) -> str:
-    """A stable dev/test split by id, so prompts tuned on dev are never scored on the same items."""
-    return "dev" if hashlib.blake2b(item_id.encode(), digest_size=2).digest()[0] % 2 == 0 else "test"
-
-
-def load_dataset(path: str | Path, split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    if split:
-        rows = [r for r in rows if split_of(str(r["id"])) == split]
-    return rows[:limit] if limit else rows
-
-
-@contextlib.contextmanager
-def embedded_gateway(config: str, port: int | None = None, log: Path | None = None) -> Iterator[str]:
-    """Start `crowd-gateway serve` for `config` on a free port (its output appended to `log` if given);
-    yields its /v1 URL and stops it after."""
-    import socket
-    import urllib.request
-
-    if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "crowd-gateway"
-    with contextlib.ExitStack() as files:
-        out = files.enter_context(log.open("ab")) if log is not None else None
-        proc = subprocess.Popen([str(exe), "serve", "--config", config, "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT if out is not None else None)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the embedded gateway exited with {proc.returncode}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the embedded gateway did not start within 60 s") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+from gateway.tools import UsageError
+from gateway.tools.datasets import load_dataset, row_ids
+from gateway.tools.embedded import gateway_v1
+from gateway.tools.labelling import Answer, label_items
 
 
 async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Sequence[dict[str, Any]],
                          labels: Sequence[str], concurrency: int = 8, desc: str = "annotating") -> list[dict[str, Any]]:
-    """Label every row through the gateway with the official client; failures are kept, not raised."""
-    from openai import APIError, AsyncOpenAI
+    """Every labelled row through the gateway, as a record with its gold label; failures are kept, not raised."""
     from tqdm import tqdm
 
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
-    gate = asyncio.Semaphore(concurrency)
+    ids = row_ids(list(rows))
+    records: list[dict[str, Any]] = [{} for _ in rows]
     bar = tqdm(total=len(rows), desc=desc, unit="item", dynamic_ncols=True)
     right = cost = 0.0
 
-    async def one(row: dict[str, Any]) -> dict[str, Any]:
+    def answered(answer: Answer) -> None:
         nonlocal right, cost
-        async with gate:
-            try:
-                r = await client.chat.completions.create(
-                    model=ensemble, messages=[{"role": "user", "content": row["text"]}],
-                    extra_body={"labels": list(labels), "item_id": str(row["id"])})
-                ann, item_cost, error = r.model_extra["annotation"], r.usage.model_extra["cost_usd"], None
-            except APIError as exc:
-                ann, item_cost, error = None, 0.0, str(exc)
-        right += bool(ann and ann["label"] == row["label"])
-        cost += item_cost
+        row = rows[answer.index]
+        records[answer.index] = {"id": ids[answer.index], "text": row["text"], "gold": row["label"],
+                                 "annotation": answer.annotation, "cost_usd": answer.cost_usd, "error": answer.error}
+        right += bool(answer.annotation and answer.annotation["label"] == row["label"])
+        cost += answer.cost_usd
         bar.update(1)
         bar.set_postfix(acc=f"{right / bar.n:.3f}", cost=f"${cost:.5f}")
-        return {"id": row["id"], "text": row["text"], "gold": row["label"], "annotation": ann, "cost_usd": item_cost,
-                "error": error}
 
+    items = [(item_id, str(row["text"])) for item_id, row in zip(ids, rows)]
     try:
-        return list(await asyncio.gather(*(one(r) for r in rows)))
+        await label_items(base_url, api_key, ensemble, items, {"labels": list(labels)}, answered,
+                          concurrency=concurrency)
     finally:
         bar.close()
-        await client.close()
+    return records
 
 
 def summarize(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
@@ -221,10 +163,7 @@ def print_report(summary: dict[str, Any], comparison: dict[str, dict[str, float]
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.votes and not (args.gateway or args.config):
-        print("crowd-gateway eval: pass --gateway URL (a running gateway) or --config FILE (start one)",
-              file=sys.stderr)
-        return 2
+    """Label the dataset (or reload a run's votes), then score, re-aggregate and plot; usage errors exit 2."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.votes:
@@ -234,10 +173,12 @@ def run(args: argparse.Namespace) -> int:
         rows = load_dataset(args.dataset, args.split, args.limit)
         labels = args.labels.split(",") if args.labels else sorted({r["label"] for r in rows})
         key = os.environ.get("CROWD_GATEWAY_API_KEY", "unused")
-        with contextlib.ExitStack() as stack:
-            url = args.gateway or stack.enter_context(embedded_gateway(args.config))
+        with gateway_v1(args.gateway, args.config) as url:
             records = asyncio.run(annotate_items(url, key, args.ensemble, rows, labels, args.concurrency))
         (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if not any(r["annotation"] for r in records):
+        first = next((r["error"] for r in records), "no items")
+        raise UsageError(f"no item was answered, so there is nothing to score (first error: {first})")
     summary = summarize(records, labels)
     comparison = reaggregate(records, labels) if not args.no_reaggregate else {}
     (out / "summary.json").write_text(json.dumps({"summary": summary, "aggregators": comparison}, indent=2))
@@ -248,17 +189,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (JSONL: id, text, label)")
+    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (rows: id, text, label)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="labeled JSONL (.gz ok)")
+    src.add_argument("--dataset", help="labeled rows: CSV, JSONL or JSONL.gz with id, text, label")
     src.add_argument("--votes", help="a previous run's annotations.jsonl: re-aggregate without calling models")
-    p.add_argument("--ensemble", default="crowd")
+    p.add_argument("--ensemble", default="crowd", help="the gateway ensemble to evaluate (default: crowd)")
     p.add_argument("--split", choices=["dev", "test"], help="keep one half of the data, split by a hash of the id")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="use the first N rows (after --split)")
     p.add_argument("--labels", help="comma-separated label set (default: the labels found in the data)")
-    p.add_argument("--gateway", help="a running gateway's /v1 URL (default: start one from --config)")
-    p.add_argument("--config", help="config for the embedded gateway")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--out", default="out/eval")
-    p.add_argument("--no-reaggregate", action="store_true")
+    p.add_argument("--gateway", help="a running gateway's URL, with or without /v1 (default: embed one from --config)")
+    p.add_argument("--config", help="gateway config: serve a gateway inside this command")
+    p.add_argument("--concurrency", type=int, default=8, help="items in flight (default: 8)")
+    p.add_argument("--out", default="out/eval", help="directory for annotations.jsonl, summary.json and plots")
+    p.add_argument("--no-reaggregate", action="store_true", help="skip re-aggregating the votes with every aggregator")
     p.set_defaults(func=run)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -117,7 +116,11 @@ def state_dir() -> Path:
 
 @contextlib.contextmanager
 def _locked_state() -> Iterator[dict[int, Record]]:
-    """Read-modify-write the state file under an exclusive lock; written back atomically on exit."""
+    """Read-modify-write the state file under an exclusive lock; written back atomically on exit.
+
+    `fcntl` is imported here, not at the top: it does not exist on Windows, where the CLI must still start."""
+    import fcntl
+
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "lock", "w") as lock:

@@ -3,8 +3,8 @@
 Reads the OUT file of `crowd-gateway annotate` (CSV or JSONL) and prints: the label distribution,
 a confidence histogram, agreement between members (pairwise, and Fleiss' kappa generalised to a
 varying number of votes per item), escalations and review flags, cost, and, when a gold column is
-present, the crowd's accuracy and macro-F1 next to every member's accuracy: the crowd is only
-worth its cost if it beats its best member. `--plots DIR` writes the same as PNG files.
+present, the crowd's accuracy and macro-F1 next to every member's accuracy on the rows it answered:
+the crowd is only worth its cost if it beats its best member. `--plots DIR` writes the same as PNG files.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.tools.annotate import UsageError, read_rows
+from ensembles.metrics import macro_f1
+from gateway.tools import UsageError
+from gateway.tools.datasets import read_rows
 
 BINS = 10
 
@@ -78,16 +79,6 @@ def fleiss_kappa(items: list[Item]) -> float | None:
     return 1.0 if expected == 1.0 else (observed - expected) / (1.0 - expected)
 
 
-def macro_f1(gold: list[str], predicted: list[str]) -> float:
-    scores = []
-    for label in sorted(set(gold) | set(predicted)):
-        tp = sum(g == label and p == label for g, p in zip(gold, predicted))
-        fp = sum(g != label and p == label for g, p in zip(gold, predicted))
-        fn = sum(g == label and p != label for g, p in zip(gold, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
-
-
 def summarise(items: list[Item]) -> dict[str, Any]:
     members = sorted({m for item in items for m in item.votes})
     pairwise = {}
@@ -110,11 +101,13 @@ def summarise(items: list[Item]) -> dict[str, Any]:
     }
     graded = [item for item in items if item.gold is not None]
     if graded:
+        pred, gold = [i.label for i in graded], [str(i.gold) for i in graded]
         summary["gold"] = {
-            "items": len(graded), "labels": Counter(item.gold for item in graded),
-            "accuracy": _share([item.label == item.gold for item in graded]),
-            "macro_f1": macro_f1([i.gold for i in graded if i.gold], [i.label for i in graded]),
-            "members": {m: {"accuracy": _share([item.votes.get(m) == item.gold for item in graded]),
+            "items": len(graded), "labels": Counter(gold),
+            "accuracy": _share([p == g for p, g in zip(pred, gold)]),
+            "macro_f1": macro_f1(pred, gold, sorted(set(pred) | set(gold))),
+            "members": {m: {"accuracy": _share([item.votes[m] == item.gold for item in graded
+                                                if item.votes.get(m) is not None]),
                             "coverage": _share([item.votes.get(m) is not None for item in graded])}
                         for m in members},
         }
@@ -230,11 +223,8 @@ def plot(s: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        items = load_items(Path(args.out), args.gold_column)
-    except UsageError as exc:
-        print(f"crowd-gateway report: {exc}", file=sys.stderr)
-        return 2
+    """Print the summary (and plots); a UsageError becomes one line and exit 2 in `gateway.cli.main`."""
+    items = load_items(Path(args.out), args.gold_column)
     summary = summarise(items)
     print(render(summary))
     if args.plots:

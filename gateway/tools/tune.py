@@ -24,7 +24,8 @@ from ensembles.aggregators import REGISTRY, Params
 from ensembles.refit import refit
 from gateway.config import Config, Ensemble, load_config
 from gateway.errors import APIError
-from gateway.tools.annotate import UsageError, read_rows, row_ids
+from gateway.tools import UsageError
+from gateway.tools.datasets import load_dataset, row_ids
 from gateway.tools.replay import Recording, ReplayAnnotator, asked_members, record
 from gateway.task import AnnotationTask, build_task
 from routers import REGISTRY as ROUTERS
@@ -66,13 +67,10 @@ def tunable(config: Config, name: str) -> Ensemble:
 def load_items(path: Path, config: Config, labels: str | None, task: str | None,
                limit: int | None) -> tuple[list[AnnotationTask], dict[str, str]]:
     """Dev rows (id, text, label) as the gateway's annotation tasks, and their gold labels by item id."""
-    rows = read_rows(path)[:limit] if limit else read_rows(path)
+    rows = load_dataset(path, limit=limit)
     if not rows:
         raise UsageError(f"{path}: no rows")
-    for number, row in enumerate(rows, start=1):
-        if missing := [key for key in ("text", "label") if key not in row]:
-            raise UsageError(f"{path}: row {number} has no {missing[0]!r} (rows need id, text, label)")
-    ids = row_ids(rows, "id")
+    ids = row_ids(rows)
     gold = {item_id: str(row["label"]) for item_id, row in zip(ids, rows)}
     spec = label_spec(config, labels, task, gold)
     try:
@@ -281,8 +279,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="search an ensemble's thresholds on labeled dev data and write them",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the gateway's YAML config (rewritten unless --output)")
-    p.add_argument("--dataset", required=True, help="labeled dev data: JSONL or CSV with id, text, label")
-    p.add_argument("--ensemble", required=True)
+    p.add_argument("--dataset", required=True, help="labeled dev data: CSV, JSONL or JSONL.gz with id, text, label")
+    p.add_argument("--ensemble", required=True, help="the ensemble whose thresholds are searched")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-accuracy", type=float, help="choose the cheapest setting reaching this accuracy")
     goal.add_argument("--budget-usd-per-1k", type=float, help="choose the most accurate setting within this cost")
