@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from ensembles.aggregators import REGISTRY, get_aggregator, pick  # noqa: E402
 from ensembles.aggregators.crowdkit_frame import frame  # noqa: E402
-from ensembles.simulation import Annotator, simulate, standard_pool  # noqa: E402
+from ensembles.simulation import SimulatedWorker, simulate, standard_pool  # noqa: E402
 from ensembles.votes import Vote  # noqa: E402
 
 LABELS = ["positive", "negative", "neutral"]
@@ -44,9 +44,9 @@ def simulated(n_items: int, seed: int) -> None:
     import crowdkit.aggregation as ck
 
     pools = {"standard (good, fair, biased, adversary, lazy)": standard_pool(),
-             "skewed (3 weak members share a bias)": [Annotator("a", 0.55, bias="negative"),
-                                                      Annotator("b", 0.55, bias="negative"),
-                                                      Annotator("c", 0.6, bias="negative"), Annotator("d", 0.8)]}
+             "skewed (3 weak members share a bias)": [SimulatedWorker("a", 0.55, bias="negative"),
+                                                      SimulatedWorker("b", 0.55, bias="negative"),
+                                                      SimulatedWorker("c", 0.6, bias="negative"), SimulatedWorker("d", 0.8)]}
     crowdkit_of = {"dawid_skene": ck.DawidSkene, "one_coin": ck.OneCoinDawidSkene, "glad": ck.GLAD,
                    "mace": lambda: ck.MACE(n_restarts=3, n_iter=50, random_state=0), "wawa": ck.Wawa,
                    "zero_based_skill": ck.ZeroBasedSkill}
@@ -72,7 +72,7 @@ def simulated(n_items: int, seed: int) -> None:
 
 
 def posterior_cost() -> None:
-    truth, triples = simulate(standard_pool() + [Annotator(f"x{i}", 0.7) for i in range(4)], LABELS, 200, seed=3)
+    truth, triples = simulate(standard_pool() + [SimulatedWorker(f"x{i}", 0.7) for i in range(4)], LABELS, 200, seed=3)
     items = list(by_item(triples).values())
     print("\nRequest-path posterior over 10 votes (3 labels), microseconds per call:")
     print("| aggregator | hard votes | soft votes |\n|---|---|---|")

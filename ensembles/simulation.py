@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Annotator:
+class SimulatedWorker:
     name: str
     skill: float = 0.7
     """P(answer = truth); errors spread evenly, unless `always` is set."""
@@ -33,7 +33,7 @@ class Annotator:
         return rng.choice(wrong)
 
 
-def simulate(annotators: Sequence[Annotator], labels: Sequence[str], n_items: int, seed: int = 0,
+def simulate(annotators: Sequence[SimulatedWorker], labels: Sequence[str], n_items: int, seed: int = 0,
              class_weights: Sequence[float] | None = None) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
     """(truth by item id, (item, member, label) votes) for `n_items` items drawn with `class_weights`."""
     rng = random.Random(seed)
@@ -42,8 +42,8 @@ def simulate(annotators: Sequence[Annotator], labels: Sequence[str], n_items: in
     return truth, votes
 
 
-def standard_pool() -> list[Annotator]:
+def standard_pool() -> list[SimulatedWorker]:
     """The benchmark pool: one good member, mediocre ones, an adversary and a lazy member."""
-    return [Annotator("good", 0.9), Annotator("fair-1", 0.7), Annotator("fair-2", 0.65),
-            Annotator("biased", 0.6, bias="negative"), Annotator("adversary", 0.2),
-            Annotator("lazy", always="positive")]
+    return [SimulatedWorker("good", 0.9), SimulatedWorker("fair-1", 0.7), SimulatedWorker("fair-2", 0.65),
+            SimulatedWorker("biased", 0.6, bias="negative"), SimulatedWorker("adversary", 0.2),
+            SimulatedWorker("lazy", always="positive")]

@@ -10,7 +10,7 @@ import pytest
 
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.aggregators.crowdkit_frame import frame
-from ensembles.simulation import Annotator, simulate, standard_pool
+from ensembles.simulation import SimulatedWorker, simulate, standard_pool
 from ensembles.votes import Vote
 
 LABELS = ["positive", "negative", "neutral"]
@@ -72,7 +72,7 @@ def test_unseen_member_gets_the_default_one_coin_skill(votes: tuple) -> None:
 
 
 def test_gold_anchors_dawid_skene() -> None:
-    pool = [Annotator("a", 0.6), Annotator("b", 0.6), Annotator("flip", 0.05)]
+    pool = [SimulatedWorker("a", 0.6), SimulatedWorker("b", 0.6), SimulatedWorker("flip", 0.05)]
     truth, triples = simulate(pool, ["positive", "negative"], n_items=200, seed=3)
     agg = get_aggregator("dawid_skene")
     gold = dict(list(truth.items())[:40])

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.aggregators.base import Params
-from ensembles.simulation import Annotator
+from ensembles.simulation import SimulatedWorker
 from ensembles.votes import Vote
 
 LABELS = ["positive", "negative"]
@@ -15,7 +15,7 @@ Crowd = tuple[dict[str, str], dict[str, list[Vote]]]
 """(truth by item, valid votes by item)."""
 
 
-def crowd(members: Sequence[Annotator], n_items: int, seed: int, copies: Mapping[str, int] | None = None,
+def crowd(members: Sequence[SimulatedWorker], n_items: int, seed: int, copies: Mapping[str, int] | None = None,
           prefix: str = "item") -> Crowd:
     """Each member answers every item; a member in `copies` is answered for by that many look-alikes
     (`<name>-0`, `<name>-1`, ...) that always give its one answer: errors shared by construction."""

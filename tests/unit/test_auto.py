@@ -6,12 +6,12 @@ import pytest
 
 from ensembles.aggregators import get_aggregator
 from ensembles.refit import refit
-from ensembles.simulation import Annotator
+from ensembles.simulation import SimulatedWorker
 from ensembles.votes import Vote
 from tests.unit.crowds import LABELS, accuracy, crowd, fit, member_accuracy
 
-COPIES = [Annotator("strong", 0.85), Annotator("weak", 0.65)]
-INDEPENDENT = [Annotator(f"fair-{i}", 0.7) for i in range(4)] + [Annotator("best", 0.75)]
+COPIES = [SimulatedWorker("strong", 0.85), SimulatedWorker("weak", 0.65)]
+INDEPENDENT = [SimulatedWorker(f"fair-{i}", 0.7) for i in range(4)] + [SimulatedWorker("best", 0.75)]
 
 
 @pytest.fixture(scope="module")

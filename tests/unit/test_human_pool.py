@@ -10,11 +10,11 @@ import pytest
 
 from ensembles.aggregators import get_aggregator
 from ensembles.aggregators.base import DEFAULT_SKILL
-from ensembles.simulation import Annotator
+from ensembles.simulation import SimulatedWorker
 from ensembles.votes import HUMAN_PREFIX, Vote
 from tests.unit.crowds import LABELS, crowd, fit
 
-LLMS = [Annotator("llm-a", 0.8), Annotator("llm-b", 0.75), Annotator("llm-c", 0.7), Annotator("llm-d", 0.65)]
+LLMS = [SimulatedWorker("llm-a", 0.8), SimulatedWorker("llm-b", 0.75), SimulatedWorker("llm-c", 0.7), SimulatedWorker("llm-d", 0.65)]
 
 
 @pytest.fixture(scope="module")

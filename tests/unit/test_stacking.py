@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ensembles.aggregators import get_aggregator
-from ensembles.simulation import Annotator
+from ensembles.simulation import SimulatedWorker
 from ensembles.votes import Vote
 from tests.unit.crowds import LABELS, accuracy, crowd, fit, member_accuracy
 
-POOL = [Annotator("strong", 0.85), Annotator("weak", 0.65)]
+POOL = [SimulatedWorker("strong", 0.85), SimulatedWorker("weak", 0.65)]
 
 
 def vote_weight(params: dict, member: str) -> float:
