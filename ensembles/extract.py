@@ -88,6 +88,23 @@ def soft_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[float, 
     return tuple(m / total for m in mass)
 
 
+def decisive_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[float, ...] | None:
+    """The soft vote of a one-forward-pass answer, when its most likely first token names exactly one label.
+
+    With `max_tokens: 1` the answer is the first token's distribution; it decides only if the top token is a
+    prefix of one label (" pos" of "positive"), not of several (" search" of two intents) or of none (" The").
+    None sends the caller back to constrained decoding.
+    """
+    top = _first_top_logprobs(choice.get("logprobs"))
+    if not top:
+        return None
+    token = max(top, key=lambda pair: pair[1])[0]
+    piece = fold(token)
+    if not piece or sum(fold(label).startswith(piece) for label in labels) != 1:
+        return None
+    return soft_vote(choice, labels)
+
+
 def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
     """Candidates for the first token, from the chat or the legacy completions shape.
 

@@ -31,6 +31,30 @@ class Template(BaseModel):
     max_tokens: int = Field(8, ge=1, le=4096)
 
 
+class Variant(BaseModel):
+    """Another wording of a task's prompt: its own instructions and/or examples (other subsets, other orders).
+
+    Why: workers built from one model and one prompt share their mistakes; the same model prompted
+    differently is the cheapest way to get a crowd whose errors are less correlated.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    instructions: str | None = None
+    examples: list[Example] | None = None
+
+
+def with_variant(template: Template, variant: Variant | None, prompt_style: str | None) -> Template:
+    """The template a worker uses: the task's, with its variant's wording and its own prompt style."""
+    update: dict[str, object] = {}
+    if variant is not None and variant.instructions is not None:
+        update["instructions"] = variant.instructions
+    if variant is not None and variant.examples is not None:
+        update["examples"] = variant.examples
+    if prompt_style is not None:
+        update["prompt_style"] = prompt_style
+    return template.model_copy(update=update) if update else template
+
+
 DEFAULT_INSTRUCTIONS = "Classify the text. Answer with exactly one label: {labels}."
 _WHITESPACE = re.compile(r"\s+")
 

@@ -20,11 +20,11 @@ from ensembles.aggregators import Aggregator, Params, pick
 from ensembles.aggregators.base import DEFAULT_SKILL
 from ensembles.calibration import calibrate
 from ensembles.escalation import escalate_to, needs_review
-from ensembles.extract import parse_answer, soft_vote
+from ensembles.extract import decisive_vote, parse_answer, soft_vote
 from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
-from gateway.upstream.dialects import shape
+from gateway.upstream.dialects import one_pass, shape
 from gateway.errors import APIError
 from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
@@ -32,6 +32,10 @@ from gateway.upstream import UpstreamError, Upstreams
 from gateway.upstream.reply import parse_completion
 from routers import MemberState, RouteView, Router, StopReason
 from routers.hedging import hedge_plan
+
+
+UNDECIDED = "the first token names no single label"
+"""A one-pass answer that does not decide: the member is asked again with constrained decoding."""
 
 
 @dataclass(slots=True)
@@ -239,9 +243,21 @@ class Annotator:
                     fut.cancel()
 
     async def vote(self, member: Member, task: AnnotationTask, deadline: float | None = None) -> Vote:
-        """One member's vote; every failure becomes an abstaining vote with its reason."""
-        path, body = shape(member, task)
+        """One member's vote; every failure becomes an abstaining vote with its reason.
+
+        A one-pass member answers with its first token's distribution; when that token does not name one
+        label, the member is asked again with constrained decoding (the vote's latency covers both).
+        """
         started = time.perf_counter()
+        first_token = one_pass(member, task)
+        vote = await self._ask_member(member, task, deadline, first_token, started)
+        if first_token and vote.error == UNDECIDED:
+            vote = await self._ask_member(member, task, deadline, False, started, spent=vote)
+        return vote
+
+    async def _ask_member(self, member: Member, task: AnnotationTask, deadline: float | None, first_token: bool,
+                          started: float, spent: Vote | None = None) -> Vote:
+        path, body = shape(member, task, first_token)
         try:
             reply = await self.upstreams.post(member.name, path, body, deadline, settle=True)
         except UpstreamError as exc:
@@ -259,13 +275,19 @@ class Annotator:
             return Vote(member=member.name, label=None, latency_ms=latency_ms, error=f"malformed reply: {exc}")
         self.upstreams.settled(member.name, True)
         cost = self.upstreams.account(member.name, answer.prompt_tokens, answer.completion_tokens)
-        label, error = parse_answer(answer.text, task.labels)
-        probs = soft_vote(answer.choice, task.labels) if label is not None else None
-        if label is None:
+        prompt_tokens = answer.prompt_tokens + (spent.prompt_tokens if spent else 0)
+        completion_tokens = answer.completion_tokens + (spent.completion_tokens if spent else 0)
+        cost += spent.cost_usd if spent else 0.0
+        if first_token:
+            probs = decisive_vote(answer.choice, task.labels)
+            label, error = (task.labels[pick(probs)], None) if probs is not None else (None, UNDECIDED)
+        else:
+            label, error = parse_answer(answer.text, task.labels)
+            probs = soft_vote(answer.choice, task.labels) if label is not None else None
+        if label is None and error != UNDECIDED:
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "invalid_answer").inc()
         return Vote(member=member.name, label=label, raw=answer.text, probs=probs, latency_ms=latency_ms,
-                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens, cost_usd=cost,
-                    error=error)
+                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, error=error)
 
 
 def _ms(started: float) -> float:

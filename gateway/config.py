@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ensembles.escalation import Escalation, Review
 from ensembles.labels import check_label_set
-from ensembles.prompts import Template
+from ensembles.prompts import Template, Variant
 from routers import Knobs, router_class
 
 CONFIG_ENV = "CROWD_GATEWAY_CONFIG"
@@ -34,10 +34,13 @@ class Price(Strict):
 
 
 class Task(Template):
-    """A named annotation task: its label set plus a default prompt template."""
+    """A named annotation task: its label set, its prompt (instructions, few-shot examples, style) and
+    optional prompt `variants` that members can name. The task owns the prompt: a member that names a
+    variant the task lacks gets the task's own wording."""
 
     name: str
     labels: list[str]
+    variants: dict[str, Variant] = Field(default_factory=dict)
 
     @field_validator("labels")
     @classmethod
@@ -56,8 +59,17 @@ class Member(Strict):
     price: Price = Price()
     api_key_env: str | None = None
     template: Template | None = None
+    """The prompt for requests that name no task (an ad-hoc label set); a named task's prompt comes first."""
+    prompt_style: Literal["chat", "completion"] | None = None
+    """How this worker is prompted for a task (default: the task's style)."""
+    variant: str | None = None
+    """Which of a task's prompt variants this worker uses (default: the task's own wording)."""
     logprobs: bool = True
     """Ask for token log-probabilities (soft votes); llama.cpp's server gets several times slower with them."""
+    decoding: Literal["auto", "one_pass", "constrained"] = "auto"
+    """one_pass: one forward pass (max_tokens 1 with top log-probabilities) when the most likely first token
+    names exactly one label, else a constrained call; constrained: the server decodes a whole label.
+    auto: one_pass for vllm and llamacpp members with log-probabilities on completion prompts."""
     health_path: str = "/health"
     group: str | None = None
     """Members sharing a group are interchangeable replicas of one worker (same model and template):

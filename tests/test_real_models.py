@@ -1,6 +1,6 @@
-"""The real-model tier: the gateway in front of REAL small models on CPU (vLLM's CPU build and
-llama.cpp), driven with the official openai client. Slow (the pool starts in minutes): marker `real`,
-run by .ci/run after the fast tests via `make test`.
+"""The real-model tier: the gateway in front of REAL small models on CPU (vLLM's CPU build serving
+SmolLM2 and Gemma 3), driven with the official openai client. Slow (the pool starts in about a minute):
+marker `real`, run by .ci/run after the fast tests via `make test`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from tests.conftest import ROOT, Gateway
 pytestmark = pytest.mark.real
 POOL = ROOT / "deploy" / "local-pool.yaml"
 HELDOUT = ROOT / "gateway" / "data" / "sentiment_heldout.jsonl"
-LABELS = ["negative", "positive"]
+LABELS = ["positive", "negative"]
+"""The `sentiment` task's label set, in its order (soft votes are in label-set order)."""
+INTENTS = ROOT.parent / "shared" / "datasets" / "intents_bigbench.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def heldout(client: OpenAI) -> list[tuple[dict[str, Any], Any]]:
     rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
     assert len(rows) == 40
     return [(row, client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
-                                                 extra_body={"labels": LABELS, "item_id": row["id"]}))
+                                                 extra_body={"task": "sentiment", "item_id": row["id"]}))
             for row in rows]
 
 
@@ -65,20 +67,19 @@ def test_vllm_honours_structured_outputs_choice(client: OpenAI) -> None:
     """Passthrough to the vLLM member: free text would be long; the choice constraint forces one option."""
     choices = ["alpha", "beta", "gamma"]
     for prompt in ("Write a long poem about the sea.", "What is the capital of France?"):
-        r = client.completions.create(model="smol-vllm-a", prompt=prompt, max_tokens=20,
+        r = client.completions.create(model="smol-a", prompt=prompt, max_tokens=20,
                                       extra_body={"structured_outputs": {"choice": choices}})
         assert r.choices[0].text in choices
 
 
-def test_soft_votes_are_parsed_from_logprobs(heldout: list) -> None:
-    vllm_votes = [v for _, r in heldout for v in r.model_extra["annotation"]["votes"]
-                  if v["member"].startswith("smol-vllm") and v["label"] is not None]
-    assert vllm_votes
-    with_probs = [v for v in vllm_votes if v["probs"] is not None]
-    assert len(with_probs) >= 0.9 * len(vllm_votes)
-    for v in with_probs:
-        assert sum(v["probs"]) == pytest.approx(1.0, abs=1e-4)
-        assert v["probs"][LABELS.index(v["label"])] == max(v["probs"])  # the constrained choice is the likeliest
+def test_each_vote_is_one_forward_pass_with_a_soft_vote(heldout: list) -> None:
+    votes = [v for _, r in heldout for v in r.model_extra["annotation"]["votes"] if v["label"] is not None]
+    assert len(votes) >= 0.9 * 4 * len(heldout)
+    one_token = [v for v in votes if v["completion_tokens"] == 1]
+    assert len(one_token) >= 0.9 * len(votes), "the first token decided (no second, constrained call)"
+    for v in one_token:
+        assert v["probs"] is not None and sum(v["probs"]) == pytest.approx(1.0, abs=1e-4)
+        assert v["probs"][LABELS.index(v["label"])] == max(v["probs"])  # the label is the likeliest first token
 
 
 def test_cost_is_accounted(heldout: list) -> None:
@@ -108,7 +109,7 @@ def test_crowd_against_best_member(heldout: list) -> None:
 def test_adaptive_cascade_asks_fewer_members_and_stops_for_its_reason(client: OpenAI, heldout: list) -> None:
     rows = [row for row, _ in heldout]
     answers = [client.chat.completions.create(model="cascade", messages=[{"role": "user", "content": row["text"]}],
-                                              extra_body={"labels": LABELS}).model_extra["annotation"]
+                                              extra_body={"task": "sentiment"}).model_extra["annotation"]
                for row in rows]
     for ann in answers:
         assert ann["stop_reason"] in ("confident", "exhausted"), ann
@@ -130,3 +131,17 @@ def test_least_loaded_reads_the_real_vllm_queue_gauges(pool: None) -> None:
     text = httpx.get("http://127.0.0.1:8101/metrics", timeout=10).text
     depth = parse_queue_depth(text)
     assert depth is not None and depth >= 0
+
+
+def test_the_same_pool_labels_intents_through_the_task_prompt(client: OpenAI) -> None:
+    """Seven intents, no per-task member list: the task names the prompt (and its variants) the workers use."""
+    rows = [json.loads(line) for line in INTENTS.read_text().splitlines() if line.strip()][:30]
+    right = 0
+    for row in rows:
+        r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
+                                           extra_body={"task": "intents", "item_id": row["id"]})
+        ann = r.model_extra["annotation"]
+        assert ann["label"] in json.loads(json.dumps(ann["distribution"])) and len(ann["distribution"]) == 7
+        right += ann["label"] == row["label"]
+    print(f"\nintents, first 30 items: crowd accuracy {right / len(rows):.3f} (chance 0.143)")
+    assert right / len(rows) >= 0.5, "far above chance on seven intents"

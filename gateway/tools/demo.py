@@ -1,6 +1,6 @@
 """`crowd-gateway demo`: the main job end to end on real small models on CPU.
 
-Starts the local pool (vLLM's CPU build and llama.cpp serving SmolLM2 and Gemma 3), starts the
+Starts the local pool (vLLM's CPU build serving SmolLM2 and Gemma 3), starts the
 gateway with the in-memory store, labels the bundled sample through the official `openai` client
 with a progress bar, prints a table (each worker's accuracy, the crowd's, confidence against
 accuracy, cost, wall time), and stops every process it started.
@@ -20,9 +20,9 @@ from gateway.tools.embedded import embedded_gateway
 from gateway.tools.evaluate import annotate_items, summarize
 from gateway.tools.pool import running_pool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "deploy" / "local-pool.yaml"
-DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "sentiment_sample.jsonl"
+DEFAULT_DATA = ROOT / "gateway" / "data" / "sentiment_sample.jsonl"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         with embedded_gateway(str(args.config)) as url:
             annotating = time.monotonic()
             records = asyncio.run(annotate_items(url, "demo", args.ensemble, rows, labels, args.concurrency,
-                                                 desc=f"labelling with {len(ensemble.members)} workers"))
+                                                 desc=f"labelling with {len(ensemble.members)} workers",
+                                                 task=args.task))
             labelling = time.monotonic() - annotating
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                              "label (default: the bundled sample)")
     p.add_argument("--ensemble", default="crowd", help="the ensemble that labels the rows (default: crowd)")
     p.add_argument("--limit", type=int, help="use the first N rows")
-    p.add_argument("--concurrency", type=int, default=4, help="items in flight (default: 4)")
+    p.add_argument("--task", default="sentiment", help="the configured task whose prompt the workers use "
+                   "(default: sentiment)")
+    p.add_argument("--concurrency", type=int, default=16, help="items in flight (default: 16; vLLM batches them)")
     p.add_argument("--out", default="out/demo", help="directory for annotations.jsonl (default: out/demo)")
     p.set_defaults(func=run)

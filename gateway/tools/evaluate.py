@@ -26,8 +26,12 @@ from gateway.tools.labelling import Answer, label_items
 
 
 async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Sequence[dict[str, Any]],
-                         labels: Sequence[str], concurrency: int = 8, desc: str = "annotating") -> list[dict[str, Any]]:
-    """Every labelled row through the gateway, as a record with its gold label; failures are kept, not raised."""
+                         labels: Sequence[str], concurrency: int = 8, desc: str = "annotating",
+                         task: str | None = None) -> list[dict[str, Any]]:
+    """Every labelled row through the gateway, as a record with its gold label; failures are kept, not raised.
+
+    The label set is sent as `labels`, or the configured `task` is named (its prompt and label set apply).
+    """
     from tqdm import tqdm
 
     ids = row_ids(list(rows))
@@ -47,8 +51,8 @@ async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Seque
 
     items = [(item_id, str(row["text"])) for item_id, row in zip(ids, rows)]
     try:
-        await label_items(base_url, api_key, ensemble, items, {"labels": list(labels)}, answered,
-                          concurrency=concurrency)
+        spec = {"task": task} if task else {"labels": list(labels)}
+        await label_items(base_url, api_key, ensemble, items, spec, answered, concurrency=concurrency)
     finally:
         bar.close()
     return records
@@ -174,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         labels = args.labels.split(",") if args.labels else sorted({r["label"] for r in rows})
         key = os.environ.get("CROWD_GATEWAY_API_KEY", "unused")
         with gateway_v1(args.gateway, args.config) as url:
-            records = asyncio.run(annotate_items(url, key, args.ensemble, rows, labels, args.concurrency))
+            records = asyncio.run(annotate_items(url, key, args.ensemble, rows, labels, args.concurrency,
+                                                 task=args.task))
         (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if not any(r["annotation"] for r in records):
         first = next((r["error"] for r in records), "no items")
@@ -197,6 +202,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["dev", "test"], help="keep one half of the data, split by a hash of the id")
     p.add_argument("--limit", type=int, help="use the first N rows (after --split)")
     p.add_argument("--labels", help="comma-separated label set (default: the labels found in the data)")
+    p.add_argument("--task", help="name a configured task instead of sending the label set (its prompt applies)")
     p.add_argument("--gateway", help="a running gateway's URL, with or without /v1 (default: embed one from --config)")
     p.add_argument("--config", help="gateway config: serve a gateway inside this command")
     p.add_argument("--concurrency", type=int, default=8, help="items in flight (default: 8)")

@@ -13,18 +13,41 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import Template, render_chat, render_completion
+from ensembles.prompts import Template, Variant, render_chat, render_completion, with_variant
 from gateway.config import Member
 from gateway.task import AnnotationTask
 
 TOP_LOGPROBS = 5
+ONE_PASS_TOP_LOGPROBS = 20
+"""Candidates for the first token in a one-pass vote (vLLM's default cap on log-probabilities is 20)."""
 DEFAULT_MAX_TOKENS = 16
 FORWARDED = ("temperature", "top_p", "seed", "stop", "max_tokens", "max_completion_tokens")
 
 
-def shape(member: Member, task: AnnotationTask) -> tuple[str, bytes]:
-    """(path under the member's base_url, JSON body) for asking `member` to label `task`."""
-    template = member.template or task.template
+def prompt_template(member: Member, task: AnnotationTask) -> Template | None:
+    """The worker's prompt: a named task's (in the member's variant and style), else the member's own."""
+    if task.template is None:
+        return member.template
+    variants: dict[str, Variant] = getattr(task.template, "variants", {})
+    return with_variant(task.template, variants.get(member.variant or ""), member.prompt_style)
+
+
+def one_pass(member: Member, task: AnnotationTask) -> bool:
+    """Whether `member` answers `task` in one forward pass (see `Member.decoding`)."""
+    if member.decoding == "constrained" or member.dialect not in ("vllm", "llamacpp"):
+        return False
+    if member.decoding == "one_pass":
+        return True
+    template = prompt_template(member, task)
+    return member.logprobs and template is not None and template.prompt_style == "completion"
+
+
+def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, bytes]:
+    """(path under the member's base_url, JSON body) for asking `member` to label `task`.
+
+    `first_token`: one forward pass, the first token's top log-probabilities instead of a decoded label.
+    """
+    template = prompt_template(member, task)
     body: dict[str, Any] = {"model": member.model}
     if template is not None:
         kind = template.prompt_style
@@ -42,7 +65,15 @@ def shape(member: Member, task: AnnotationTask) -> tuple[str, bytes]:
             body["messages"] = task.body["messages"]
         body.update((k, task.body[k]) for k in FORWARDED if k in task.body)
         body.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-    _constrain(member, body, kind, task.labels, template)
+    if first_token:
+        body.update(max_tokens=1, temperature=0)
+        body.pop("max_completion_tokens", None)
+        if kind == "completion":
+            body["logprobs"] = ONE_PASS_TOP_LOGPROBS
+        else:
+            body.update(logprobs=True, top_logprobs=ONE_PASS_TOP_LOGPROBS)
+    else:
+        _constrain(member, body, kind, task.labels, template)
     return ("/completions" if kind == "completion" else "/chat/completions"), orjson.dumps(body)
 
 
