@@ -56,23 +56,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Upstream:
-    """Handle on the fake upstream server: script members, read their calls."""
+    """Handle on the fake upstream server: script members, read their calls (over one kept-alive connection)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def base_url(self, member: str) -> str:
         return f"{self.url}/m/{member}/v1"
 
     def script(self, member: str, **behaviour: Any) -> None:
-        httpx.post(f"{self.url}/_script/{member}", json=behaviour).raise_for_status()
+        self.http.post(f"/_script/{member}", json=behaviour).raise_for_status()
 
     def calls(self, member: str) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_calls/{member}").json()
+        return self.http.get(f"/_calls/{member}").json()
 
     def reset(self) -> None:
-        httpx.post(f"{self.url}/_reset").raise_for_status()
+        self.http.post("/_reset").raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +82,9 @@ def upstream() -> Iterator[Upstream]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
-        yield Upstream(port)
+        handle = Upstream(port)
+        yield handle
+        handle.http.close()
     finally:
         stop(proc)
 
@@ -117,15 +120,16 @@ class Gateway:
         self.proc = proc
         self.url = f"http://127.0.0.1:{port}"
         self.v1 = f"{self.url}/v1"
+        self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def openai(self, api_key: str = "unused") -> OpenAI:
         return OpenAI(base_url=self.v1, api_key=api_key, max_retries=0)
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", **kwargs)
+        return self.http.get(path, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", **kwargs)
+        return self.http.post(path, **kwargs)
 
 
 def start_gateway(config: dict[str, Any], tmp: Path, env: dict[str, str] | None = None,
@@ -154,13 +158,22 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     yield factory
     for gw in started:
+        gw.http.close()
         stop(gw.proc)
 
 
 @pytest.fixture(scope="module")
 def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory: Any) -> Gateway:
-    """The module's gateway process, serving `gateway_config(upstream)` of the test module."""
-    return gateway_factory(request.module.gateway_config(upstream))
+    """The module's gateway process, serving `gateway_config(upstream)` of the test module with its
+    `gateway_workers` uvicorn workers (default 1)."""
+    return gateway_factory(module_config(request, upstream), workers=getattr(request.module, "gateway_workers", 1))
+
+
+def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:
+    """The test module's gateway config, after its `script_upstream(upstream)` (if any) has scripted the members."""
+    if script := getattr(request.module, "script_upstream", None):
+        script(upstream)
+    return request.module.gateway_config(upstream)
 
 
 @pytest.fixture

@@ -15,27 +15,27 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from tests.conftest import BIN, Gateway, Upstream
+from tests.conftest import BIN, Gateway, Upstream, member
 
 MEMBERS = ["q1", "q2", "q3"]
 
 
 def members(up: Upstream, names: list[str]) -> list[dict[str, Any]]:
-    return [{"name": n, "base_url": up.base_url(n), "model": n, "timeout_s": 5, "retries": 0,
-             "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}} for n in names]
+    return [member(up, n, price=(1.0, 1.0)) for n in names]
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
+def script_upstream(upstream: Upstream) -> None:
     for name in MEMBERS:
         upstream.script(name, keywords={"great": "positive", "awful": "negative", "zzz": "gibberish"})
     upstream.script("q3", keywords={"great": "positive", "awful": "positive", "zzz": "gibberish"})
     for name in ("s1", "s2"):
         upstream.script(name, answer="positive", latency_ms=100)
-    config = {"members": members(upstream, MEMBERS + ["s1", "s2"]),
-              "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2},
-                            {"name": "slow", "members": ["s1", "s2"], "quorum": 2}]}
-    return gateway_factory(config)
+
+
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
+    return {"members": members(upstream, MEMBERS + ["s1", "s2"]),
+            "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2},
+                          {"name": "slow", "members": ["s1", "s2"], "quorum": 2}]}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from openai import OpenAI
 from tests.conftest import BIN, Gateway, Upstream, member
 
 LABELS = ["positive", "negative", "neutral"]
+gateway_workers = 2  # one process pair for every test here, the metrics merge across workers included
 
 
 def gateway_config(upstream: Upstream) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def test_cost_and_confidence_headers(gateway: Gateway, upstream: Upstream) -> No
     upstream.reset()
     for name in "abc":
         upstream.script(name, answer="neutral")
-    r = httpx.post(f"{gateway.v1}/chat/completions", json={
+    r = gateway.post("/v1/chat/completions", json={
         "model": "crowd", "labels": LABELS, "messages": [{"role": "user", "content": "ok"}]})
     assert r.status_code == 200
     assert float(r.headers["x-crowd-confidence"]) == pytest.approx(1.0)
@@ -162,18 +163,18 @@ def test_stream_cut_mid_answer_raises(client: OpenAI, upstream: Upstream) -> Non
 
 
 
-def test_metrics_merge_across_workers(upstream: Upstream, gateway_factory: Any) -> None:
-    upstream.reset()
-    config = {"members": [{"name": "a", "base_url": upstream.base_url("a"), "model": "a"}]}
-    gw = gateway_factory(config, workers=2)
-    client = OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+def requests_ok(gateway: Gateway, ensemble: str) -> float:
+    prefix = f'crowd_gateway_requests_total{{ensemble="{ensemble}",outcome="ok"}} '
+    text = gateway.get("/metrics").text
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def test_metrics_merge_across_workers(gateway: Gateway, upstream: Upstream) -> None:
+    before = requests_ok(gateway, "a")
     for _ in range(20):  # new connections spread over both workers
         with httpx.Client() as http:
-            http.post(f"{gw.v1}/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "x"}]})
-    client.close()
-    text = httpx.get(f"{gw.url}/metrics").text
-    line = next(x for x in text.splitlines() if x.startswith('crowd_gateway_requests_total{ensemble="a",outcome="ok"}'))
-    assert float(line.rsplit(" ", 1)[1]) == 20.0
+            http.post(f"{gateway.v1}/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "x"}]})
+    assert requests_ok(gateway, "a") == before + 20.0
 
 
 def test_invalid_config_stops_startup_naming_the_field(tmp_path: Path) -> None:

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Upstream
+from tests.conftest import Upstream, module_config
 from tests.inprocess import InProcessGateway
 
 
 @pytest.fixture(scope="module")
 def gateway(request: pytest.FixtureRequest, upstream: Upstream) -> Iterator[InProcessGateway]:
-    """The app for the test module's `gateway_config(upstream)`, started for the module."""
-    app = InProcessGateway(request.module.gateway_config(upstream))
+    """The app for the test module's `gateway_config(upstream)`, started for the module (see tests/conftest.py)."""
+    app = InProcessGateway(module_config(request, upstream))
     try:
         yield app
     finally:
