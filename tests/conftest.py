@@ -163,10 +163,21 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory: Any) -> Gateway:
-    """The module's gateway process, serving `gateway_config(upstream)` of the test module with its
-    `gateway_workers` uvicorn workers (default 1)."""
-    return gateway_factory(module_config(request, upstream), workers=getattr(request.module, "gateway_workers", 1))
+def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory: Any) -> Iterator[Any]:
+    """The module's gateway, serving `gateway_config(upstream)` of the test module: a process with
+    `gateway_workers` uvicorn workers (default 1), or, when the module sets `gateway_in_this_process = True`,
+    the app in this process served over HTTP on 127.0.0.1 (tests/inprocess.py)."""
+    config = module_config(request, upstream)
+    if not getattr(request.module, "gateway_in_this_process", False):
+        yield gateway_factory(config, workers=getattr(request.module, "gateway_workers", 1))
+        return
+    from tests.inprocess import InProcessGateway
+
+    served = InProcessGateway(config, port=free_port())
+    try:
+        yield served
+    finally:
+        served.close()
 
 
 def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:

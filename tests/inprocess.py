@@ -2,7 +2,9 @@
 loop thread, requests sent through httpx.ASGITransport. Tests stay synchronous and may share one app (and its
 upstream connections) across a module; the official openai client works against it through `openai()`.
 
-No port, no process: what is left to go over real HTTP is the app's own calls to the fake upstream."""
+No port, no process: what is left to go over real HTTP is the app's own calls to the fake upstream. With `port`,
+uvicorn also serves the app on 127.0.0.1 (on the same loop) for a client that needs a URL, such as a CLI run in
+the test; metrics are this process's, so a test that reads them from outside wants a gateway process instead."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import httpx
+import uvicorn
 from fastapi import FastAPI
 from openai import OpenAI
 
@@ -48,7 +51,7 @@ class InProcessGateway:
     url = BASE
     v1 = f"{BASE}/v1"
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], port: int | None = None) -> None:
         self.app: FastAPI = create_app(parse_config(config))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="in-process-gateway", daemon=True)
@@ -57,6 +60,21 @@ class InProcessGateway:
         self._lifespan: AbstractAsyncContextManager[Any] = self.app.router.lifespan_context(self.app)
         self.run(self._lifespan.__aenter__())
         self.http = httpx.Client(transport=_Bridge(self), base_url=BASE, timeout=60)
+        self.server: uvicorn.Server | None = None
+        if port is not None:
+            self._serve(port)
+
+    def _serve(self, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, lifespan="off",
+                                                    log_level="warning", access_log=False))
+        self._serving = asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop)
+        while not self.server.started:
+            if self._serving.done():
+                self._serving.result()  # raises what stopped it
+                raise RuntimeError(f"uvicorn stopped before serving on port {port}")
+            threading.Event().wait(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+        self.v1 = f"{self.url}/v1"
 
     @property
     def state(self) -> Any:
@@ -80,6 +98,9 @@ class InProcessGateway:
 
     def close(self) -> None:
         self.http.close()
+        if self.server is not None:
+            self.server.should_exit = True
+            self._serving.result(timeout=30)
         try:
             self.run(self._lifespan.__aexit__(None, None, None))
         finally:

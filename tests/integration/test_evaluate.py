@@ -1,18 +1,18 @@
-"""`crowd-gateway eval`: metrics on known inputs, and a full run (the CLI in this process) against a real gateway
-process."""
+"""`crowd-gateway eval`: metrics on known inputs, and a full run (the CLI and the gateway it calls over HTTP on
+127.0.0.1, both in this process)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ensembles import metrics as m
 from gateway.cli import main
 from gateway.tools.evaluate import split_of
-from tests.conftest import Gateway, Upstream, member
+from tests.conftest import Upstream, free_port, member
+from tests.inprocess import InProcessGateway
 
 
 def test_metrics_on_known_values() -> None:
@@ -30,16 +30,17 @@ def test_split_is_stable_and_balanced() -> None:
     assert 400 < splits.count("dev") < 600
 
 
-def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory: Any, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             request: pytest.FixtureRequest) -> None:
     upstream.reset()
     rows = [{"id": f"r{i}", "text": f"ROW{i:02d}Z", "label": "positive" if i % 3 else "negative"} for i in range(30)]
     upstream.script("e1", keywords={r["text"]: r["label"] for r in rows})
     upstream.script("e2", keywords={r["text"]: r["label"] for r in rows[:20]}, answer="positive")
     upstream.script("e3", answer="positive")
     members = [member(upstream, n, price=(1.0, 1.0)) for n in ("e1", "e2", "e3")]
-    gw: Gateway = gateway_factory({"members": members,
-                                   "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"], "quorum": 2}]})
+    gw = InProcessGateway({"members": members, "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"],
+                                                              "quorum": 2}]}, port=free_port())
+    request.addfinalizer(gw.close)  # served on 127.0.0.1 from this process
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
