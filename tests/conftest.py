@@ -2,8 +2,10 @@
 gateway processes on 127.0.0.1 (integration and real tiers), the `gateway`/`client` fixtures, a manual clock.
 
 A test module that uses the `gateway` fixture defines `gateway_config(upstream) -> dict` (the YAML config as a
-dict), and may define `script_upstream(upstream)`, run after the upstream is reset before each test that takes
-`client`. tests/unit/conftest.py serves that config in-process; the other tiers start a `crowd-gateway serve`."""
+dict), and may define `script_upstream(upstream)`, run before its gateway starts and again, after the upstream is
+reset, before each test that takes `client`. tests/unit/conftest.py serves that config in-process (no port);
+elsewhere the module gets a `crowd-gateway serve` process (`gateway_workers = N` for N workers), or with
+`gateway_in_this_process = True` the app in this process served on 127.0.0.1 (for CLI runs that need a URL)."""
 
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory:
     if not getattr(request.module, "gateway_in_this_process", False):
         yield gateway_factory(config, workers=getattr(request.module, "gateway_workers", 1))
         return
-    from tests.inprocess import InProcessGateway
+    from tests.inprocess import InProcessGateway  # here, so that `pytest tests/deploy` never imports the app
 
     served = InProcessGateway(config, port=free_port())
     try:
@@ -180,10 +182,15 @@ def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory:
         served.close()
 
 
-def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:
-    """The test module's gateway config, after its `script_upstream(upstream)` (if any) has scripted the members."""
+def script_members(request: pytest.FixtureRequest, upstream: Upstream) -> None:
+    """Run the test module's `script_upstream(upstream)`, if it has one."""
     if script := getattr(request.module, "script_upstream", None):
         script(upstream)
+
+
+def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:
+    """The test module's gateway config, after its members are scripted."""
+    script_members(request, upstream)
     return request.module.gateway_config(upstream)
 
 
@@ -192,6 +199,5 @@ def client(request: pytest.FixtureRequest, gateway: Any, upstream: Upstream) -> 
     """The official client on the module's gateway, after the upstream is reset (and re-scripted by the module's
     `script_upstream(upstream)` when it has one)."""
     upstream.reset()
-    if script := getattr(request.module, "script_upstream", None):
-        script(upstream)
+    script_members(request, upstream)
     return gateway.openai()
