@@ -1,4 +1,11 @@
-"""Fixtures that start real servers on 127.0.0.1: the scriptable upstream and gateway processes."""
+"""Shared by every tier: the scriptable fake upstream (one process per session), the one `member()` helper,
+gateway processes on 127.0.0.1 (integration and real tiers), the `gateway`/`client` fixtures, a manual clock.
+
+A test module that uses the `gateway` fixture defines `gateway_config(upstream) -> dict` (the YAML config as a
+dict), and may define `script_upstream(upstream)`, run before its gateway starts and again, after the upstream is
+reset, before each test that takes `client`. tests/unit/conftest.py serves that config in-process (no port);
+elsewhere the module gets a `crowd-gateway serve` process (`gateway_workers = N` for N workers), or with
+`gateway_in_this_process = True` the app in this process served on 127.0.0.1 (for CLI runs that need a URL)."""
 
 from __future__ import annotations
 
@@ -14,9 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch its price map
 
 
 def free_port() -> int:
@@ -49,23 +58,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Upstream:
-    """Handle on the fake upstream server: script members, read their calls."""
+    """Handle on the fake upstream server: script members, read their calls (over one kept-alive connection)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def base_url(self, member: str) -> str:
         return f"{self.url}/m/{member}/v1"
 
     def script(self, member: str, **behaviour: Any) -> None:
-        httpx.post(f"{self.url}/_script/{member}", json=behaviour).raise_for_status()
+        self.http.post(f"/_script/{member}", json=behaviour).raise_for_status()
 
     def calls(self, member: str) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_calls/{member}").json()
+        return self.http.get(f"/_calls/{member}").json()
 
     def reset(self) -> None:
-        httpx.post(f"{self.url}/_reset").raise_for_status()
+        self.http.post("/_reset").raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -74,17 +84,54 @@ def upstream() -> Iterator[Upstream]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
-        yield Upstream(port)
+        handle = Upstream(port)
+        yield handle
+        handle.http.close()
     finally:
         stop(proc)
 
 
+def member(up: Upstream, name: str, *, price: tuple[float, float] | None = (1.0, 2.0), **extra: Any) -> dict[str, Any]:
+    """One pool member served by the fake upstream: upstream model id `<name>-model`, vLLM dialect, 5 s timeout,
+    no retries, and `price` in USD per million (input, output) tokens (None: no price); `extra` overrides."""
+    fields: dict[str, Any] = {"name": name, "base_url": up.base_url(name), "model": f"{name}-model",
+                              "dialect": "vllm", "timeout_s": 5, "retries": 0}
+    if price is not None:
+        fields["price"] = {"input_usd_per_mtok": price[0], "output_usd_per_mtok": price[1]}
+    return {**fields, **extra}
+
+
+class Clock:
+    """A monotonic clock the test advances by hand (breakers, queue-depth caches, leases take a `clock`)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Gateway:
+    """A `crowd-gateway serve` process on 127.0.0.1."""
+
     def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
         self.port = port
         self.proc = proc
         self.url = f"http://127.0.0.1:{port}"
         self.v1 = f"{self.url}/v1"
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def openai(self, api_key: str = "unused") -> OpenAI:
+        return OpenAI(base_url=self.v1, api_key=api_key, max_retries=0)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.post(path, **kwargs)
 
 
 def start_gateway(config: dict[str, Any], tmp: Path, env: dict[str, str] | None = None,
@@ -113,29 +160,44 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     yield factory
     for gw in started:
+        gw.http.close()
         stop(gw.proc)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free port, started for this test session (deploy/system.sh installs it)."""
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("redis-server did not start (is it installed? deploy/system.sh installs it)")
-        time.sleep(0.05)
+@pytest.fixture(scope="module")
+def gateway(request: pytest.FixtureRequest, upstream: Upstream, gateway_factory: Any) -> Iterator[Any]:
+    """The module's gateway, serving `gateway_config(upstream)` of the test module: a process with
+    `gateway_workers` uvicorn workers (default 1), or, when the module sets `gateway_in_this_process = True`,
+    the app in this process served over HTTP on 127.0.0.1 (tests/inprocess.py)."""
+    config = module_config(request, upstream)
+    if not getattr(request.module, "gateway_in_this_process", False):
+        yield gateway_factory(config, workers=getattr(request.module, "gateway_workers", 1))
+        return
+    from tests.inprocess import InProcessGateway  # here, so that `pytest tests/deploy` never imports the app
+
+    served = InProcessGateway(config, port=free_port())
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield served
     finally:
-        stop(proc)
+        served.close()
+
+
+def script_members(request: pytest.FixtureRequest, upstream: Upstream) -> None:
+    """Run the test module's `script_upstream(upstream)`, if it has one."""
+    if script := getattr(request.module, "script_upstream", None):
+        script(upstream)
+
+
+def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:
+    """The test module's gateway config, after its members are scripted."""
+    script_members(request, upstream)
+    return request.module.gateway_config(upstream)
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest, gateway: Any, upstream: Upstream) -> OpenAI:
+    """The official client on the module's gateway, after the upstream is reset (and re-scripted by the module's
+    `script_upstream(upstream)` when it has one)."""
+    upstream.reset()
+    script_members(request, upstream)
+    return gateway.openai()

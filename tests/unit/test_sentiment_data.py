@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPLITS = {"sample": 200, "heldout": 40, "dev": 40}
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import Gateway, free_port, stop, wait_http
-from tests.k8s_support import REPO
+from tests.deploy.k8s_support import REPO
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 

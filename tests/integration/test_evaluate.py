@@ -1,12 +1,10 @@
-"""`crowd-gateway eval`: metrics on known inputs, and a full run against a real gateway process."""
+"""`crowd-gateway eval`: metrics on known inputs, and a full run (the CLI and the gateway it calls over HTTP on
+127.0.0.1, both in this process)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +12,8 @@ import yaml
 from ensembles import metrics as m
 from gateway.cli import main
 from gateway.tools.datasets import split_of
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Upstream, free_port, member
+from tests.inprocess import InProcessGateway
 
 
 def test_metrics_on_known_values() -> None:
@@ -32,24 +31,24 @@ def test_split_is_stable_and_balanced() -> None:
     assert 400 < splits.count("dev") < 600
 
 
-def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory: Any, tmp_path: Path) -> None:
+def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             request: pytest.FixtureRequest) -> None:
     upstream.reset()
     rows = [{"id": f"r{i}", "text": f"ROW{i:02d}Z", "label": "positive" if i % 3 else "negative"} for i in range(30)]
     upstream.script("e1", keywords={r["text"]: r["label"] for r in rows})
     upstream.script("e2", keywords={r["text"]: r["label"] for r in rows[:20]}, answer="positive")
     upstream.script("e3", answer="positive")
-    members = [{"name": n, "base_url": upstream.base_url(n), "model": n,
-                "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}} for n in ("e1", "e2", "e3")]
-    gw: Gateway = gateway_factory({"members": members,
-                                   "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"], "quorum": 2}]})
+    members = [member(upstream, n, price=(1.0, 1.0)) for n in ("e1", "e2", "e3")]
+    gw = InProcessGateway({"members": members, "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"],
+                                                              "quorum": 2}]}, port=free_port())
+    request.addfinalizer(gw.close)  # served on 127.0.0.1 from this process
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    exe = Path(sys.executable).parent / "crowd-gateway"
     out = tmp_path / "out"
     # the gateway's URL without /v1, as users type it (issue 14: every item failed, then eval crashed)
-    proc = subprocess.run([str(exe), "eval", "--dataset", str(data), "--gateway", gw.url, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    code = main(["eval", "--dataset", str(data), "--gateway", gw.url, "--out", str(out)])  # the CLI, in this process
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["items"] == 30 and summary["summary"]["failed"] == 0
     assert summary["summary"]["members"]["e1"]["accuracy"] == 1.0
@@ -57,10 +56,9 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, gateway_factory
     assert summary["summary"]["cost_per_1000"] == pytest.approx(1000 * 3 * 11 / 1e6)
     assert set(summary["aggregators"]) >= {"majority", "dawid_skene", "glad", "mace", "wawa"}
     assert (out / "reliability.png").stat().st_size > 1000 and (out / "cost_accuracy.png").stat().st_size > 1000
-    assert "| e1 | 1.000 |" in proc.stdout
-    again = subprocess.run([str(exe), "eval", "--votes", str(out / "annotations.jsonl"), "--out", str(tmp_path / "o2")],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    assert "| e1 | 1.000 |" in printed.out
+    again = main(["eval", "--votes", str(out / "annotations.jsonl"), "--out", str(tmp_path / "o2")])
+    assert again == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["summary"] == summary["summary"]
 
 

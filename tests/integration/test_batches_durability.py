@@ -16,7 +16,7 @@ import pytest
 import redis
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Gateway, Upstream, member
 
 LEASE_S = 1.0
 CONCURRENCY = 6
@@ -25,8 +25,7 @@ CONCURRENCY = 6
 def config(up: Upstream, names: list[str]) -> dict[str, Any]:
     return {"store": {"backend": "redis"},
             "batches": {"concurrency": CONCURRENCY, "lease_s": LEASE_S, "poll_s": 0.05},
-            "members": [{"name": n, "base_url": up.base_url(n), "model": n, "timeout_s": 5, "retries": 0}
-                        for n in names],
+            "members": [member(up, n, price=None) for n in names],
             "ensembles": [{"name": "crowd", "members": names, "quorum": len(names)}]}
 
 

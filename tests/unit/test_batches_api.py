@@ -1,4 +1,5 @@
-"""The Files and Batches API end to end: the official openai client -> a real gateway -> scripted upstreams."""
+"""The Files and Batches API in-process: the official openai client -> the app over httpx.ASGITransport (its batch
+worker running on the app's loop) -> scripted upstreams. Durability across processes is in tests/integration."""
 
 from __future__ import annotations
 
@@ -7,42 +8,33 @@ import json
 import time
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Upstream, member
+from tests.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 MAX_FILE = 65536
 
 
-def member(up: Upstream, name: str) -> dict[str, Any]:
-    return {"name": name, "base_url": up.base_url(name), "model": f"{name}-model", "timeout_s": 5, "retries": 0,
-            "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}}
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
-    for name in ("ba", "bb", "bc"):
+def script_upstream(upstream: Upstream) -> None:
+    for name in ("bb", "bc"):
         upstream.script(name, keywords={"good": "positive", "bad": "negative"})
     upstream.script("ba", keywords={"good": "positive", "bad": "negative", "zzz": "gibberish"})
     for name in ("bs1", "bs2"):
         upstream.script(name, answer="positive", latency_ms=150)
-    config = {
+
+
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
+    return {
         "batches": {"concurrency": 4, "max_file_bytes": MAX_FILE, "poll_s": 0.05, "lease_s": 5},
         "members": [member(upstream, n) for n in ("ba", "bb", "bc", "bs1", "bs2")],
         "ensembles": [{"name": "crowd", "members": ["ba", "bb", "bc"], "quorum": 3},
                       {"name": "slow", "members": ["bs1", "bs2"], "quorum": 2}],
     }
-    return gateway_factory(config)
-
-
-@pytest.fixture
-def client(gateway: Gateway) -> OpenAI:
-    return OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
 
 
 def chat_line(custom_id: str, text: str, model: str = "crowd", **body: Any) -> dict[str, Any]:
@@ -132,19 +124,19 @@ def test_failed_lines_go_to_the_error_file_and_the_rest_completes(client: OpenAI
     assert errors["no-messages"]["body"]["error"]["param"] == "messages"
 
 
-def test_list_paginates_newest_first(client: OpenAI, gateway: Gateway) -> None:
+def test_list_paginates_newest_first(client: OpenAI, gateway: InProcessGateway) -> None:
     file = upload(client, [chat_line("x", "good")])
     made = [client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                   completion_window="24h").id for _ in range(3)]
     page = client.batches.list(limit=2)
     assert [b.id for b in page.data] == made[::-1][:2] and page.has_more
-    raw = httpx.get(f"{gateway.v1}/batches", params={"limit": 2, "after": made[1]}).json()
+    raw = gateway.get("/v1/batches", params={"limit": 2, "after": made[1]}).json()
     assert raw["object"] == "list" and raw["first_id"] == made[0] and raw["data"][0]["id"] == made[0]
     assert raw["last_id"] == raw["data"][-1]["id"]
     listed = [b.id for b in client.batches.list(limit=2)]  # the client follows `after` through every page
     assert listed[:3] == made[::-1] and len(listed) == len(set(listed))
     for bad in ({"limit": 0}, {"limit": 101}, {"after": "batch_nope"}):
-        assert httpx.get(f"{gateway.v1}/batches", params=bad).status_code == 400
+        assert gateway.get("/v1/batches", params=bad).status_code == 400
 
 
 def test_cancel_keeps_finished_lines_and_stops_the_rest(client: OpenAI) -> None:
@@ -183,7 +175,7 @@ def test_bad_input_lines_are_refused_at_upload_naming_the_line(client: OpenAI, l
     assert err.value.body["code"] == code and err.value.body["message"].startswith(f"line {line_no}:")
 
 
-def test_upload_limits_and_purpose(client: OpenAI, gateway: Gateway) -> None:
+def test_upload_limits_and_purpose(client: OpenAI, gateway: InProcessGateway) -> None:
     big = [chat_line(f"r{i}", "good " * 40) for i in range(MAX_FILE // 250)]
     with pytest.raises(openai.APIStatusError) as err:
         upload(client, big)
@@ -193,7 +185,7 @@ def test_upload_limits_and_purpose(client: OpenAI, gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
     assert err.value.body["param"] == "purpose"
-    r = httpx.post(f"{gateway.v1}/files", json={"purpose": "batch"})
+    r = gateway.post("/v1/files", json={"purpose": "batch"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"
 
 

@@ -1,9 +1,11 @@
-"""End to end: the official openai client -> a real gateway process -> real scripted upstream servers."""
+"""End to end: the official openai client -> a real gateway process -> real scripted upstream servers.
+Also what only a real process shows: streaming over HTTP, metrics merged across workers, startup refusing a
+bad config. Upstream faults (deadline, retry, breaker) are exercised in-process in tests/unit/test_upstream_faults.py."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,45 +13,26 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import BIN, Gateway, Upstream, member
 
 LABELS = ["positive", "negative", "neutral"]
+gateway_workers = 2  # one process pair for every test here, the metrics merge across workers included
 
 
-def member(up: Upstream, name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "base_url": up.base_url(name), "model": f"{name}-model", "dialect": "vllm",
-            "timeout_s": 2, "retries": 0, "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}, **extra}
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
-    dead = {"name": "dead", "base_url": "http://127.0.0.1:9/v1", "model": "dead", "timeout_s": 1, "retries": 0}
-    config = {
-        "gateway": {"breaker": {"failure_threshold": 3, "reset_after_s": 1.0}, "max_body_bytes": 4096},
-        "members": [member(upstream, n) for n in ("a", "b", "c", "slow", "down2", "dropper")]
-        + [member(upstream, "flaky", retries=2), member(upstream, "brk"), dead,
-           member(upstream, "llama", dialect="llamacpp"), member(upstream, "oai", dialect="openai")],
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "gateway": {"max_body_bytes": 4096},
+        "members": [member(upstream, n, timeout_s=2) for n in ("a", "b", "c")]
+        + [member(upstream, "llama", dialect="llamacpp"), member(upstream, "oai", dialect="openai")],
         "ensembles": [
             {"name": "crowd", "members": ["a", "b", "c"], "quorum": 2, "deadline_s": 5},
             {"name": "soft", "members": ["a", "b", "c"], "aggregator": "weighted", "quorum": 2},
-            {"name": "withdead", "members": ["a", "b", "dead"], "quorum": 2},
-            {"name": "alldown", "members": ["down2", "dropper"], "quorum": 1},
-            {"name": "deadline", "members": ["a", "b", "slow"], "quorum": 2, "deadline_s": 0.5},
-            {"name": "retry", "members": ["flaky"], "quorum": 1},
-            {"name": "breaker", "members": ["brk"], "quorum": 1},
             {"name": "dialects", "members": ["a", "llama", "oai"], "quorum": 3},
         ],
         "tasks": [{"name": "sentiment", "labels": ["positive", "negative"],
                    "instructions": "Sentiment? Answer {labels}.",
                    "examples": [{"text": "I love it", "label": "positive"}], "prompt_style": "completion"}],
     }
-    return gateway_factory(config)
-
-
-@pytest.fixture
-def client(gateway: Gateway, upstream: Upstream) -> Iterator[OpenAI]:
-    upstream.reset()
-    yield OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
 
 
 def ask(client: OpenAI, model: str = "crowd", labels: list[str] | None = None, **extra: Any) -> Any:
@@ -81,7 +64,7 @@ def test_cost_and_confidence_headers(gateway: Gateway, upstream: Upstream) -> No
     upstream.reset()
     for name in "abc":
         upstream.script(name, answer="neutral")
-    r = httpx.post(f"{gateway.v1}/chat/completions", json={
+    r = gateway.post("/v1/chat/completions", json={
         "model": "crowd", "labels": LABELS, "messages": [{"role": "user", "content": "ok"}]})
     assert r.status_code == 200
     assert float(r.headers["x-crowd-confidence"]) == pytest.approx(1.0)
@@ -111,62 +94,6 @@ def test_soft_votes_from_logprobs(client: OpenAI, upstream: Upstream) -> None:
     # linear pool: (0.9 + 0.2 + 0) / 3 for positive
     assert ann["distribution"]["positive"] == pytest.approx((0.9 + 0.2) / 3, abs=1e-3)
     assert ann["label"] == "negative" and ann["aggregator"] == "weighted"
-
-
-def test_member_down_degrades_answer(client: OpenAI, upstream: Upstream) -> None:
-    upstream.script("a", answer="negative")
-    upstream.script("b", answer="negative")
-    r = ask(client, model="withdead")
-    ann = r.model_extra["annotation"]
-    assert ann["label"] == "negative"
-    dead = next(v for v in ann["votes"] if v["member"] == "dead")
-    assert dead["label"] is None and ("connection failed" in dead["error"] or "circuit open" in dead["error"])
-
-
-def test_all_down_is_503_naming_members(client: OpenAI, upstream: Upstream) -> None:
-    upstream.script("down2", fail=[500] * 5)
-    upstream.script("dropper", drop=True)
-    with pytest.raises(openai.InternalServerError) as err:
-        ask(client, model="alldown")
-    assert err.value.status_code == 503
-    message = err.value.body["message"]
-    assert "down2" in message and "dropper" in message and "quorum" in message
-
-
-def test_slow_member_cut_at_deadline(client: OpenAI, upstream: Upstream) -> None:
-    upstream.script("a", answer="positive")
-    upstream.script("b", answer="positive")
-    upstream.script("slow", answer="negative", latency_ms=1500)
-    started = time.monotonic()
-    r = ask(client, model="deadline")
-    assert time.monotonic() - started < 1.2
-    slow = next(v for v in r.model_extra["annotation"]["votes"] if v["member"] == "slow")
-    assert slow["label"] is None and "deadline" in slow["error"]
-
-
-def test_retry_after_503_then_success(client: OpenAI, upstream: Upstream) -> None:
-    upstream.script("flaky", answer="neutral", fail=[503, 429], retry_after="0.05")
-    r = ask(client, model="retry")
-    assert r.choices[0].message.content == "neutral"
-    assert upstream.calls("flaky")["calls"] == 3
-
-
-def test_circuit_opens_then_recovers(client: OpenAI, upstream: Upstream, gateway: Gateway) -> None:
-    upstream.script("brk", fail=[500] * 3)
-    for _ in range(3):
-        with pytest.raises(openai.InternalServerError):
-            ask(client, model="breaker")
-    assert upstream.calls("brk")["calls"] == 3
-    with pytest.raises(openai.InternalServerError) as err:
-        ask(client, model="breaker")
-    assert "circuit open" in err.value.body["message"]
-    assert upstream.calls("brk")["calls"] == 3  # refused without calling the member
-    assert 'crowd_gateway_circuit_state{member="brk"} 2.0' in httpx.get(f"{gateway.url}/metrics").text
-    time.sleep(1.1)
-    upstream.script("brk", answer="positive")
-    r = ask(client, model="breaker")  # the half-open probe succeeds and closes the circuit
-    assert r.choices[0].message.content == "positive"
-    assert 'crowd_gateway_circuit_state{member="brk"} 0.0' in httpx.get(f"{gateway.url}/metrics").text
 
 
 def test_dialects_shape_requests(client: OpenAI, upstream: Upstream) -> None:
@@ -212,3 +139,48 @@ def test_item_id_is_stable_or_client_given(client: OpenAI, upstream: Upstream) -
     first = ask(client).model_extra["annotation"]["item_id"]
     assert ask(client).model_extra["annotation"]["item_id"] == first
     assert ask(client, item_id="row-17").model_extra["annotation"]["item_id"] == "row-17"
+
+
+def test_streaming_passthrough(client: OpenAI, upstream: Upstream) -> None:
+    upstream.script("a", answer="one two", usage=[5, 6])
+    stream = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two " * 3
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_stream_cut_mid_answer_raises(client: OpenAI, upstream: Upstream) -> None:
+    upstream.script("a", answer="a b c d", cut_stream=True)
+    stream = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}], stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2 and "stream was cut" in str(err.value.message) + str(err.value.body)
+
+
+
+
+def requests_ok(gateway: Gateway, ensemble: str) -> float:
+    prefix = f'crowd_gateway_requests_total{{ensemble="{ensemble}",outcome="ok"}} '
+    text = gateway.get("/metrics").text
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def test_metrics_merge_across_workers(gateway: Gateway, upstream: Upstream) -> None:
+    before = requests_ok(gateway, "a")
+    for _ in range(20):  # new connections spread over both workers
+        with httpx.Client() as http:
+            http.post(f"{gateway.v1}/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "x"}]})
+    assert requests_ok(gateway, "a") == before + 20.0
+
+
+def test_invalid_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("members:\n  - name: a\n    base_url: ftp://x\n    model: m\n    timeout_s: -1\n")
+    proc = subprocess.run([str(BIN / "crowd-gateway"), "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "members.0.base_url" in proc.stderr and "members.0.timeout_s" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""Routing strategies end to end: the openai client -> a gateway process -> scripted upstream servers.
+"""Routing strategies in-process: the openai client -> the app over httpx.ASGITransport -> scripted upstream
+servers. The queue-depth cache runs on an injected clock.
 
 Each test has its own members, so the gateway's live member statistics (cost, latency, load) of
 one test never steer another.
@@ -7,36 +8,28 @@ one test never steer another.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Clock, Upstream, member
+from tests.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
-
-
-def member(up: Upstream, name: str, usd_per_mtok: float = 1.0, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "base_url": up.base_url(name), "model": f"{name}-model", "dialect": "vllm",
-            "timeout_s": 5, "retries": 0, "price": {"input_usd_per_mtok": usd_per_mtok,
-                                                    "output_usd_per_mtok": usd_per_mtok}, **extra}
 
 
 PRICES = {"cheap1": 1.0, "cheap2": 2.0, "mid": 5.0, "dear": 50.0}
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
     names = ("w1", "w2", "w3", "w4", "e1", "e2", "e3", "strong", "b1", "b2", "b3", "bstrong",
              "k1", "k2", "k3", "k4", "f1", "f2", "f3", "f4", "q1", "q2", "q3", "h1", "h2")
     prices = {f"{p}{i}": [1.0, 2.0, 5.0, 50.0][i - 1] for p in "wkf" for i in range(1, 5)}
     prices |= {"e1": 1.0, "e2": 2.0, "e3": 3.0, "strong": 40.0, "b1": 1.0, "b2": 2.0, "b3": 3.0, "bstrong": 40.0}
     groups = {"q1": "smol", "q2": "smol", "q3": "gemma", "h1": "hedged", "h2": "hedged"}
-    members = [member(upstream, n, prices.get(n, 1.0), **({"group": groups[n]} if n in groups else {}))
+    members = [member(upstream, n, price=(prices.get(n, 1.0),) * 2, **({"group": groups[n]} if n in groups else {}))
                for n in names]
     cascade = {"start": 2, "target": 0.6}
     config = {
@@ -60,13 +53,7 @@ def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
             {"name": "broke", "router": "adaptive", "members": ["w1", "w2"], "routing": {"max_cost_usd": 1e-9}},
         ],
     }
-    return gateway_factory(config)
-
-
-@pytest.fixture
-def client(gateway: Gateway, upstream: Upstream) -> Iterator[OpenAI]:
-    upstream.reset()
-    yield OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    return config
 
 
 def ask(client: OpenAI, model: str) -> Any:
@@ -163,7 +150,17 @@ def test_cost_aware_within_the_cap_takes_the_best_affordable_set(client: OpenAI,
     assert ann["stop_reason"] == "budget"
 
 
-def test_least_loaded_reads_vllm_queue_depth_and_refreshes_it(client: OpenAI, upstream: Upstream) -> None:
+@pytest.fixture(scope="module")
+def depth_clock(gateway: InProcessGateway) -> Clock:
+    """The clock of the `loaded` ensemble's queue-depth cache (load_cache_s 1.0), advanced by hand; one for the
+    module, as the cache keeps its entries from one test to the next."""
+    clock = Clock()
+    gateway.state.annotators["loaded"].depths.clock = clock
+    return clock
+
+
+def test_least_loaded_reads_vllm_queue_depth_and_refreshes_it(client: OpenAI, upstream: Upstream,
+                                                              depth_clock: Clock) -> None:
     for n in ("q1", "q2", "q3"):
         upstream.script(n, answer="positive", queue=[0, 0])
     upstream.script("q1", answer="positive", queue=[7, 4])
@@ -175,29 +172,30 @@ def test_least_loaded_reads_vllm_queue_depth_and_refreshes_it(client: OpenAI, up
     upstream.script("q2", answer="positive", queue=[9, 9])
     ask(client, "loaded")
     assert called(upstream, "q1", "q2") == {"q1": 0, "q2": 2}, "the cached depth is reused within load_cache_s"
-    time.sleep(1.1)
+    depth_clock.advance(1.1)
     ask(client, "loaded")
     assert called(upstream, "q1", "q2") == {"q1": 1, "q2": 2}, "after load_cache_s the new depth is read"
 
 
-def test_least_loaded_retries_a_failed_worker_on_its_other_replica(client: OpenAI, upstream: Upstream) -> None:
+def test_least_loaded_retries_a_failed_worker_on_its_other_replica(client: OpenAI, upstream: Upstream,
+                                                                   depth_clock: Clock) -> None:
     upstream.script("q1", answer="positive", queue=[0, 0], fail=[503])
     upstream.script("q2", answer="positive", queue=[5, 5])
     upstream.script("q3", answer="positive")
-    time.sleep(1.1)
+    depth_clock.advance(1.1)
     ann = ask(client, "loaded")
     assert called(upstream, "q1", "q2", "q3") == {"q1": 1, "q2": 1, "q3": 1}
     assert {v["member"] for v in ann["votes"] if v["label"]} == {"q2", "q3"}
 
 
-def hedges_won(gateway: Gateway, member: str) -> float:
+def hedges_won(gateway: InProcessGateway, member: str) -> float:
     line = f'crowd_gateway_hedges_total{{member="{member}",outcome="won"}} '
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = gateway.get("/metrics").text
     return next((float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)), 0.0)
 
 
 def test_hedging_sends_a_duplicate_after_p95_and_cancels_the_loser(client: OpenAI, upstream: Upstream,
-                                                                   gateway: Gateway) -> None:
+                                                                   gateway: InProcessGateway) -> None:
     upstream.script("h1", answer="positive", latency_ms=20)
     upstream.script("h2", answer="negative")
     for _ in range(8):  # h1's recent p95 becomes ~20 ms (5 samples needed before hedging starts)
@@ -218,12 +216,12 @@ def test_hedging_sends_a_duplicate_after_p95_and_cancels_the_loser(client: OpenA
     assert hedges_won(gateway, "h2") == won_before + 1
 
 
-def test_routing_metrics_by_ensemble(client: OpenAI, upstream: Upstream, gateway: Gateway) -> None:
+def test_routing_metrics_by_ensemble(client: OpenAI, upstream: Upstream, gateway: InProcessGateway) -> None:
     for n in ("w1", "w2", "w3", "w4"):
         upstream.script(n, answer="positive")
     ask(client, "cascade")
     ask(client, "everyone")
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = gateway.get("/metrics").text
     assert 'crowd_gateway_route_stops_total{ensemble="everyone",reason="exhausted"}' in text
     assert 'crowd_gateway_route_stops_total{ensemble="cascade",reason="confident"}' in text
     assert 'crowd_gateway_calls_per_item_bucket{ensemble="everyone",le="4.0"}' in text

@@ -1,5 +1,5 @@
-"""Reliability learned online, end to end: votes stored, refit published, feedback, calibration,
-escalation (to a litellm member), the review queue, and Redis shared by two replicas."""
+"""Reliability learned online, in-process: votes stored, refit published, feedback, calibration, escalation (to a
+litellm member), the review queue. Redis shared by two replicas is in tests/integration/test_redis_replicas.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import random
 from typing import Any
 
 import httpx
-import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Upstream, member
+from tests.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 N_ITEMS = 60
@@ -32,19 +32,14 @@ def script_crowd(upstream: Upstream) -> None:
     upstream.script("strong", keywords={f"ITEM{i:03d}X": truth_of(i) for i in range(N_ITEMS)})
 
 
-def member(up: Upstream, name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "base_url": up.base_url(name), "model": name, "retries": 0,
-            "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}, **extra}
-
-
 def config(upstream: Upstream, **store: Any) -> dict[str, Any]:
     crowd = ["good", "fair1", "fair2", "adversary", "lazy"]
     return {
         "store": store or {"backend": "memory"},
         "refit": {"every_items": 100000, "every_s": 3600, "min_items": 10, "min_gold_for_calibration": 10,
                   "poll_s": 0.2},
-        "members": [member(upstream, n) for n in crowd]
-        + [member(upstream, "strong", dialect="litellm", model="openai/strong")],
+        "members": [member(upstream, n, price=(1.0, 1.0)) for n in crowd]
+        + [member(upstream, "strong", price=(1.0, 1.0), dialect="litellm", model="openai/strong")],
         "ensembles": [
             {"name": "ds", "members": crowd, "aggregator": "dawid_skene", "quorum": 3},
             {"name": "mv", "members": crowd, "aggregator": "majority", "quorum": 3},
@@ -65,30 +60,26 @@ def accuracy(annotations: dict[int, Any]) -> float:
     return sum(a["label"] == truth_of(i) for i, a in annotations.items()) / len(annotations)
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
-    upstream.reset()
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
+    return config(upstream)
+
+
+def script_upstream(upstream: Upstream) -> None:
     script_crowd(upstream)
-    return gateway_factory(config(upstream))
 
 
-@pytest.fixture
-def client(gateway: Gateway) -> OpenAI:
-    return OpenAI(base_url=gateway.v1, api_key="x", max_retries=0)
+def feedback(gateway: Any, **body: Any) -> httpx.Response:
+    return gateway.post("/v1/annotations/feedback", json=body)
 
 
-def feedback(gateway: Gateway, **body: Any) -> httpx.Response:
-    return httpx.post(f"{gateway.v1}/annotations/feedback", json=body)
-
-
-def test_refit_learns_reliability_and_beats_majority(client: OpenAI, gateway: Gateway) -> None:
+def test_refit_learns_reliability_and_beats_majority(client: OpenAI, gateway: InProcessGateway) -> None:
     before = label_all(client, "ds", range(N_ITEMS))
     assert all(a["params_version"] == 0 for a in before.values())  # cold start: no fit yet, majority-like
     for i in range(0, N_ITEMS, 3):  # gold for a third of the items
         assert feedback(gateway, item_id=f"ds-{i}", label=truth_of(i), source="gold").status_code == 200
-    refit = httpx.post(f"{gateway.v1}/annotations/refit", timeout=120).json()
+    refit = gateway.post("/v1/annotations/refit", timeout=120).json()
     assert refit["refitted"] and all(v >= 1 for v in refit["versions"].values())
-    after = {i: httpx.get(f"{gateway.v1}/annotations/ds-{i}").json()["aggregate"] for i in range(N_ITEMS)}
+    after = {i: gateway.get(f"/v1/annotations/ds-{i}").json()["aggregate"] for i in range(N_ITEMS)}
     assert all(a["params_version"] >= 1 for a in after.values())
     majority = label_all(client, "mv", range(N_ITEMS))
     print(f"\nmajority {accuracy(majority):.3f}  dawid-skene before refit {accuracy(before):.3f}  "
@@ -101,7 +92,7 @@ def test_refit_learns_reliability_and_beats_majority(client: OpenAI, gateway: Ga
     assert ann["params_version"] >= 1 and ann["label"] == truth_of(1)
 
 
-def test_feedback_validation(gateway: Gateway) -> None:
+def test_feedback_validation(gateway: InProcessGateway) -> None:
     r = feedback(gateway, item_id="ds-1", label="maybe", source="gold")
     assert r.status_code == 400 and r.json()["error"]["param"] == "label"
     r = feedback(gateway, item_id="never-seen", label="positive", source="gold")
@@ -124,35 +115,20 @@ def test_escalation_asks_the_strong_member_through_litellm(client: OpenAI, upstr
     sent = upstream.calls("strong")["last"]  # litellm sent the JSON-schema-constrained request
     assert sent["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == LABELS
     assert ann["label"] == truth_of(4)
-    script_crowd(upstream)
 
 
-def test_review_queue_and_human_resolution(client: OpenAI, gateway: Gateway, upstream: Upstream) -> None:
+def test_review_queue_and_human_resolution(client: OpenAI, gateway: InProcessGateway, upstream: Upstream) -> None:
     upstream.script("good", answer="positive")
     upstream.script("adversary", answer="negative")
     r = client.chat.completions.create(model="rev", messages=[{"role": "user", "content": "a hard one"}],
                                        extra_body={"labels": LABELS, "item_id": "hard-1"})
     assert r.model_extra["annotation"]["needs_review"] is True
-    queue = httpx.get(f"{gateway.v1}/review").json()
+    queue = gateway.get("/v1/review").json()
     entry = next(e for e in queue["data"] if e["item_id"] == "hard-1")
     assert entry["text"] == "a hard one" and entry["labels"] == LABELS
     resolved = feedback(gateway, item_id="hard-1", label="negative", source="human", annotator="ana").json()
     assert resolved["resolved_review"] is True
-    assert all(e["item_id"] != "hard-1" for e in httpx.get(f"{gateway.v1}/review").json()["data"])
-    stored = httpx.get(f"{gateway.v1}/annotations/hard-1").json()
+    assert all(e["item_id"] != "hard-1" for e in gateway.get("/v1/review").json()["data"])
+    stored = gateway.get("/v1/annotations/hard-1").json()
     assert {"member": "human:ana", "label": "negative", "raw": "negative"} in stored["votes"]
     assert stored["aggregate"]["label"] == "negative"  # the human breaks the tie
-    script_crowd(upstream)
-
-
-def test_redis_store_is_shared_by_replicas(upstream: Upstream, gateway_factory: Any, redis_url: str) -> None:
-    cfg = config(upstream, backend="redis", redis_url_env="TEST_REDIS_URL")
-    one = gateway_factory(cfg, env={"TEST_REDIS_URL": redis_url})
-    two = gateway_factory(cfg, env={"TEST_REDIS_URL": redis_url})
-    OpenAI(base_url=one.v1, api_key="x", max_retries=0).chat.completions.create(
-        model="ds", messages=[{"role": "user", "content": "ITEM002X"}],
-        extra_body={"labels": LABELS, "item_id": "shared-1"})
-    seen = httpx.get(f"{two.v1}/annotations/shared-1").json()
-    assert sorted(v["member"] for v in seen["votes"]) == sorted(["good", "fair1", "fair2", "adversary", "lazy"])
-    assert feedback(two, item_id="shared-1", label="negative", source="gold").status_code == 200
-    assert httpx.get(f"{one.v1}/annotations/shared-1").json()["gold"] == "negative"

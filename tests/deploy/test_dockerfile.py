@@ -11,7 +11,7 @@ import tomllib
 
 import yaml
 
-from tests.k8s_support import CHART, REPO, TOOLS_SH
+from tests.deploy.k8s_support import CHART, REPO, TOOLS_SH
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 

@@ -15,27 +15,29 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from tests.conftest import BIN, Gateway, Upstream
+from tests.conftest import BIN, Upstream, member
+from tests.inprocess import InProcessGateway
 
 MEMBERS = ["q1", "q2", "q3"]
+gateway_in_this_process = True  # served on 127.0.0.1 from this process: the CLI is what runs as a user runs it
 
 
 def members(up: Upstream, names: list[str]) -> list[dict[str, Any]]:
-    return [{"name": n, "base_url": up.base_url(n), "model": n, "timeout_s": 5, "retries": 0,
-             "price": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}} for n in names]
+    return [member(up, n, price=(1.0, 1.0)) for n in names]
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any) -> Gateway:
+def script_upstream(upstream: Upstream) -> None:
     for name in MEMBERS:
         upstream.script(name, keywords={"great": "positive", "awful": "negative", "zzz": "gibberish"})
     upstream.script("q3", keywords={"great": "positive", "awful": "positive", "zzz": "gibberish"})
     for name in ("s1", "s2"):
         upstream.script(name, answer="positive", latency_ms=100)
-    config = {"members": members(upstream, MEMBERS + ["s1", "s2"]),
-              "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2},
-                            {"name": "slow", "members": ["s1", "s2"], "quorum": 2}]}
-    return gateway_factory(config)
+
+
+def gateway_config(upstream: Upstream) -> dict[str, Any]:
+    return {"members": members(upstream, MEMBERS + ["s1", "s2"]),
+            "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2},
+                          {"name": "slow", "members": ["s1", "s2"], "quorum": 2}]}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -58,14 +60,16 @@ def annotate(*args: str, wait: bool = True) -> Any:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_csv_in_csv_out_with_votes_cost_and_progress(tmp_path: Path, gateway: Gateway) -> None:
+def test_csv_in_csv_out_with_votes_cost_and_progress(tmp_path: Path, gateway: InProcessGateway,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"id": f"r{i}", "text": "a great film" if i % 2 else "an awful film", "label": "positive"}
             for i in range(20)]
     write_csv(tmp_path / "in.csv", rows)
-    done = annotate(str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "crowd",
-                    "--out", str(tmp_path / "out.csv"), "--gateway", gateway.url, "--concurrency", "4")
-    assert done.returncode == 0, done.stderr
-    assert "20/20" in done.stderr and "item/s" in done.stderr and "agree=" in done.stderr and "cost=$" in done.stderr
+    code = main(["annotate", str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "crowd",
+                 "--out", str(tmp_path / "out.csv"), "--gateway", gateway.url, "--concurrency", "4"])
+    err = capsys.readouterr().err  # the CLI in this process; the killed run below is a real process
+    assert code == 0, err
+    assert "20/20" in err and "item/s" in err and "agree=" in err and "cost=$" in err
     out = read_csv(tmp_path / "out.csv")
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
     row = next(r for r in out if r["id"] == "r1")
@@ -78,7 +82,7 @@ def test_csv_in_csv_out_with_votes_cost_and_progress(tmp_path: Path, gateway: Ga
     assert awful["crowd_needs_review"] in ("true", "false") and float(awful["crowd_cost_usd"]) > 0
 
 
-def test_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, gateway: Gateway,
+def test_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, gateway: InProcessGateway,
                                                            upstream: Upstream) -> None:
     rows = [{"id": f"k{i}", "text": f"sentence {i}"} for i in range(30)]
     write_csv(tmp_path / "in.csv", rows)

@@ -1,10 +1,10 @@
-"""The circuit breaker's state machine: closed -> open -> half-open (one probe) -> closed or open."""
+"""The circuit breaker's state machine: closed -> open -> half-open (one probe) -> closed or open, on an
+injected clock."""
 
 from __future__ import annotations
 
-import time
-
 from gateway.upstream.breaker import CircuitBreaker, State
+from tests.conftest import Clock
 
 
 def test_opens_after_threshold_and_refuses() -> None:
@@ -24,9 +24,12 @@ def test_success_resets_the_count() -> None:
 
 
 def test_half_open_lets_one_probe_through() -> None:
-    b = CircuitBreaker(failure_threshold=1, reset_after_s=0.01)
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, reset_after_s=10, clock=clock)
     b.failure()
-    time.sleep(0.02)
+    clock.advance(9.9)
+    assert b.state is State.OPEN and not b.allow()
+    clock.advance(0.1)
     assert b.state is State.HALF_OPEN
     assert b.allow() and not b.allow()  # one probe at a time
     b.success()
@@ -34,9 +37,10 @@ def test_half_open_lets_one_probe_through() -> None:
 
 
 def test_failed_probe_reopens_and_cancelled_probe_frees_the_slot() -> None:
-    b = CircuitBreaker(failure_threshold=1, reset_after_s=0.01)
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, reset_after_s=10, clock=clock)
     b.failure()
-    time.sleep(0.02)
+    clock.advance(10)
     assert b.allow()
     b.cancelled()
     assert b.allow()

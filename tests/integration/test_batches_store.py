@@ -1,44 +1,58 @@
-"""The batch store's line protocol, the same for the memory backend and a real redis-server."""
+"""The batch store's line protocol, the same for the memory backend and a real redis-server.
+
+Leases expire on the memory store's clock (replaced by a hand-advanced one here, so its cases never sleep) or on
+the Redis server's clock (real waits, with margins of half a second or more either side of each expiry)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.batches import store_memory
 from gateway.batches.protocol import batch_record, file_record
 from gateway.batches.store import BatchStore, UnknownCursor
 from gateway.batches.store_memory import MemoryBatchStore
 from gateway.batches.store_redis import RedisBatchStore
+from tests.conftest import Clock
 
 LINES = [f'{{"custom_id": "r{i}"}}'.encode() for i in range(6)]
-Scenario = Callable[[BatchStore, str], Awaitable[None]]
+Wait = Callable[[float], Awaitable[None]]
+Scenario = Callable[[BatchStore, str, Wait], Awaitable[None]]
 
 
 @pytest.fixture(params=["memory", "redis"])
-def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
-    """Run a scenario against a fresh store holding one in-progress batch over LINES."""
+def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Scenario], None]:
+    """Run a scenario against a fresh store holding one in-progress batch over LINES; the scenario's `wait(s)`
+    lets `s` seconds pass on the store's lease clock."""
+    clock = Clock(now=time.time())
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
 
     def runner(scenario: Scenario) -> None:
         async def main() -> None:
+            wait: Wait = asyncio.sleep
             if request.param == "redis":
                 url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/5"
                 client = aioredis.from_url(url)
                 await client.flushdb()
                 store: BatchStore = RedisBatchStore(client, 3600)
             else:
-                store = MemoryBatchStore()
+                monkeypatch.setattr(store_memory, "time", SimpleNamespace(time=clock))
+                store, wait = MemoryBatchStore(), advance
             file = file_record("file-in", "in.jsonl", "batch", 10, 3600, lines=len(LINES))
             await store.put_file(file, b"content", LINES)
             rec = batch_record("file-in", "/v1/chat/completions", len(LINES), {"k": "v"})
             await store.create_batch(rec)
             assert await store.transition(rec["id"], ("validating",), "in_progress", in_progress_at=1)
             try:
-                await scenario(store, rec["id"])
+                await scenario(store, rec["id"], wait)
             finally:
                 await store.close()
 
@@ -48,7 +62,7 @@ def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
 
 
 def test_claims_hand_out_each_line_once_in_order(run: Any) -> None:
-    async def scenario(store: BatchStore, bid: str) -> None:
+    async def scenario(store: BatchStore, bid: str, wait: Wait) -> None:
         a = await store.claim(bid, "file-in", "A", 4, 30)
         b = await store.claim(bid, "file-in", "B", 4, 30)
         assert a == [(i, LINES[i]) for i in range(4)] and b == [(4, LINES[4]), (5, LINES[5])]
@@ -58,7 +72,7 @@ def test_claims_hand_out_each_line_once_in_order(run: Any) -> None:
 
 
 def test_completion_is_recorded_once_with_counters(run: Any) -> None:
-    async def scenario(store: BatchStore, bid: str) -> None:
+    async def scenario(store: BatchStore, bid: str, wait: Wait) -> None:
         await store.claim(bid, "file-in", "A", 3, 30)
         assert await store.complete(bid, 1, True, b"one\n")
         assert not await store.complete(bid, 1, False, b"again\n")  # a second result for a line is dropped
@@ -72,11 +86,11 @@ def test_completion_is_recorded_once_with_counters(run: Any) -> None:
 
 
 def test_expired_lease_is_taken_over_but_completed_lines_never_rerun(run: Any) -> None:
-    async def scenario(store: BatchStore, bid: str) -> None:
-        await store.claim(bid, "file-in", "dead", 6, 0.2)
+    async def scenario(store: BatchStore, bid: str, wait: Wait) -> None:
+        await store.claim(bid, "file-in", "dead", 6, 0.6)
         assert await store.complete(bid, 2, True, b"done\n")
         assert await store.claim(bid, "file-in", "B", 6, 30) == []  # leases still live
-        await asyncio.sleep(0.3)
+        await wait(0.7)
         taken = [line for line, _ in await store.claim(bid, "file-in", "B", 10, 30)]
         assert sorted(taken) == [0, 1, 3, 4, 5]
         assert await store.renew(bid, "dead", [0, 1], 30) == 2  # the dead worker lost them
@@ -84,11 +98,11 @@ def test_expired_lease_is_taken_over_but_completed_lines_never_rerun(run: Any) -
 
 
 def test_renewed_leases_are_not_taken_and_release_hands_back_at_once(run: Any) -> None:
-    async def scenario(store: BatchStore, bid: str) -> None:
-        await store.claim(bid, "file-in", "A", 2, 0.3)
-        for _ in range(3):
-            await asyncio.sleep(0.15)
-            assert await store.renew(bid, "A", [0, 1], 0.3) == 0
+    async def scenario(store: BatchStore, bid: str, wait: Wait) -> None:
+        await store.claim(bid, "file-in", "A", 2, 1.0)
+        for _ in range(4):  # 1.2 s in all, past the first lease; each renewal comes 0.7 s before expiry
+            await wait(0.3)
+            assert await store.renew(bid, "A", [0, 1], 1.0) == 0
         assert await store.claim(bid, "file-in", "B", 2, 30) == [(2, LINES[2]), (3, LINES[3])]
         await store.release(bid, "A", [1])
         await store.release(bid, "B", [0])  # not B's: ignored
@@ -97,7 +111,7 @@ def test_renewed_leases_are_not_taken_and_release_hands_back_at_once(run: Any) -
 
 
 def test_claims_stop_outside_in_progress_and_sealing_drops_late_results(run: Any) -> None:
-    async def scenario(store: BatchStore, bid: str) -> None:
+    async def scenario(store: BatchStore, bid: str, wait: Wait) -> None:
         await store.claim(bid, "file-in", "A", 2, 30)
         assert not await store.transition(bid, ("validating",), "in_progress")
         assert await store.transition(bid, ("in_progress",), "cancelling", cancelling_at=5)
@@ -107,14 +121,14 @@ def test_claims_stop_outside_in_progress_and_sealing_drops_late_results(run: Any
         assert not await store.complete(bid, 1, True, b"too late\n")
         rec = await store.get_batch(bid)
         assert rec["status"] == "cancelling" and rec["cancelling_at"] == 5 and rec["completed"] == 1
-        assert await store.try_lock("x", 0.2) and not await store.try_lock("x", 0.2)
+        assert await store.try_lock("x", 5) and not await store.try_lock("x", 5)
         await store.retire(bid)
         assert bid not in await store.active_batches()
     run(scenario)
 
 
 def test_list_is_newest_first_with_cursor(run: Any) -> None:
-    async def scenario(store: BatchStore, first: str) -> None:
+    async def scenario(store: BatchStore, first: str, wait: Wait) -> None:
         ids = [first]
         for _ in range(4):
             time.sleep(0.002)

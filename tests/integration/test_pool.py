@@ -255,7 +255,7 @@ def test_launch_command_lines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_engine_versions_match_engines_script() -> None:
-    script = (Path(__file__).parent.parent / "deploy" / "engines.sh").read_text()
+    script = (Path(__file__).resolve().parents[2] / "deploy" / "engines.sh").read_text()
     assert f"VLLM_VERSION={localmodels.ENGINE_VERSIONS['vllm']}\n" in script
     assert f"LLAMACPP_VERSION={localmodels.ENGINE_VERSIONS['llamacpp']}\n" in script
 

@@ -10,16 +10,14 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import yaml
-from openai import OpenAI
 
 from gateway import cli
 from gateway.config import load_config
 from tests.conftest import Upstream
+from tests.inprocess import InProcessGateway
 
 LABELS = ["negative", "positive"]
 N_ITEMS = 30
@@ -167,8 +165,9 @@ def test_config_holds_the_choice_keeps_comments_and_validates(dev: Path, by_accu
     assert (dev / "config.yaml").read_text() == original  # --output leaves the source alone
 
 
-def test_choices_hold_on_a_real_gateway(dev: Path, by_accuracy: Run, by_budget: Run, gateway_factory: Any) -> None:
-    """A gateway serving the tuned configs, once it has learned reliability from the same votes and gold,
+def test_choices_hold_on_a_real_gateway(dev: Path, by_accuracy: Run, by_budget: Run,
+                                       request: pytest.FixtureRequest) -> None:
+    """A gateway (the app in this process, its members over HTTP) serving the tuned configs, once it has learned reliability from the same votes and gold,
     reaches the target accuracy and stays within the budget, with the figures tune printed."""
     assert by_budget.code == 0, by_budget.err
     assert chosen(by_accuracy.out)["accuracy"] >= 0.9
@@ -178,8 +177,9 @@ def test_choices_hold_on_a_real_gateway(dev: Path, by_accuracy: Run, by_budget: 
     config = yaml.safe_load((dev / "by-accuracy.yaml").read_text())
     budget = next(e for e in yaml.safe_load((dev / "by-budget.yaml").read_text())["ensembles"] if e["name"] == "crowd")
     config["ensembles"].append({**budget, "name": "crowd-budget"})
-    gateway = gateway_factory(config)
-    client = OpenAI(base_url=gateway.v1, api_key="x", max_retries=0)
+    gateway = InProcessGateway(config)
+    request.addfinalizer(gateway.close)
+    client = gateway.openai()
 
     def label(model: str) -> tuple[float, float]:
         replies = [client.chat.completions.create(
@@ -190,9 +190,9 @@ def test_choices_hold_on_a_real_gateway(dev: Path, by_accuracy: Run, by_budget: 
 
     label("all")
     for i in range(N_ITEMS):
-        httpx.post(f"{gateway.v1}/annotations/feedback",
-                   json={"item_id": item_id(i), "label": truth(i), "source": "gold"}).raise_for_status()
-    assert httpx.post(f"{gateway.v1}/annotations/refit", timeout=120).json()["refitted"]
+        gateway.post("/v1/annotations/feedback",
+                     json={"item_id": item_id(i), "label": truth(i), "source": "gold"}).raise_for_status()
+    assert gateway.post("/v1/annotations/refit", timeout=120).json()["refitted"]
     accuracy, cost = label("crowd")
     assert accuracy >= 0.9
     assert_as_printed(by_accuracy, accuracy, cost)
