@@ -31,10 +31,10 @@ def create_app(config: Config | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await state.upstreams.start()
-        await state.reliability.start()
-        await batches.start()
-        try:
+        try:  # a startup that fails half way still closes what it opened
+            await state.upstreams.start()
+            await state.reliability.start()
+            await batches.start()
             yield
         finally:
             await batches.stop()

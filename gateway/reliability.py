@@ -15,8 +15,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from ensembles.refit import hard_triples, overlapping_items, refit
 from gateway import metrics
 from gateway.config import Config
@@ -53,11 +51,7 @@ class Reliability:
             self.version, self.params = await self.store.published()
 
     async def start(self) -> None:
-        try:
-            await self.refresh()
-        except (OSError, RedisError) as exc:  # a store outage must not stop labelling; the loop retries
-            log.warning("vote store unavailable at startup (%s: %s): serving with no fitted parameters",
-                        type(exc).__name__, exc)
+        await self.refresh()  # a store that cannot be reached at startup stops it, with the error named
         self._task = asyncio.create_task(self._loop(), name="reliability-refit")
 
     async def stop(self) -> None:

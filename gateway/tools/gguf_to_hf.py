@@ -31,7 +31,29 @@ def convert(gguf_file: Path, out_dir: Path) -> None:
         raise SystemExit(f"weights do not match the config: missing={missing} unexpected={unexpected}")
     fresh.to(torch.bfloat16).save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if _adds_bos(gguf_file):
+        _prepend_bos(tokenizer)
     tokenizer.save_pretrained(out_dir)
+
+
+def _adds_bos(gguf_file: Path) -> bool:
+    """Whether the GGUF says prompts start with BOS (llama.cpp honours it; the converted tokenizer must too)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_file)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.parts[field.data[0]][0])
+
+
+def _prepend_bos(tokenizer: object) -> None:
+    """Make the fast tokenizer add BOS itself: Gemma without its <bos> answers near chance."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tokenizer.bos_token  # type: ignore[attr-defined]
+    bos_id = tokenizer.convert_tokens_to_ids(bos)  # type: ignore[attr-defined]
+    backend = tokenizer._tokenizer  # type: ignore[attr-defined]
+    backend.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                special_tokens=[(bos, bos_id)])
+    tokenizer.add_bos_token = True  # type: ignore[attr-defined]
 
 
 def _tied_keys(model: object) -> set[str]:

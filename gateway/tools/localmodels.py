@@ -27,6 +27,10 @@ GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+CONVERSION = "-2"
+"""Bumped when gguf_to_hf.py changes what it writes, so cached conversions are redone (2: Gemma's BOS)."""
+
+
 class ModelError(Exception):
     """An engine or model file is missing or could not be prepared; the message says what to run."""
 
@@ -60,7 +64,7 @@ def gguf_file(model: ModelName, engine: Engine = "llamacpp") -> Path:
 
 def hf_dir(model: ModelName) -> Path:
     """A safetensors model directory for vLLM, converted from the GGUF once (about 40 s for 135M)."""
-    out = cache_dir() / "models" / f"{model}-hf"
+    out = cache_dir() / "models" / f"{model}-hf{CONVERSION}"
     if (out / STAMP).exists():
         return out
     source = gguf_file(model, "vllm" if model == "smollm2-135m-instruct" else "llamacpp")

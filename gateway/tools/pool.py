@@ -96,12 +96,9 @@ def launch(server: PoolServer) -> Launch:
     if server.engine == "vllm":
         # -O0 skips torch.compile: measured on 2 cores, ready in 30-45 s instead of 100-190 s (vLLM 0.32
         # fails to reload its compile cache, so it recompiles on every start) at the same request rate.
-        # One process per server (the engine core and the worker in the API server's process): on 2 cores
-        # each extra process re-imports torch and vLLM, which is most of a cold start.
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                "--served-model-name", server.model, "--max-model-len", "2048", "--dtype", "bfloat16", "-O0",
-                "--distributed-executor-backend", "uni"]
-        env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+                "--served-model-name", server.model, "--max-model-len", "2048", "--dtype", "bfloat16", "-O0"]
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     else:
         argv = [python, "-m", "llama_cpp.server", "--model", model, "--model_alias", server.model,
                 "--n_ctx", "2048"]

@@ -8,8 +8,12 @@ are tenants; item ids cannot reach another item's keys.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
+import socket
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +21,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, free_port
+from tests.conftest import Gateway, Upstream, free_port, stop
 
 FIVE = ["f1", "f2", "f3", "f4", "odd"]
 ODD_REPLIES = [
@@ -161,17 +165,35 @@ def test_reasking_an_item_replaces_its_votes(client: OpenAI, gateway: Gateway) -
     assert sorted(members_voted) == sorted(set(members_voted)) and len(members_voted) == len(FIVE)
 
 
-def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_factory: Any) -> None:
+def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_factory: Any,
+                                                  tmp_path: Path) -> None:
+    """A Redis outage after startup: the label is still answered, and the answer says its votes were lost."""
     upstream.reset()
     upstream.script("f1", answer="positive")
-    config = {"store": {"backend": "redis", "pool_timeout_s": 0.5}, "members": members(upstream, ["f1"]),
-              "ensembles": [{"name": "one", "members": ["f1"]}]}
-    gw = gateway_factory(config, env={"CROWD_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        wait_redis(port)
+        config = {"store": {"backend": "redis", "pool_timeout_s": 0.5}, "members": members(upstream, ["f1"]),
+                  "ensembles": [{"name": "one", "members": ["f1"]}]}
+        gw = gateway_factory(config, env={"CROWD_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    finally:
+        stop(redis)
     r = httpx.post(f"{gw.v1}/chat/completions", timeout=30, json={
         "model": "one", "labels": ["positive", "negative"], "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200 and r.json()["annotation"]["stored"] is False
     assert r.headers["x-crowd-votes-stored"] == "false"
     assert 'crowd_gateway_votes_not_stored_total{ensemble="one"} 1.0' in httpx.get(f"{gw.url}/metrics").text
+
+
+def wait_redis(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("redis-server did not start")
 
 
 def test_item_ids_cannot_reach_another_items_keys(upstream: Upstream, gateway_factory: Any, redis_url: str) -> None:
