@@ -23,6 +23,7 @@ from gateway.tools.pool import running_pool
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "deploy" / "local-pool.yaml"
 DEFAULT_DATA = ROOT / "gateway" / "data" / "sentiment_sample.jsonl"
+DEFAULT_GOLD = ROOT / "gateway" / "data" / "sentiment_dev.jsonl"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         ready = time.monotonic() - started
         print(f"pool ready in {ready:.0f} s", flush=True)
         with embedded_gateway(str(args.config)) as url:
+            teaching = time.monotonic()
+            chosen = teach(url, args, labels) if args.gold else None
             annotating = time.monotonic()
             records = asyncio.run(annotate_items(url, "demo", args.ensemble, rows, labels, args.concurrency,
                                                  desc=f"labelling with {len(ensemble.members)} workers",
@@ -44,12 +47,35 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(records, labels)
-    print_table(summary, ensemble.name, ensemble.aggregator, len(rows))
-    print(f"wall time {time.monotonic() - started:.0f} s: pool start {ready:.0f} s, labelling {labelling:.0f} s "
-          f"({len(rows) / labelling:.1f} items/s)")
+    print_table(summary, ensemble.name, chosen or ensemble.aggregator, len(rows))
+    print(f"wall time {time.monotonic() - started:.0f} s: pool start {ready:.0f} s, gold and refit "
+          f"{annotating - teaching:.0f} s, labelling {labelling:.0f} s ({len(rows) / labelling:.1f} items/s)")
     print(f"votes saved to {out / 'annotations.jsonl'}: compare every aggregator on them with "
           f"`crowd-gateway eval --votes {out / 'annotations.jsonl'}`")
     return 0 if summary["failed"] < len(rows) else 1
+
+
+def teach(url: str, args: argparse.Namespace, labels: list[str]) -> str | None:
+    """Label the gold items, send their labels as gold feedback and refit: what the project recommends before a
+    job, so the crowd's aggregator is chosen on gold and its confidence is calibrated. Returns auto's choice."""
+    import httpx
+
+    gold = load_dataset(args.gold)
+    asyncio.run(annotate_items(url, "demo", args.ensemble, gold, labels, args.concurrency,
+                               desc=f"{len(gold)} gold items", task=args.task))
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for row in gold:
+            client.post("/annotations/feedback", json={"item_id": str(row["id"]), "label": row["label"],
+                                                       "source": "gold", "task": args.task}).raise_for_status()
+        client.post("/annotations/refit").raise_for_status()
+        published = client.get("/annotations/params").json()["data"]
+    aggregator = next(e.aggregator for e in load_config(args.config).ensembles if e.name == args.ensemble)
+    mine = [p for p in published if p["schema"] == args.task and p["aggregator"] == aggregator]
+    for p in mine:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted((p["cv_accuracy"] or {}).items(), key=lambda kv: -kv[1]))
+        print(f"refit on {p['gold']} gold items: {p['aggregator']} chose {p['chosen']}"
+              + (f" (cross-validated accuracy: {scores})" if scores else ""), flush=True)
+    return next((f"{p['aggregator']}: {p['chosen']}" for p in mine if p["chosen"] != p["aggregator"]), None)
 
 
 def print_table(summary: dict, ensemble: str, aggregator: str, n: int) -> None:
@@ -73,6 +99,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                              "label (default: the bundled sample)")
     p.add_argument("--ensemble", default="crowd", help="the ensemble that labels the rows (default: crowd)")
     p.add_argument("--limit", type=int, help="use the first N rows")
+    p.add_argument("--gold", default=str(DEFAULT_GOLD), help="labeled rows sent as gold feedback before the job, "
+                   "so the aggregator is chosen and calibrated on them ('' to skip; default: the 40 dev sentences)")
     p.add_argument("--task", default="sentiment", help="the configured task whose prompt the workers use "
                    "(default: sentiment)")
     p.add_argument("--concurrency", type=int, default=16, help="items in flight (default: 16; vLLM batches them)")
