@@ -1,103 +1,176 @@
-"""The real local pool part of bench/quality.py (prints figures; not a test).
+"""The crowd against its best member, on data it has never seen, with the real local pool (prints figures).
 
-On UCI sentiment sentences split by a hash of the id (prompts were tuned elsewhere): label the
-test half with the crowd (uncalibrated), post gold labels for the dev half, refit (Dawid-Skene
-plus an isotonic calibration map), and re-read the test items' aggregates under the new
-parameters: per-member against crowd accuracy, ECE before and after calibration. Then an
-escalation ensemble (the three weaker workers, escalating to the strongest below a threshold)
-against sending every item to the strongest worker: accuracy and cost.
+For each data set (two sentiment sets, 3-class tweets, 7 intents from ../shared/datasets): rows whose
+text is a few-shot example of the config are dropped; the rest is split by a hash of the id into a
+gold half and a test half. The four local workers label gold candidates and test items once, through
+the gateway (ensemble `crowd`, every worker asked, the task's own prompt); then, for 0, 20 and 50
+gold labels, every aggregator is fitted with the gateway's own refit (ensembles/refit.py: the code
+the background refit runs) on all those votes and the gold labels, and scored on the test items with
+the gateway's own posterior and calibration. The best member is the best on the TEST items (an oracle:
+the strictest comparison). Cost is what the four calls of an item cost, per 1,000 items.
+
+LLM + human: the VADER tweets, each rated by 20-95 people. Every item gets ONE real human label (the
+sign of one rater's score, drawn per item), from 40 pseudo-annotators who each label a few items; the
+item's truth is the sign of the mean of the OTHER raters, so humans are not graded against themselves.
+
+Run: .venv/bin/python bench/quality_real.py [--test 200] [--sets imdb,amazon,tweets,intents]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
-import tempfile
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import httpx
-import yaml
-
-from gateway.config import parse_config
+from ensembles import metrics as m
+from ensembles.aggregators import get_aggregator, pick
+from ensembles.calibration import calibrate
+from ensembles.extract import fold
+from ensembles.refit import refit
+from ensembles.votes import Vote
+from gateway.config import Config, load_config
 from gateway.tools.datasets import load_dataset, split_of
 from gateway.tools.embedded import embedded_gateway
-from gateway.tools.evaluate import annotate_items, summarize
+from gateway.tools.evaluate import annotate_items
 from gateway.tools.pool import running_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
-LABELS = ["negative", "positive"]
+POOL = ROOT / "deploy" / "local-pool.yaml"
+SETS = {"imdb": ("uci_sentiment_imdb.jsonl", "sentiment"), "amazon": ("uci_sentiment_amazon.jsonl", "sentiment"),
+        "tweets": ("tweets_sentiment_crowdflower.jsonl", "tweets"), "intents": ("intents_bigbench.jsonl", "intents")}
+GOLD_SIZES = (0, 20, 50)
+AGGREGATORS = ("majority", "weighted", "dawid_skene", "stacking", "auto")
+MIN_GOLD = 20
+ItemVotes = dict[str, list[dict[str, Any]]]
 
 
-def sentences(split: str, n: int) -> list[dict]:
-    rows = [r for name in ("imdb", "yelp", "amazon")
-            for r in load_dataset(DATASETS / f"uci_sentiment_{name}.jsonl", split)]
-    rows.sort(key=lambda r: split_of(r["id"] + "order"))
-    return rows[:n]
+def few_shot_texts(config: Config) -> set[str]:
+    """Every few-shot example of every task and variant: training data, never evaluated on."""
+    texts = set()
+    for task in config.tasks:
+        for examples in [task.examples, *(v.examples or [] for v in task.variants.values())]:
+            texts.update(fold(e.text) for e in examples)
+    return texts
 
 
-def real_pool(n: int = 80) -> None:
-    config = yaml.safe_load((ROOT / "deploy" / "local-pool.yaml").read_text())
-    names = [mm["name"] for mm in config["members"]]
-    config["refit"] = {"every_items": 10**6, "every_s": 10**6, "min_items": 20, "min_gold_for_calibration": 20}
-    config["ensembles"] = [{"name": "crowd", "members": names, "aggregator": "dawid_skene", "quorum": 3,
-                            "deadline_s": 120}]
-    dev, test = sentences("dev", n), sentences("test", n)
-    with tempfile.TemporaryDirectory() as tmp, running_pool(parse_config(config)):
-        path = Path(tmp) / "pool.yaml"
-        path.write_text(yaml.safe_dump(config))
-        with embedded_gateway(str(path)) as url:
-            before = asyncio.run(annotate_items(url, "bench", "crowd", test, LABELS, 4, desc="test half"))
-            dev_records = asyncio.run(annotate_items(url, "bench", "crowd", dev, LABELS, 4, desc="dev half"))
-            for row in dev:
-                httpx.post(f"{url}/annotations/feedback", json={"item_id": row["id"], "label": row["label"],
-                                                                "source": "gold"}).raise_for_status()
-            httpx.post(f"{url}/annotations/refit", timeout=600).raise_for_status()
-            after = []
-            for rec in before:
-                stored = httpx.get(f"{url}/annotations/{rec['id']}").json()
-                after.append({**rec, "annotation": {**rec["annotation"], **stored["aggregate"]}})
-        report_calibration(summarize(before, LABELS), summarize(after, LABELS), n)
-        strong = max(summarize(dev_records, LABELS)["members"].items(), key=lambda kv: kv[1]["accuracy"])[0]
-        escalation(config, strong, names, test, Path(tmp))
+def ordered(rows: list[dict[str, Any]], salt: str) -> list[dict[str, Any]]:
+    """A stable shuffle by a hash of the id, so a prefix of it is a fair sample of the split."""
+    return sorted(rows, key=lambda r: hashlib.blake2b(f"{salt}:{r['id']}".encode(), digest_size=8).digest())
 
 
-def report_calibration(before: dict, after: dict, n: int) -> None:
-    print(f"\nReal local pool, {n} test sentences (UCI sentiment, test half by id hash):")
-    print("| worker | accuracy |\n|---|---|")
-    for name, d in sorted(before["members"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        print(f"| {name} | {d['accuracy']:.3f} |")
-    print(f"| crowd, Dawid-Skene before refit | {before['accuracy']:.3f} |")
-    print(f"| crowd, Dawid-Skene after refit with {n} dev gold labels | {after['accuracy']:.3f} |")
-    print(f"\nECE before calibration {before['ece']:.3f} (mean confidence {before['mean_confidence']:.3f}), "
-          f"after {after['ece']:.3f} (mean confidence {after['mean_confidence']:.3f}); Brier {before['brier']:.3f} "
-          f"-> {after['brier']:.3f}")
+def collect(url: str, rows: Sequence[dict[str, Any]], task: str, labels: Sequence[str]) -> tuple[ItemVotes, float]:
+    """Every worker's vote on every row (through the gateway), and the mean cost of an item."""
+    records = asyncio.run(annotate_items(url, "bench", "crowd", rows, labels, 16, desc=f"{task} votes", task=task))
+    votes = {str(r["id"]): r["annotation"]["votes"] for r in records if r["annotation"]}
+    cost = sum(r["cost_usd"] for r in records) / max(len(records), 1)
+    return votes, cost
 
 
-def escalation(config: dict, strong: str, names: list[str], test: list[dict], tmp: Path) -> None:
-    weak = [name for name in names if name != strong]
-    config = {**config, "ensembles": [
-        {"name": "escalating", "members": weak, "aggregator": "majority", "quorum": 2, "deadline_s": 120,
-         "escalation": {"below": 0.99, "to": strong}},
-        {"name": "strong-only", "members": [strong], "aggregator": "majority", "quorum": 1, "deadline_s": 120}]}
-    path = tmp / "escalation.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with embedded_gateway(str(path)) as url:
-        esc = summarize(asyncio.run(annotate_items(url, "bench", "escalating", test, LABELS, 4, desc="escalating")),
-                        LABELS)
-        alone = summarize(asyncio.run(annotate_items(url, "bench", "strong-only", test, LABELS, 4,
-                                                     desc="strong only")), LABELS)
-    strong_cost = alone["cost_per_1000"]
-    esc_strong = esc["members"].get(strong, {"cost_per_1000": 0.0, "answered": 0})
-    print(f"\nEscalation to the strongest worker ({strong}) only when the 3 others do not agree unanimously:")
-    print("| setup | accuracy | escalated | strong-worker calls per item | USD per 1,000 labels |\n|---|---|---|---|---|")
-    print(f"| {strong} on every item | {alone['accuracy']:.3f} | - | 1.00 | {strong_cost:.6f} |")
-    print(f"| 3 workers + escalation | {esc['accuracy']:.3f} | {esc['escalation_rate']:.1%} | "
-          f"{esc_strong['answered'] / len(test):.2f} | {esc['cost_per_1000']:.6f} |")
-    print(f"strong-worker calls saved: {1 - esc_strong['answered'] / len(test):.1%}")
-    print(json.dumps({"escalating": {k: esc[k] for k in ("accuracy", "escalation_rate", "cost_per_1000")},
-                      "strong_only": {k: alone[k] for k in ("accuracy", "cost_per_1000")}}))
+def score(name: str, votes: ItemVotes, labels: Sequence[str], gold: Mapping[str, str],
+          test: Mapping[str, str]) -> tuple[float, float]:
+    """(accuracy, ECE) of one aggregator on the test items, fitted on every item's votes and `gold`."""
+    params = refit(name, votes, labels, gold, MIN_GOLD)
+    agg = get_aggregator(name)
+    predicted, confidence, correct = [], [], []
+    for item, truth in test.items():
+        cast = [Vote.from_wire(v, len(labels)) for v in votes.get(item, []) if v.get("label") is not None]
+        dist = agg.posterior(cast, labels, params)
+        label = labels[pick(dist)]
+        predicted.append(label)
+        confidence.append(calibrate(params.get("calibration"), max(dist), len(cast)))
+        correct.append(label == truth)
+    return m.accuracy(predicted, list(test.values())), m.ece(confidence, correct)
+
+
+def members_alone(votes: ItemVotes, test: Mapping[str, str]) -> dict[str, float]:
+    names = sorted({v["member"] for item in test for v in votes.get(item, [])})
+    return {n: sum(any(v["member"] == n and v["label"] == truth for v in votes.get(item, []))
+                   for item, truth in test.items()) / len(test) for n in names}
+
+
+def evaluate_set(url: str, config: Config, name: str, n_test: int) -> None:
+    file, task_name = SETS[name]
+    task = config.task(task_name)
+    assert task is not None
+    labels = list(task.labels)
+    shots = few_shot_texts(config)
+    rows = [r for r in load_dataset(DATASETS / file) if fold(r["text"]) not in shots and r["label"] in labels]
+    gold_pool = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], name)[:max(GOLD_SIZES)]
+    test_rows = ordered([r for r in rows if split_of(str(r["id"])) == "test"], name)[:n_test]
+    votes, cost = collect(url, gold_pool + test_rows, task_name, labels)
+    test = {str(r["id"]): r["label"] for r in test_rows}
+    alone = members_alone(votes, test)
+    best_name, best = max(alone.items(), key=lambda kv: kv[1])
+    results = {g: {a: score(a, votes, labels, {str(r["id"]): r["label"] for r in gold_pool[:g]}, test)
+                   for a in AGGREGATORS} for g in GOLD_SIZES}
+    print(f"\n### {name} ({task_name}, {len(labels)} labels): {len(test)} test items, "
+          f"USD {1000 * cost:.4f} per 1,000 labels\n")
+    print("| | " + " | ".join(f"acc, {g} gold" for g in GOLD_SIZES) + " | ECE, 50 gold | vs best member, 50 gold |")
+    print("|---|" + "---|" * (len(GOLD_SIZES) + 2))
+    for member, acc in sorted(alone.items(), key=lambda kv: -kv[1]):
+        print(f"| {member}{' (best member)' if member == best_name else ''} | "
+              + " | ".join(f"{acc:.3f}" for _ in GOLD_SIZES) + " | - | - |")
+    for a in AGGREGATORS:
+        row = results[max(GOLD_SIZES)][a]
+        print(f"| {a} | " + " | ".join(f"{results[g][a][0]:.3f}" for g in GOLD_SIZES)
+              + f" | {row[1]:.3f} | {100 * (row[0] - best):+.1f} pts |")
+
+
+def human_plus_llm(url: str, config: Config, n_test: int) -> None:
+    """One real human label per item (VADER raters) with the LLM crowd, against either alone."""
+    task = config.task("sentiment")
+    assert task is not None
+    labels = list(task.labels)
+    rows = ordered(load_dataset(DATASETS / "vader_tweets_raters.jsonl"), "vader")[:max(GOLD_SIZES) + n_test]
+    truth, human = {}, {}
+    for row in rows:
+        rng = random.Random(str(row["id"]))
+        ratings = [r for r in row["human_ratings"] if r != 0]
+        i = rng.randrange(len(ratings))
+        others = ratings[:i] + ratings[i + 1:]
+        if not others or sum(others) == 0:
+            continue
+        truth[str(row["id"])] = "positive" if sum(others) > 0 else "negative"
+        human[str(row["id"])] = ("human:rater-" + str(rng.randrange(40)), "positive" if ratings[i] > 0 else "negative")
+    rows = [r for r in rows if str(r["id"]) in truth]
+    votes, cost = collect(url, rows, "sentiment", labels)
+    gold = {str(r["id"]): truth[str(r["id"])] for r in rows[:max(GOLD_SIZES)]}
+    test = {str(r["id"]): truth[str(r["id"])] for r in rows[max(GOLD_SIZES):]}
+    with_humans = {item: vs + [{"member": human[item][0], "label": human[item][1], "raw": human[item][1]}]
+                   for item, vs in votes.items()}
+    humans_alone = sum(human[item][1] == t for item, t in test.items()) / len(test)
+    llm = members_alone(votes, test)
+    print(f"\n### LLM + one human label per item: VADER tweets, {len(test)} test items, {max(GOLD_SIZES)} gold "
+          f"(truth = the other raters' mean)\n")
+    print("| | accuracy | ECE |\n|---|---|---|")
+    for member, acc in sorted(llm.items(), key=lambda kv: -kv[1]):
+        print(f"| {member} | {acc:.3f} | - |")
+    print(f"| humans alone (one label per item, 40 annotators) | {humans_alone:.3f} | - |")
+    for a in ("weighted", "dawid_skene", "stacking", "auto"):
+        acc, ece = score(a, votes, labels, gold, test)
+        both, both_ece = score(a, with_humans, labels, gold, test)
+        print(f"| LLM crowd, {a} | {acc:.3f} | {ece:.3f} |")
+        print(f"| LLM crowd + humans, {a} | {both:.3f} | {both_ece:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--test", type=int, default=200, help="test items per data set (default: 200)")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"data sets (default: {','.join(SETS)})")
+    parser.add_argument("--no-humans", action="store_true", help="skip the LLM + human comparison")
+    args = parser.parse_args()
+    config = load_config(POOL)
+    with running_pool(config), embedded_gateway(str(POOL)) as url:
+        for name in args.sets.split(","):
+            evaluate_set(url, config, name, args.test)
+        if not args.no_humans:
+            human_plus_llm(url, config, args.test)
 
 
 if __name__ == "__main__":
-    real_pool()
+    main()

@@ -13,6 +13,9 @@ when it abstained; P(true = k | votes) = softmax(logit). Fitted with scikit-lear
 LogisticRegression (L2, strength 1/C) in the refit; the request path evaluates the published
 coefficients in pure Python. Members the fit did not see are ignored; without a fit (fewer than
 `min_gold` gold items, or a single class among them) the posterior is `weighted`'s default.
+
+Human annotators (`human:<name>`) each label a few items: one column per person could not be fitted,
+so they share one pooled column, `human:*`, whose features count the human votes an item got.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from ensembles.aggregators.base import MIN_GOLD, Aggregator, ItemVotes, Params, 
 from ensembles.aggregators.confusion import shrink_skills
 from ensembles.aggregators.weighted import Weighted
 from ensembles.temperature import soft
-from ensembles.votes import Vote
+from ensembles.votes import HUMAN_PREFIX, Vote
+
+HUMANS = HUMAN_PREFIX + "*"
+"""The one column every human annotator's votes share."""
+
+
+def column(member: str) -> str:
+    return HUMANS if member.startswith(HUMAN_PREFIX) else member
 
 
 class _Compiled:
@@ -61,7 +71,7 @@ class Stacking(Aggregator):
         items = sorted(i for i, g in gold.items() if g in labels and i in item_votes)
         if len(items) < min_gold or len({gold[i] for i in items}) < 2:
             return None
-        members = sorted({v.member for i in items for v in item_votes[i] if v.label is not None})
+        members = sorted({column(v.member) for i in items for v in item_votes[i] if v.label is not None})
         k = len(labels)
         x = np.asarray([features(item_votes[i], members, labels) for i in items])
         y = np.asarray([labels.index(gold[i]) for i in items])
@@ -100,7 +110,7 @@ class Stacking(Aggregator):
         mul = operator.mul
         seen: set[str] = set()
         for vote in votes:
-            adj = c.adj.get(vote.member)
+            adj = c.adj.get(column(vote.member))
             if vote.label is None or adj is None or vote.member in seen:
                 continue
             seen.add(vote.member)
@@ -119,21 +129,24 @@ class Stacking(Aggregator):
 
 
 def features(votes: Sequence[Vote], members: Sequence[str], labels: Sequence[str]) -> list[float]:
-    """Per member: its probability per label (one-hot for a hard vote), then 1 if it abstained; first vote counts."""
+    """Per column: the member's probability per label (one-hot for a hard vote; the pooled human column sums
+    its people's votes), then 1 if no vote came; a member's first vote counts."""
     k = len(labels)
-    by_member: dict[str, Vote] = {}
+    mass: dict[str, list[float]] = {}
+    seen: set[str] = set()
     for vote in votes:
-        if vote.label is not None:
-            by_member.setdefault(vote.member, vote)
+        if vote.label is None or vote.member in seen:
+            continue
+        seen.add(vote.member)
+        probs = soft(vote, k, None)
+        row = list(probs) if probs is not None else [float(label == vote.label) for label in labels]
+        total = mass.setdefault(column(vote.member), [0.0] * k)
+        for i, p in enumerate(row):
+            total[i] += p
     out: list[float] = []
     for m in members:
-        vote = by_member.get(m)
-        if vote is None:
-            out.extend([0.0] * k + [1.0])
-            continue
-        probs = soft(vote, k, None)
-        out.extend(list(probs) if probs is not None else [float(label == vote.label) for label in labels])
-        out.append(0.0)
+        out.extend(mass.get(m, [0.0] * k))
+        out.append(0.0 if m in mass else 1.0)
     return out
 
 
