@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ SETS = {"imdb": ("uci_sentiment_imdb.jsonl", "sentiment"), "amazon": ("uci_senti
 GOLD_SIZES = (0, 20, 50)
 AGGREGATORS = ("majority", "weighted", "dawid_skene", "stacking", "auto")
 MIN_GOLD = 20
+OUT = ROOT / "out" / "quality"
+"""Each set's votes, test truth and gold pool, for re-aggregating offline."""
 ItemVotes = dict[str, list[dict[str, Any]]]
 
 
@@ -104,6 +107,9 @@ def evaluate_set(url: str, config: Config, name: str, n_test: int) -> None:
     test_rows = ordered([r for r in rows if split_of(str(r["id"])) == "test"], name)[:n_test]
     votes, cost = collect(url, gold_pool + test_rows, task_name, labels)
     test = {str(r["id"]): r["label"] for r in test_rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps({"labels": labels, "votes": votes, "test": test,
+                                                  "gold": [[str(r["id"]), r["label"]] for r in gold_pool]}))
     alone = members_alone(votes, test)
     best_name, best = max(alone.items(), key=lambda kv: kv[1])
     results = {g: {a: score(a, votes, labels, {str(r["id"]): r["label"] for r in gold_pool[:g]}, test)

@@ -16,6 +16,10 @@ from ensembles.votes import Vote
 FLOOR = 1e-6
 GRID = (0.1, 10.0, 61)
 """Temperatures searched: 61 points spaced evenly in log between 0.1 (sharpen) and 10 (flatten), 1 included."""
+MIN_GOLD_PER_LABEL = 15
+"""Gold items per label a member's soft votes need before a temperature is fitted: top-k log-probabilities
+put zero on most labels, so on a few dozen items one miss drives the fit to the flattest temperature, which
+erases the member's signal (measured on 7 intents with 50 gold: stacking 0.115 with, 0.56 without)."""
 
 
 def temper(probs: Sequence[float], t: float) -> tuple[float, ...]:
@@ -36,7 +40,8 @@ def soft(vote: Vote, k: int, temperatures: Mapping[str, float] | None) -> Sequen
 
 def fit_temperatures(item_votes: Mapping[str, Sequence[Vote]], labels: Sequence[str], gold: Mapping[str, str],
                      min_gold: int) -> dict[str, float]:
-    """Each member's NLL-minimising temperature, for members with soft votes on at least `min_gold` gold items."""
+    """Each member's NLL-minimising temperature, for members with soft votes on enough gold items (at least
+    `min_gold`, and MIN_GOLD_PER_LABEL per label)."""
     import numpy as np
 
     index = {label: i for i, label in enumerate(labels)}
@@ -54,8 +59,9 @@ def fit_temperatures(item_votes: Mapping[str, Sequence[Vote]], labels: Sequence[
             truths.append(index[truth])
     grid = np.exp(np.linspace(np.log(GRID[0]), np.log(GRID[1]), GRID[2]))
     out = {}
+    needed = max(min_gold, MIN_GOLD_PER_LABEL * len(labels))
     for member, (probs, truths) in sorted(by_member.items()):
-        if len(truths) < min_gold:
+        if len(truths) < needed:
             continue
         logp = np.log(np.maximum(np.asarray(probs, dtype=float), FLOOR))  # (n, K)
         scaled = logp[None, :, :] / grid[:, None, None]  # (G, n, K)

@@ -284,6 +284,8 @@ class Annotator:
         else:
             label, error = parse_answer(answer.text, task.labels)
             probs = soft_vote(answer.choice, task.labels) if label is not None else None
+            if probs is not None and probs[task.labels.index(label)] < max(probs):
+                probs = None  # the label's first token was shared by several labels: the leftovers would mislead
         if label is None and error != UNDECIDED:
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "invalid_answer").inc()
         return Vote(member=member.name, label=label, raw=answer.text, probs=probs, latency_ms=latency_ms,
