@@ -8,7 +8,9 @@ held-out fold's gold items, as the request path would label them (model selectio
 cross-validation: Stone, "Cross-validatory choice and assessment of statistical predictions",
 JRSS-B 1974).
 
-Rule (one standard error, paired): `weighted`, what the gateway does without gold, is the default; a
+Rule (one standard error, paired, on balanced accuracy: every label weighs the same, so a skewed gold set
+does not reward a model that always says its majority label): `weighted`, what the gateway does without
+gold, is the default; a
 member alone or another aggregator replaces it only if its cross-validated accuracy exceeds the
 default's by more than one standard error of their per-item paired difference; among those, the most
 accurate wins, earlier candidates on ties. So a choice must earn its place on gold: on a few dozen
@@ -75,6 +77,7 @@ class Auto(Aggregator):
         random.Random(self.seed).shuffle(order)
         k = min(self.folds, len(order))
         correct: dict[str, list[bool]] = {name: [] for name in [*(MEMBER + m for m in members), *self.candidates]}
+        truths: list[str] = []
         for f in range(k):
             held = set(order[f::k])
             train = {i: g for i, g in gold.items() if i not in held}
@@ -82,11 +85,13 @@ class Auto(Aggregator):
                       for name in {*self.candidates, "weighted"}}
             for item in order[f::k]:
                 votes, truth = item_votes[item], gold[item]
+                truths.append(truth)
                 for name in correct:
                     inner = fitted["weighted"] if name.startswith(MEMBER) else fitted[name]
                     correct[name].append(labels[pick(self.candidate_posterior(name, votes, labels, inner))] == truth)
-        accuracy = {name: sum(c) / len(c) for name, c in correct.items()}
-        winner = choose(correct, [MEMBER + m for m in members], list(self.candidates))
+        weights = balanced_weights(truths)
+        accuracy = {name: sum(w * c for w, c in zip(weights, cs)) / len(cs) for name, cs in correct.items()}
+        winner = choose(correct, [MEMBER + m for m in members], list(self.candidates), weights)
         inner_name = "weighted" if winner.startswith(MEMBER) else winner
         return {"winner": winner, "params": self._fit(inner_name, triples, labels, gold, item_votes, min_gold, memo),
                 "cv_accuracy": accuracy, "gold": len(items), "folds": k}
@@ -142,16 +147,31 @@ def answered(item_votes: ItemVotes, items: Sequence[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def balanced_weights(truths: Sequence[str]) -> list[float]:
+    """Per gold item, n / (labels present x items of its label): each label weighs the same in the score.
+
+    Why: a gold set that is 60% one label rewards a model that says that label every time; a few dozen gold
+    items are often that skewed (measured: 31 of 50 tweets negative, against 48% in the test items).
+    """
+    counts: dict[str, int] = {}
+    for truth in truths:
+        counts[truth] = counts.get(truth, 0) + 1
+    return [len(truths) / (len(counts) * counts[t]) for t in truths]
+
+
 def choose(correct: Mapping[str, Sequence[bool]], members: Sequence[str], combinations: Sequence[str],
-           default: str = "weighted") -> str:
-    """The one-standard-error rule of the module docstring, on per-item correctness aligned across candidates."""
+           weights: Sequence[float] | None = None, default: str = "weighted") -> str:
+    """The one-standard-error rule of the module docstring, on per-item correctness aligned across candidates,
+    each item weighted (balanced accuracy by default weights of 1)."""
+    w = list(weights) if weights is not None else [1.0] * len(correct[default])
+
     def acc(name: str) -> float:
-        return sum(correct[name]) / len(correct[name])
+        return sum(x * c for x, c in zip(w, correct[name])) / len(correct[name])
 
     base = correct[default]
     better = []
     for name in [*members, *(c for c in combinations if c != default)]:
-        diff = [float(a) - float(b) for a, b in zip(correct[name], base)]
+        diff = [x * (float(a) - float(b)) for x, a, b in zip(w, correct[name], base)]
         n = len(diff)
         mean = sum(diff) / n
         se = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1) / n) if n > 1 else math.inf

@@ -75,7 +75,7 @@ class Stacking(Aggregator):
         k = len(labels)
         x = np.asarray([features(item_votes[i], members, labels) for i in items])
         y = np.asarray([labels.index(gold[i]) for i in items])
-        model = LogisticRegression(C=self.C, max_iter=2000).fit(x, y)
+        model = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced").fit(x, y)
         weights = np.zeros((k, x.shape[1]))
         intercept = np.full(k, float(model.intercept_.min()) - np.log(len(items)))  # classes no gold item had
         rows = model.coef_ if len(model.classes_) > 2 else np.vstack([np.zeros_like(model.coef_), model.coef_])
