@@ -66,7 +66,7 @@ def config_for(raw: dict[str, Any], decoding: str, prefix_cache: bool) -> dict[s
         server["args"] = [*server.get("args", []), *([] if prefix_cache else ["--no-enable-prefix-caching"])]
     for member in out["members"]:
         member["decoding"] = decoding
-    out["ensembles"] = [{"name": m["name"], "members": [m["name"]], "quorum": 1, "deadline_s": 600}
+    out["ensembles"] = [{"name": f"only-{m['name']}", "members": [m["name"]], "quorum": 1, "deadline_s": 600}
                         for m in out["members"]]
     return out
 
@@ -85,10 +85,10 @@ def measure(raw: dict[str, Any], prefix_cache: bool, rows: list[dict[str, Any]],
             with embedded_gateway(str(path)) as url:
                 for member in cfg["members"]:
                     name, port = member["name"], port_of(member)
-                    asyncio.run(annotate_items(url, "bench", name, rows[:8], [], concurrency, desc="warm-up",
+                    asyncio.run(annotate_items(url, "bench", f"only-{name}", rows[:8], [], concurrency, desc="warm-up",
                                                task="sentiment"))
                     cpu, started = cpu_seconds(port), time.perf_counter()
-                    records = asyncio.run(annotate_items(url, "bench", name, rows, [], concurrency,
+                    records = asyncio.run(annotate_items(url, "bench", f"only-{name}", rows, [], concurrency,
                                                          desc=f"{name} {decoding}", task="sentiment"))
                     wall, cpu = time.perf_counter() - started, cpu_seconds(port) - cpu
                     right = sum(bool(r["annotation"]) and r["annotation"]["label"] == r["gold"] for r in records)
