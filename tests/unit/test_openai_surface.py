@@ -150,6 +150,17 @@ def test_quorum_not_met_says_do_not_retry(gateway: InProcessGateway, mine: OpenA
     assert upstream.calls("sa")["calls"] == 1  # one fan-out, no client retry
 
 
+def test_quorum_not_met_with_an_open_breaker_says_when_to_retry(gateway: InProcessGateway, mine: OpenAI,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open breaker half-opens after `reset_after_s`: then a retry can find the quorum."""
+    usable = gateway.state.upstreams.usable
+    monkeypatch.setattr(gateway.state.upstreams, "usable", lambda name: name != "sc" and usable(name))
+    with pytest.raises(openai.InternalServerError) as err:
+        mine.chat.completions.create(**ask("zzz"))
+    headers = err.value.response.headers
+    assert headers["retry-after"] == "30" and "x-should-retry" not in headers
+
+
 def test_request_id_on_every_answer(gateway: InProcessGateway, mine: OpenAI) -> None:
     ok = gateway.post("/v1/chat/completions", headers={"Authorization": "Bearer key-a", "x-request-id": "abc-123"},
                       json={**ask("good"), "labels": LABELS})
