@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.batches import Batches
@@ -17,9 +18,11 @@ from gateway.errors import (
     handle_api_error,
     handle_http_exception,
     handle_request_validation,
+    handle_store_unavailable,
     handle_unexpected,
 )
 from gateway.feedback import router as feedback_router
+from gateway.requestid import RequestIdMiddleware
 from gateway.routes import HOT_ROUTES, router
 from gateway.state import GatewayState
 
@@ -54,5 +57,8 @@ def create_app(config: Config | None = None) -> FastAPI:
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_request_validation)
+    app.add_exception_handler(RedisError, handle_store_unavailable)
+    app.add_exception_handler(OSError, handle_store_unavailable)
     app.add_exception_handler(Exception, handle_unexpected)
+    app.add_middleware(RequestIdMiddleware)
     return app

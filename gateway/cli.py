@@ -27,11 +27,16 @@ def version() -> str:
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, with the gateway's own loggers on the same handler and level, so `serve` shows them."""
+    """uvicorn's logging, with the gateway's own loggers at the same level and format, so `serve` shows them;
+    a gateway line logged while answering a request names its `x-request-id` (gateway/requestid.py)."""
     from uvicorn.config import LOG_LEVELS as LEVELS, LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["crowd_gateway"] = {"handlers": ["default"], "level": LEVELS[level], "propagate": False}
+    config["formatters"]["crowd"] = {**config["formatters"]["default"],
+                                     "fmt": "%(levelprefix)s %(request_tag)s%(message)s"}
+    config.setdefault("filters", {})["request_id"] = {"()": "gateway.requestid.RequestIdFilter"}
+    config["handlers"]["crowd"] = {**config["handlers"]["default"], "formatter": "crowd", "filters": ["request_id"]}
+    config["loggers"]["crowd_gateway"] = {"handlers": ["crowd"], "level": LEVELS[level], "propagate": False}
     return config
 
 

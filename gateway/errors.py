@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.requestid import REQUEST_ID
+
 log = logging.getLogger("crowd_gateway")
 
 _TYPES = {
@@ -78,8 +80,22 @@ async def handle_request_validation(_: Request, exc: Exception) -> Response:
     return APIError(400, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value").response()
 
 
+async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
+    """A store outage (Redis unreachable, a socket error on the way) on any route: 503, never a traceback.
+
+    One handler for every store route (feedback, annotations, review, refit, params, files, batches): they
+    reach the store directly, and the outage is the same for all of them. The completion routes never get
+    here: they answer without storing (`stored: false`, gateway/serving.py)."""
+    log.error("store unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return APIError(503, "the gateway's store is unavailable; retry later", code="store_unavailable",
+                    headers={"Retry-After": "1"}).response()
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    """Last resort: log the traceback server-side, never send it to the client."""
+    """Last resort: log the traceback server-side, never send it to the client.
+
+    Runs outside the middleware stack (Starlette's ServerErrorMiddleware), so it adds `x-request-id` itself."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    headers = {"x-request-id": rid} if (rid := REQUEST_ID.get()) else None
     return APIError(500, "internal error in the gateway; the server log has the details",
-                    type="server_error", code="internal_error").response()
+                    type="server_error", code="internal_error", headers=headers).response()

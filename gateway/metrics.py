@@ -59,6 +59,10 @@ VOTES_NOT_STORED = Counter("crowd_gateway_votes_not_stored", "Votes of answered 
                            "keep (the answer said stored: false)", ["ensemble"])
 ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429 because too "
                             "many items were in flight, by ensemble and limit (ensemble, key)", ["ensemble", "limit"])
+ENSEMBLE_READY = Gauge("crowd_gateway_ensemble_ready", "1 when at least quorum members of the ensemble passed "
+                       "their health check at the last /readyz, else 0", ["ensemble"], multiprocess_mode="max")
+MEMBER_HEALTHY = Gauge("crowd_gateway_member_healthy", "1 when the member passed its health check at the last "
+                       "/readyz, else 0", ["member"], multiprocess_mode="max")
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

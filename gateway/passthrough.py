@@ -2,13 +2,15 @@
 the answer comes back unchanged, streamed as it arrives when `stream: true`.
 
 A stream the upstream cuts before `data: [DONE]` ends with an SSE error event, so the client's
-SDK raises instead of returning a silently truncated answer.
+SDK raises instead of returning a silently truncated answer. A streamed call is priced from the
+member's final usage chunk (sent when the client asks `stream_options.include_usage`, or always by
+vLLM with `--enable-force-include-usage`); without one it is counted at cost 0.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -22,6 +24,8 @@ from gateway.upstream.reply import usage_tokens
 
 _STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
 _DONE = b"data: [DONE]"
+_TAIL = 8192
+"""Bytes of a stream's end kept to find `[DONE]` and the usage chunk just before it."""
 
 
 def upstream_failure(exc: UpstreamError) -> APIError:
@@ -62,25 +66,32 @@ def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> float:
     return upstreams.account(member.name, prompt, completion)
 
 
-async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any]) -> Response:
-    """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through."""
+async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any],
+                       ended: Callable[[bool], None]) -> Response:
+    """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through and is priced.
+
+    `ended(ok)` is called once the answer is over: at once for an error status, else when the stream ends
+    (ok only if it reached `[DONE]`).
+    """
     started = time.perf_counter()
     resp = await _open(upstreams, member, path, body, None, stream=True)
     if resp.status != 200:
         data = await resp.read()
         resp.release()
         upstreams.record_stream_end(member.name, resp.status < 500, time.perf_counter() - started)
+        ended(False)
         return Response(data, status_code=resp.status, media_type=resp.headers.get("Content-Type"))
-    return StreamingResponse(_relay(upstreams, member.name, resp, started), media_type="text/event-stream",
+    return StreamingResponse(_relay(upstreams, member.name, resp, started, ended), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float) -> AsyncIterator[bytes]:
+async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float,
+                 ended: Callable[[bool], None]) -> AsyncIterator[bytes]:
     tail = b""
     ok = False
     try:
         async for chunk in resp.content.iter_any():
-            tail = (tail + chunk)[-64:]
+            tail = (tail + chunk)[-_TAIL:]
             yield chunk
         ok = _DONE in tail
         if not ok:
@@ -90,6 +101,24 @@ async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, 
     finally:
         resp.release()
         upstreams.record_stream_end(name, ok, time.perf_counter() - started)
+        if ok:
+            _stream_cost(upstreams, name, tail)
+        ended(ok)
+
+
+def _stream_cost(upstreams: Upstreams, name: str, tail: bytes) -> None:
+    """Count a finished stream's tokens and cost from its last event carrying `usage` (none: cost 0)."""
+    for line in reversed(tail.split(b"\n")):
+        if not line.startswith(b"data: {") or b'"usage"' not in line:
+            continue
+        try:
+            data = orjson.loads(line[6:])
+            prompt, completion = usage_tokens(data.get("usage"))
+        except (orjson.JSONDecodeError, ValueError):
+            return
+        if prompt or completion:
+            upstreams.account(name, prompt, completion)
+            return
 
 
 def _error_event(name: str, message: str) -> bytes:

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from gateway.errors import APIError
@@ -94,6 +95,50 @@ def invalid(exc: ValidationError) -> APIError:
                     code="missing_required_parameter" if err["type"] == "missing" else "invalid_value")
 
 
+_ONE_ANSWER = "an ensemble answers one label per item"
+_REFUSED: tuple[tuple[str, str], ...] = (
+    ("n", _ONE_ANSWER + " (n must be 1)"),
+    ("best_of", _ONE_ANSWER + " (best_of must be 1)"),
+    ("tools", "an ensemble answers with a label, never a tool call"),
+    ("tool_choice", "an ensemble answers with a label, never a tool call"),
+    ("functions", "an ensemble answers with a label, never a function call"),
+    ("function_call", "an ensemble answers with a label, never a function call"),
+    ("logprobs", "an ensemble has no token log-probabilities of its own: `annotation.distribution` carries the "
+                 "probability of each label instead"),
+    ("top_logprobs", "an ensemble has no token log-probabilities of its own: `annotation.distribution` carries "
+                     "the probability of each label instead"),
+    ("echo", "an ensemble answers with the label alone, not the prompt"),
+)
+
+
+def _asks_for(name: str, value: Any) -> bool:
+    """Whether a field asks for something beyond its neutral value (n=1, tool_choice "none", logprobs false...)."""
+    if value is None or value is False or value == [] or value == "none":
+        return False
+    return not (name in ("n", "best_of") and value == 1) and not (name in ("logprobs", "top_logprobs") and value == 0)
+
+
+def refuse_unhonoured(body: dict[str, Any]) -> None:
+    """400 for an ensemble body asking for what its answer cannot be: several choices, tool calls, token
+    log-probabilities, an echoed prompt, or a JSON object without a label enum.
+
+    Refused is only what would change the answer's meaning if ignored; sampling options (temperature, seed,
+    max_tokens, stop...) go to the members and change nothing a client relies on. `response_format` of type
+    json_object is refused because the content would be a bare label, not the JSON object the client parses;
+    a json_schema with one enum property is the way to get `{"field": "label"}` (see gateway/task.py).
+    A member (passthrough) gets every field unchanged.
+    """
+    for name, why in _REFUSED:
+        if _asks_for(name, body.get(name)):
+            raise APIError(400, f"{name} is not supported on an ensemble: {why}", param=name,
+                           code="unsupported_parameter")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        raise APIError(400, "response_format json_object is not supported on an ensemble: its content is a label; "
+                            "send a json_schema whose one property is an enum of the labels to get a JSON object",
+                       param="response_format", code="unsupported_parameter")
+
+
 def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
     return {
         "label": outcome.label,
@@ -131,3 +176,30 @@ def completion_body(model: str, task: AnnotationTask, annotation: dict[str, Any]
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": usage, "annotation": annotation}
+
+
+def stream_events(answer: dict[str, Any], include_usage: bool) -> list[bytes]:
+    """A finished answer (`completion_body`) as the SSE events of OpenAI's streaming format, `[DONE]` last.
+
+    Chat: a role chunk, the content chunk, the finish chunk; completions: the text chunk and the finish chunk.
+    With `stream_options.include_usage` a last chunk with empty `choices` carries `usage` (as OpenAI sends it);
+    the `annotation` block rides on the last chunk before `[DONE]` (the usage chunk, else the finish chunk), so
+    a client that reads only the final chunk's extras finds it either way.
+    """
+    head = {"id": answer["id"], "object": "chat.completion.chunk" if answer["object"] == "chat.completion"
+            else "text_completion", "created": answer["created"], "model": answer["model"]}
+    choice = answer["choices"][0]
+    if answer["object"] == "chat.completion":
+        content = choice["message"]["content"]
+        chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}]},
+                  {**head, "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
+                                        "finish_reason": None}]},
+                  {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}]
+    else:
+        chunks = [{**head, "choices": [{"index": 0, "text": choice["text"], "logprobs": None, "finish_reason": None}]},
+                  {**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]}]
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    chunks[-1]["annotation"] = answer["annotation"]
+    return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]

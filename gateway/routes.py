@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
+from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -42,16 +44,31 @@ HOT_ROUTES = [Route("/v1/chat/completions", chat_completions, methods=["POST"]),
 """Plain Starlette routes: the request path skips FastAPI's dependency solving (~50 us a request)."""
 
 
-@router.get("/v1/models")
-async def list_models(request: Request) -> Response:
-    state: GatewayState = request.app.state.gateway
-    authorize(state, request)
+def _models(state: GatewayState) -> list[dict[str, Any]]:
     created = state.started
     data = [{"id": e.name, "object": "model", "created": created, "owned_by": "crowd-gateway", "kind": "ensemble",
              "members": e.members, "aggregator": e.aggregator} for e in state.config.ensembles]
     data += [{"id": m.name, "object": "model", "created": created, "owned_by": "crowd-gateway", "kind": "member",
               "dialect": m.dialect} for m in state.config.members]
-    return json_response({"object": "list", "data": data})
+    return data
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    return json_response({"object": "list", "data": _models(state)})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    authorize(state, request)
+    for model in _models(state):
+        if model["id"] == model_id:
+            return json_response(model)
+    raise APIError(404, f"the model {model_id!r} does not exist: it names no ensemble or member of this gateway",
+                   param="model", code="model_not_found")
 
 
 @router.get("/healthz")
@@ -61,16 +78,36 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Ready when every ensemble has at least `quorum` members passing their health check."""
+    """Ready (200) when this process and its store are usable; 503 when the store is not.
+
+    Pool health (members passing their health check, each ensemble against its quorum) is in the body and in
+    the gauges crowd_gateway_ensemble_ready and crowd_gateway_member_healthy, but never fails the probe: an
+    ensemble short of members must not take every pod out of the Service, and with it passthrough, batches
+    and feedback; a request to that ensemble answers 503 quorum_not_met by itself.
+    """
     state: GatewayState = request.app.state.gateway
-    names = sorted({n for e in state.config.ensembles for n in e.members} or state.members)
-    results = await asyncio.gather(*(state.upstreams.healthy(n) for n in names))
+    names = sorted(state.members)  # passthrough-only members too: clients call them by name
+    store_error, results = await asyncio.gather(_store_error(state), asyncio.gather(
+        *(state.upstreams.healthy(n) for n in names)))
     healthy = {n for n, ok in zip(names, results) if ok}
+    for n in names:
+        metrics.child(metrics.MEMBER_HEALTHY, n).set(int(n in healthy))
     ensembles = {e.name: {"healthy": sorted(healthy & set(e.members)), "quorum": e.quorum,
                           "ready": len(healthy & set(e.members)) >= e.quorum} for e in state.config.ensembles}
-    ready = all(e["ready"] for e in ensembles.values()) if ensembles else bool(healthy)
-    return json_response({"ready": ready, "ensembles": ensembles, "members": {n: n in healthy for n in names}},
-                 status=200 if ready else 503)
+    for name, ensemble in ensembles.items():
+        metrics.child(metrics.ENSEMBLE_READY, name).set(int(ensemble["ready"]))
+    body = {"ready": store_error is None, "store": store_error or "ok", "ensembles": ensembles,
+            "members": {n: n in healthy for n in names}}
+    return json_response(body, status=200 if store_error is None else 503)
+
+
+async def _store_error(state: GatewayState, timeout_s: float = 2.0) -> str | None:
+    """None when the vote store answers a ping in time, else what went wrong."""
+    try:
+        await asyncio.wait_for(state.store.ping(), timeout_s)
+    except (TimeoutError, OSError, RedisError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 @router.get("/metrics")

@@ -7,18 +7,27 @@ the answer is built; a member's body is proxied. Whatever goes wrong is an `APIE
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
 from gateway.annotate import Outcome
 from gateway.errors import APIError
 from gateway.http import json_response
 from gateway.passthrough import proxy, proxy_stream
-from gateway.protocol import annotation_block, completion_body, usage_block, validate_body
+from gateway.protocol import (
+    annotation_block,
+    completion_body,
+    refuse_unhonoured,
+    stream_events,
+    usage_block,
+    validate_body,
+)
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import AnnotationTask, Kind, build_task
@@ -49,9 +58,11 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         elif model in state.members:
             member = state.members[model]
             if body.get("stream"):
-                response = await proxy_stream(state.upstreams, member, path, body)
-                metrics.child(metrics.REQUESTS, name, "ok" if response.status_code < 400 else "error").inc()
-                return response
+                def ended(ok: bool) -> None:  # counted when the stream ends: a cut stream is an error
+                    metrics.child(metrics.REQUESTS, name, "ok" if ok else "error").inc()
+                    metrics.child(metrics.REQUEST_DURATION, name).observe(time.perf_counter() - started)
+
+                return await proxy_stream(state.upstreams, member, path, body, ended)
             response = await proxy(state.upstreams, member, path, body, raw)
             waited, route = response.upstream_wait_s, "passthrough"  # type: ignore[attr-defined]
         else:
@@ -59,6 +70,8 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
                                 f"gateway (GET /v1/models lists them)", param="model", code="model_not_found")
     except APIError as exc:
         metrics.child(metrics.REQUESTS, name, OUTCOMES.get(exc.status, "error")).inc()
+        if exc.code == "quorum_not_met":
+            exc.headers = {**(exc.headers or {}), **_retry_hint(state, model)}
         return exc.response()
     elapsed = time.perf_counter() - started
     metrics.child(metrics.REQUESTS, name, "ok" if response.status_code < 400 else "error").inc()
@@ -67,12 +80,26 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
     return response
 
 
+def _retry_hint(state: GatewayState, ensemble: str) -> dict[str, str]:
+    """How the SDKs should treat a missed quorum: wait for an open breaker to half-open (Retry-After), else
+    do not retry (`x-should-retry: false`, which the official SDKs honour): the gateway already retried each
+    member within the deadline, and a client retry repeats the whole fan-out to get the same votes."""
+    members = state.annotators[ensemble].ensemble.members
+    if any(not state.upstreams.usable(name) for name in members):
+        return {"Retry-After": str(math.ceil(state.config.gateway.breaker.reset_after_s))}
+    return {"x-should-retry": "false"}
+
+
+async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
 async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind,
                     tenant: str) -> tuple[Response, float]:
-    if body.get("stream"):
-        raise APIError(400, "stream: true is supported when `model` names a member (passthrough), not for an "
-                            "ensemble, whose answer exists only once the votes are in", param="stream",
-                       code="unsupported_value")
+    """Annotate; with `stream: true` the finished answer goes out as SSE chunks (errors stay JSON: nothing
+    is sent before the votes are in)."""
+    refuse_unhonoured(body)
     annotator = state.annotators[model]
     task = build_task(body, kind, state.config)
     aggregator = annotator.aggregator.name
@@ -86,7 +113,14 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
                "x-crowd-stop-reason": outcome.stop_reason,
                "x-crowd-votes-stored": "true" if annotation["stored"] else "false"}
-    return json_response(completion_body(model, task, annotation, usage), headers=headers), outcome.upstream_wait_s
+    answer = completion_body(model, task, annotation, usage)
+    if body.get("stream"):
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        events = stream_events(answer, include_usage)
+        return StreamingResponse(_events(events), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"}), outcome.upstream_wait_s
+    return json_response(answer, headers=headers), outcome.upstream_wait_s
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,

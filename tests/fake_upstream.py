@@ -4,7 +4,7 @@ One process serves many members under `/m/{name}/v1/...`. Each member's behaviou
 `POST /_script/{name}` (JSON): `answer` (fixed content), `keywords` ({substring: answer}, matched
 against the request's text), `latency_ms`, `fail` (list of statuses returned by the next calls,
 in order), `retry_after` (header sent with failures), `drop` (close the connection without an
-answer), `down` (health fails), `logprobs` ({token: logprob} for the first answer token),
+answer), `down` (health and /v1/models fail), `logprobs` ({token: logprob} for the first answer token),
 `usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop), `jitter_ms`
 (mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
 running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON value, sent verbatim
@@ -159,6 +159,10 @@ async def vllm_metrics(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    script = request.app["members"].script(name)
+    if script["down"]:
+        return web.json_response({"error": {"message": "down", "type": "server_error"}}, status=503)
+    request.app["members"].last[f"{name}:models"] = dict(request.headers)
     return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
 
 

@@ -65,8 +65,9 @@ class InProcessGateway:
             self._serve(port)
 
     def _serve(self, port: int) -> None:
+        # no log_level or log_config: uvicorn would set its loggers' levels for the whole test session
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, lifespan="off",
-                                                    log_level="warning", access_log=False))
+                                                    log_level=None, log_config=None, access_log=False))
         self._serving = asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop)
         while not self.server.started:
             if self._serving.done():

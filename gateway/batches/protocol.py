@@ -69,7 +69,30 @@ def batch_object(rec: Record) -> dict[str, Any]:
     obj.update({stamp: rec.get(stamp) for stamp in _STAMPS})
     obj["request_counts"] = {"total": rec["total"], "completed": rec["completed"], "failed": rec["failed"]}
     obj["metadata"] = rec.get("metadata")
+    obj["usage"] = rec.get("usage")
     return obj
+
+
+def batch_usage(lines: list[bytes]) -> dict[str, Any]:
+    """OpenAI's Batch `usage`, summed over the output lines' `usage` (plus `cost_usd`, the gateway's extra).
+
+    A passthrough line relays its member's body as is: a line whose usage cannot be read counts zero."""
+    prompt = completion = 0
+    cost = 0.0
+    for raw in lines:
+        body = orjson.loads(raw)["response"]["body"]
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            continue
+        try:
+            tokens = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                      float(usage.get("cost_usd") or 0.0))
+        except (TypeError, ValueError):
+            continue
+        prompt, completion, cost = prompt + tokens[0], completion + tokens[1], cost + tokens[2]
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion,
+            "cost_usd": round(cost, 12)}
 
 
 def list_page(objects: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -107,6 +107,37 @@ async def _file(batches: Batches, file_id: str, tenant: str, param: str = "id") 
     return rec
 
 
+@router.get("/v1/files")
+async def list_files(request: Request, purpose: str | None = None, after: str | None = None, limit: str = "10000",
+                     order: str = "desc") -> Response:
+    """The caller's files, as OpenAI pages them (`after` a file id, `limit` up to 10,000, `order` by creation)."""
+    _, batches, tenant = _context(request)
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 10000:
+        raise bad_request("limit must be an integer from 1 to 10000", "limit")
+    if order not in ("asc", "desc"):
+        raise bad_request("order must be 'asc' or 'desc'", "order")
+    records = [rec for rec in await batches.store.list_files(tenant) if purpose is None or rec["purpose"] == purpose]
+    if order == "asc":
+        records.reverse()
+    ids = [rec["id"] for rec in records]
+    start = 0
+    if after is not None:
+        if after not in ids:
+            raise bad_request(f"after {after!r} names no file of this list", "after")
+        start = ids.index(after) + 1
+    page = records[start:start + int(limit)]
+    return json_response(list_page([file_object(rec) for rec in page], start + len(page) < len(records)))
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> Response:
+    """OpenAI's FileDeleted; another tenant's file is a 404, as if it did not exist."""
+    _, batches, tenant = _context(request)
+    await _file(batches, file_id, tenant)
+    deleted = await batches.store.delete_file(file_id)
+    return json_response({"id": file_id, "object": "file", "deleted": deleted})
+
+
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
     _, batches, tenant = _context(request)

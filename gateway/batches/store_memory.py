@@ -45,6 +45,12 @@ class MemoryBatchStore:
         entry = self.files.get(file_id)
         return entry[1] if entry else None
 
+    async def list_files(self, owner: str) -> list[Record]:
+        return [copy.deepcopy(rec) for rec, _, _ in reversed(self.files.values()) if rec.get("owner", DEFAULT) == owner]
+
+    async def delete_file(self, file_id: str) -> bool:
+        return self.files.pop(file_id, None) is not None
+
     async def create_batch(self, rec: Record) -> None:
         self.batches[rec["id"]] = copy.deepcopy(rec)
         self.lines[rec["id"]] = _Lines()

@@ -5,6 +5,7 @@ against other replicas. Lease expiries use the Redis server's clock (TIME), so r
 clocks disagree still agree on when a lease has run out. Keys of one batch share a hash tag.
 
 Keys: `crowd:file:{id}` (hash: meta, content), `crowd:file:{id}:lines` (list of request lines),
+`crowd:files:{owner}` (zset of one tenant's file ids by upload time; expired files are dropped when listed),
 `crowd:batch:{id}` (hash: the record, counters, `next` cursor, `sealed`), `...:leases` (zset
 line -> expiry ms), `...:owners` (hash line -> worker), `...:results` (hash line -> flag+line),
 `crowd:batches` and `crowd:batches:active` (zsets by creation time), `crowd:lock:*`.
@@ -103,6 +104,7 @@ return 1
 
 _LIVE = _NOW_MS + "return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
 
+_JSON_FIELDS = frozenset({"metadata", "usage"})
 _INT_FIELDS = frozenset({"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
                          "expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "next",
                          "sealed"})
@@ -113,6 +115,10 @@ def _owned(owner: str) -> str:
     return f"crowd:batches:{{{owner}}}"
 
 _ACTIVE = "crowd:batches:active"
+
+
+def _owned_files(owner: str) -> str:
+    return f"crowd:files:{{{owner}}}"
 
 
 def _file_key(file_id: str) -> str:
@@ -128,7 +134,7 @@ def _encode(fields: dict[str, Any]) -> dict[str, bytes | str | int]:
     for name, value in fields.items():
         if value is None:
             continue
-        out[name] = orjson.dumps(value) if name == "metadata" else value
+        out[name] = orjson.dumps(value) if name in _JSON_FIELDS else value
     return out
 
 
@@ -138,7 +144,7 @@ def _decode(raw: dict[bytes, bytes]) -> Record:
         name = key.decode()
         if name in _INT_FIELDS:
             rec[name] = int(value)
-        elif name == "metadata":
+        elif name in _JSON_FIELDS:
             rec[name] = orjson.loads(value)
         else:
             rec[name] = value.decode()
@@ -165,6 +171,7 @@ class RedisBatchStore:
             if lines:
                 pipe.rpush(key + ":lines", *lines)
                 pipe.expire(key + ":lines", self.retention_s)
+            pipe.zadd(_owned_files(rec.get("owner", DEFAULT)), {rec["id"]: time.time()})
             await pipe.execute()
 
     async def get_file(self, file_id: str) -> Record | None:
@@ -173,6 +180,29 @@ class RedisBatchStore:
 
     async def file_content(self, file_id: str) -> bytes | None:
         return await self.redis.hget(_file_key(file_id), "content")
+
+    async def list_files(self, owner: str) -> list[Record]:
+        index = _owned_files(owner)
+        ids = [i.decode() for i in await self.redis.zrevrange(index, 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for file_id in ids:
+                pipe.hget(_file_key(file_id), "meta")
+            metas = await pipe.execute()
+        expired = [file_id for file_id, meta in zip(ids, metas) if meta is None]
+        if expired:
+            await self.redis.zrem(index, *expired)
+        return [orjson.loads(meta) for meta in metas if meta is not None]
+
+    async def delete_file(self, file_id: str) -> bool:
+        rec = await self.get_file(file_id)
+        if rec is None:
+            return False
+        key = _file_key(file_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key, key + ":lines")
+            pipe.zrem(_owned_files(rec.get("owner", DEFAULT)), file_id)
+            await pipe.execute()
+        return True
 
     async def create_batch(self, rec: Record) -> None:
         key = _batch_key(rec["id"])

@@ -22,7 +22,7 @@ import orjson
 
 from gateway import metrics
 from gateway.batches.jsonl import ENDPOINTS
-from gateway.batches.protocol import Record, file_record, now, output_line, result_file_id
+from gateway.batches.protocol import Record, batch_usage, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
 from gateway.config import BatchSettings
 from gateway.errors import APIError
@@ -182,5 +182,7 @@ class BatchWorker:
                                    self.state.config.store.retention_days * 86400, owner=rec.get("owner", DEFAULT))
                 await self.store.put_file(meta, content)
                 files[f"{which}_file_id"] = file_id
-        if await self.store.transition(batch_id, ("finalizing", "cancelling"), final, **files, **{stamp: now()}):
+        usage = batch_usage([line for ok, line in results if ok])
+        if await self.store.transition(batch_id, ("finalizing", "cancelling"), final, **files, usage=usage,
+                                       **{stamp: now()}):
             await self.store.retire(batch_id)

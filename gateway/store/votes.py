@@ -107,11 +107,18 @@ class VoteStore(ABC):
     @abstractmethod
     async def unlock(self, name: str) -> None: ...
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise (RedisError, OSError) when the store cannot be used: what /readyz checks."""
+
     async def close(self) -> None:
         return None
 
 
 class MemoryVoteStore(VoteStore):
+    async def ping(self) -> None:
+        """This process's memory is usable whenever the process answers."""
+
     def __init__(self, retention_s: float = 30 * 86400) -> None:
         self.retention_s = retention_s
         self.items: dict[str, ItemRecord] = {}

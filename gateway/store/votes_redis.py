@@ -163,5 +163,8 @@ class RedisVoteStore(VoteStore):
     async def unlock(self, name: str) -> None:
         await self.locks.unlock(name)
 
+    async def ping(self) -> None:
+        await self.r.ping()
+
     async def close(self) -> None:
         await self.r.aclose()

@@ -201,11 +201,14 @@ class Upstreams:
 
     async def get(self, name: str, path: str, timeout_s: float) -> Reply | None:
         """GET a path under the member's server root (health, /metrics); None when it cannot be reached."""
+        return await self._get(name, self.clients[name].root + path, timeout_s)
+
+    async def _get(self, name: str, url: str, timeout_s: float) -> Reply | None:
         client = self.clients[name]
         assert self.session is not None, "Upstreams.start() was not awaited"
         started = time.perf_counter()
         try:
-            async with self.session.get(client.root + path, headers=client.headers,
+            async with self.session.get(url, headers=client.headers,
                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 data = await resp.read()
                 return Reply(resp.status, data, resp.headers.get("Content-Type", ""), time.perf_counter() - started)
@@ -316,12 +319,19 @@ class Upstreams:
         metrics.child(metrics.UPSTREAM_DURATION, name).observe(seconds)
 
     async def healthy(self, name: str, timeout_s: float = 2.0) -> bool:
-        """Probe a member's health endpoint; dialects without one count as healthy unless the circuit is open."""
+        """Probe a member: vLLM's health path, llama.cpp's /v1/models, an `openai` server's `{base_url}/models`
+        with the member's key (any 2xx). A `litellm` member is healthy unless its circuit is open: its
+        providers have no free health call, and a probe must not spend money; a dead provider opens the
+        breaker after `failure_threshold` failed calls."""
         client = self.clients[name]
         if client.publish_state() is State.OPEN:
             return False
-        path = {"vllm": client.member.health_path, "llamacpp": "/v1/models"}.get(client.member.dialect)
-        if path is None:
+        member = client.member
+        if member.dialect == "litellm":
             return True
+        if member.dialect == "openai":
+            reply = await self._get(name, member.base_url + "/models", timeout_s)
+            return reply is not None and 200 <= reply.status < 300
+        path = member.health_path if member.dialect == "vllm" else "/v1/models"
         reply = await self.get(name, path, timeout_s)
         return reply is not None and reply.status == 200

@@ -144,3 +144,19 @@ def test_list_is_newest_first_with_cursor(run: Any) -> None:
             await store.list_batches("batch_nope", 2, "default")
         assert await store.active_batches() == ids
     run(scenario)
+
+
+def test_files_are_listed_by_owner_newest_first_and_deleted(run: Any) -> None:
+    async def scenario(store: BatchStore, batch_id: str, wait: Wait) -> None:
+        for file_id, owner in (("file-a", "t1"), ("file-b", "t2"), ("file-c", "t1")):
+            time.sleep(0.002)
+            await store.put_file(file_record(file_id, "x.jsonl", "batch", 1, 3600, owner=owner), b"x", [b"x"])
+        assert [f["id"] for f in await store.list_files("t1")] == ["file-c", "file-a"]
+        assert [f["id"] for f in await store.list_files("default")] == ["file-in"]
+        assert await store.delete_file("file-c") and not await store.delete_file("file-c")
+        assert await store.get_file("file-c") is None and await store.file_content("file-c") is None
+        assert [f["id"] for f in await store.list_files("t1")] == ["file-a"]
+        usage = {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4, "cost_usd": 1e-6}
+        assert await store.transition(batch_id, ("in_progress",), "completed", usage=usage)
+        assert (await store.get_batch(batch_id))["usage"] == usage
+    run(scenario)

@@ -167,7 +167,8 @@ def test_reasking_an_item_replaces_its_votes(client: OpenAI, gateway: Gateway) -
 
 def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_factory: Any,
                                                   tmp_path: Path) -> None:
-    """A Redis outage after startup: the label is still answered, and the answer says its votes were lost."""
+    """A Redis outage after startup: the label is still answered, and the answer says its votes were lost; the
+    store routes answer 503 store_unavailable (not 500), and /readyz says the store is down."""
     upstream.reset()
     upstream.script("f1", answer="positive")
     port = free_port()
@@ -185,6 +186,14 @@ def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_fac
     assert r.status_code == 200 and r.json()["annotation"]["stored"] is False
     assert r.headers["x-crowd-votes-stored"] == "false"
     assert 'crowd_gateway_votes_not_stored_total{ensemble="one"} 1.0' in httpx.get(f"{gw.url}/metrics").text
+    for path in ("/v1/review", "/v1/files", "/v1/batches", "/v1/files/file-x"):
+        r = httpx.get(f"{gw.url}{path}", timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", (path, r.text)
+    r = httpx.post(f"{gw.v1}/annotations/feedback", timeout=30,
+                   json={"item_id": "i", "label": "positive", "source": "gold", "labels": ["positive", "negative"]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    ready = httpx.get(f"{gw.url}/readyz", timeout=30)
+    assert ready.status_code == 503 and ready.json()["ready"] is False and ready.json()["store"] != "ok"
 
 
 def wait_redis(port: int) -> None:

@@ -110,3 +110,9 @@ def test_retention_drops_old_items(store: Any) -> None:
         await s.record(item(1), [{"member": "a", "label": "negative"}])
         assert [t[0] for t in await s.triples("sentiment")] == ["it-1"]
     run(store, scenario)
+
+
+def test_ping_answers_while_the_store_is_up(store: Any) -> None:
+    async def scenario(s: VoteStore) -> None:
+        await s.ping()
+    run(store, scenario)
