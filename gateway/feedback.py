@@ -7,6 +7,8 @@ queued item resolves it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -24,6 +26,9 @@ from gateway.task import checked_labels, schema_for_labels
 from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
 router = APIRouter()
+
+MAX_BULK = 1000
+"""Most feedback lines one request may carry."""
 
 
 async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRecord:
@@ -47,21 +52,38 @@ async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRec
 
 @router.post("/v1/annotations/feedback")
 async def post_feedback(request: Request) -> Response:
+    """One label (`{item_id, label, source, ...}`), or many at once (`{"data": [...]}`, up to MAX_BULK):
+    a human team's labels of a day go in one request; every line is checked before any is stored."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
     body, _ = await read_json(state, request)
+    lines = body.get("data") if set(body) == {"data"} else None
+    if lines is not None and (not isinstance(lines, list) or not 1 <= len(lines) <= MAX_BULK):
+        raise bad_request(f"data must be a list of 1 to {MAX_BULK} feedback objects", "data")
     try:
-        fb = Feedback.model_validate(body)
+        feedback = [Feedback.model_validate(line) for line in (lines if lines is not None else [body])]
     except ValidationError as exc:
         raise invalid(exc) from None
+    checked = [await _checked(state, fb, tenant) for fb in feedback]
+    answers = [await _store(state, fb, item, label, tenant) for fb, (item, label) in zip(feedback, checked)]
+    return json_response({"object": "list", "data": answers} if lines is not None else answers[0])
+
+
+async def _checked(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, str]:
+    """The item a label is for and the label as spelt in its label set; a 400/404 names the bad one."""
     item = await _record_for(state, fb, tenant)
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:
-        raise bad_request(f"label {fb.label!r} is not in the item's label set {item.labels}", "label")
-    await state.store.add_label(item, canonical, fb.source, fb.annotator)
+        raise bad_request(f"label {fb.label!r} is not in the label set {item.labels} of item {fb.item_id!r}",
+                          "label")
+    return item, canonical
+
+
+async def _store(state: GatewayState, fb: Feedback, item: ItemRecord, label: str, tenant: str) -> dict[str, Any]:
+    await state.store.add_label(item, label, fb.source, fb.annotator)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return json_response({"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
-                  "label": canonical, "source": fb.source, "resolved_review": resolved})
+    return {"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
+            "label": label, "source": fb.source, "resolved_review": resolved}
 
 
 @router.get("/v1/annotations/params")
@@ -110,15 +132,45 @@ async def get_annotation(request: Request, item_id: str) -> Response:
 
 
 @router.get("/v1/review")
-async def list_review(request: Request, limit: int = 50) -> Response:
+async def list_review(request: Request, limit: int = 50, strategy: str = "queue") -> Response:
+    """`strategy=queue`: the items flagged for review, oldest first. `strategy=uncertain`: the stored items
+    without gold where one human or gold label would help most: smallest margin between the two most
+    probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
     if not 1 <= limit <= 1000:
         raise bad_request("limit must be between 1 and 1000", "limit")
+    if strategy == "uncertain":
+        entries = await _most_uncertain(state, tenant, limit)
+        return json_response({"object": "list", "data": entries, "total": len(entries)})
+    if strategy != "queue":
+        raise bad_request("strategy must be 'queue' or 'uncertain'", "strategy")
     entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
                for e in await state.store.reviews(limit, tenant)]
     total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
     return json_response({"object": "list", "data": entries, "total": total})
+
+
+async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[dict[str, Any]]:
+    ranked: list[tuple[float, float, dict[str, Any]]] = []
+    for schema, labels in (await state.store.schemas()).items():
+        if not owns(tenant, schema):
+            continue
+        gold = await state.store.gold(schema)
+        for item, raw in (await state.store.item_votes(schema)).items():
+            votes = [Vote.from_wire(v, len(labels)) for v in raw if v.get("label") is not None]
+            if item in gold or not votes:
+                continue
+            ensemble = next((e for e in state.config.ensembles if e.name in {v.get("ensemble") for v in raw}), None)
+            aggregator = get_aggregator(ensemble.aggregator if ensemble else "weighted")
+            dist = aggregator.posterior(votes, labels, state.reliability.get(schema, aggregator.name))
+            top, second = sorted(dist, reverse=True)[:2]
+            agreement = max(sum(v.label == label for v in votes) for label in labels) / len(votes)
+            ranked.append((top - second, agreement, {
+                "item_id": unscoped(tenant, item), "schema": unscoped(tenant, schema), "margin": round(top - second, 6),
+                "agreement": round(agreement, 6), "label": labels[pick(dist)], "votes": len(votes)}))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    return [entry for *_, entry in ranked[:limit]]
 
 
 @router.post("/v1/annotations/refit")
