@@ -9,18 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
+from ensembles.aggregators.base import MIN_GOLD
+from ensembles.refit import refit
 from ensembles.votes import Vote
 from gateway.tools import UsageError
-from gateway.tools.datasets import load_dataset, row_ids
+from gateway.tools.datasets import load_dataset, row_ids, split_of
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
 
@@ -110,6 +113,64 @@ def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dic
     return out
 
 
+def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+    """How much the members' mistakes overlap, and what each adds.
+
+    `error_correlation`: per pair of members, the correlation of their error indicators on the items both
+    answered (1: they are wrong on the same items; a crowd of such members is one member). `contribution`:
+    accuracy of `auto` without each member minus with all, fitted on the gold of the dev half (split by id)
+    with the gateway's own refit and scored on the test half.
+    """
+    items = {str(r["id"]): r for r in records if r["annotation"]}
+    members = sorted({v["member"] for r in items.values() for v in r["annotation"]["votes"]})
+    wrong = {m: {i: v["label"] != r["gold"] for i, r in items.items() for v in r["annotation"]["votes"]
+                 if v["member"] == m and v["label"] is not None} for m in members}
+    correlation = {}
+    for n, a in enumerate(members):
+        for b in members[n + 1:]:
+            both = sorted(set(wrong[a]) & set(wrong[b]))
+            correlation[f"{a} / {b}"] = _pearson([wrong[a][i] for i in both], [wrong[b][i] for i in both])
+    dev = {i: r["gold"] for i, r in items.items() if split_of(i) == "dev"}
+    test = {i: r["gold"] for i, r in items.items() if split_of(i) == "test"}
+    with_all = _auto_accuracy(items, labels, dev, test, exclude=None)
+    contribution = {m: round(with_all - _auto_accuracy(items, labels, dev, test, exclude=m), 6) for m in members}
+    return {"error_correlation": correlation, "auto_accuracy": with_all, "contribution": contribution,
+            "gold": len(dev), "test": len(test)}
+
+
+def _pearson(x: Sequence[bool], y: Sequence[bool]) -> float | None:
+    n = len(x)
+    if n < 3:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    var = math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    return round(cov / var, 6) if var else None
+
+
+def _auto_accuracy(items: Mapping[str, dict[str, Any]], labels: Sequence[str], gold: Mapping[str, str],
+                   test: Mapping[str, str], exclude: str | None) -> float:
+    votes = {i: [v for v in r["annotation"]["votes"] if v["member"] != exclude] for i, r in items.items()}
+    params = refit("auto", votes, labels, dict(gold), MIN_GOLD)
+    agg = get_aggregator("auto")
+    right = sum(labels[pick(agg.posterior([Vote.from_wire(v, len(labels)) for v in votes[i]], labels, params))] == t
+                for i, t in test.items())
+    return right / max(len(test), 1)
+
+
+def print_diversity(mix: dict[str, Any]) -> None:
+    if not mix:
+        return
+    print("\nError correlation on gold (1: wrong on the same items):\n| pair | correlation |\n|---|---|")
+    for pair, value in sorted(mix["error_correlation"].items(), key=lambda kv: -(kv[1] or 0)):
+        print(f"| {pair} | {'-' if value is None else f'{value:.2f}'} |")
+    print(f"\nMarginal contribution (auto fitted on {mix['gold']} gold items, scored on {mix['test']}; "
+          f"with every member {mix['auto_accuracy']:.3f}):\n| member | accuracy lost without it |\n|---|---|")
+    for member, value in sorted(mix["contribution"].items(), key=lambda kv: -kv[1]):
+        hint = "  (does not help: consider dropping it)" if value <= 0 else ""
+        print(f"| {member} | {100 * value:+.1f} pts{hint} |")
+
+
 def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """A reliability diagram and a cost-accuracy plot, as PNG."""
     import matplotlib
@@ -184,10 +245,15 @@ def run(args: argparse.Namespace) -> int:
     if not any(r["annotation"] for r in records):
         first = next((r["error"] for r in records), "no items")
         raise UsageError(f"no item was answered, so there is nothing to score (first error: {first})")
+    # the label set in the order soft votes use it (a task's order, not sorted)
+    labels = list(next(r["annotation"]["distribution"] for r in records if r["annotation"]))
     summary = summarize(records, labels)
     comparison = reaggregate(records, labels) if not args.no_reaggregate else {}
-    (out / "summary.json").write_text(json.dumps({"summary": summary, "aggregators": comparison}, indent=2))
+    mix = diversity(records, labels) if not args.no_reaggregate else {}
+    (out / "summary.json").write_text(json.dumps({"summary": summary, "aggregators": comparison, "diversity": mix},
+                                                 indent=2))
     print_report(summary, comparison)
+    print_diversity(mix)
     for path in plot(summary, records, out):
         print(f"wrote {path}")
     return 0

@@ -55,6 +55,11 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path,
     assert summary["summary"]["members"]["e3"]["accuracy"] == pytest.approx(20 / 30)
     assert summary["summary"]["cost_per_1000"] == pytest.approx(1000 * 3 * 11 / 1e6)
     assert set(summary["aggregators"]) >= {"majority", "dawid_skene", "glad", "mace", "wawa"}
+    mix = summary["diversity"]
+    assert set(mix["contribution"]) == {"e1", "e2", "e3"} and set(mix["error_correlation"]) == {
+        "e1 / e2", "e1 / e3", "e2 / e3"}
+    assert mix["error_correlation"]["e1 / e2"] is None, "e1 is never wrong: no correlation to speak of"
+    assert mix["contribution"]["e1"] >= mix["contribution"]["e3"], "the perfect member matters most"
     assert (out / "reliability.png").stat().st_size > 1000 and (out / "cost_accuracy.png").stat().st_size > 1000
     assert "| e1 | 1.000 |" in printed.out
     again = main(["eval", "--votes", str(out / "annotations.jsonl"), "--out", str(tmp_path / "o2")])
