@@ -20,7 +20,6 @@ import math
 import operator
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, Params, softmax
 from ensembles.temperature import temper
@@ -182,6 +181,3 @@ class ConfusionAggregator(Aggregator):
                     scores[t] += logs[t][obs]
         return softmax(scores)
 
-
-def label_map(values: Mapping[str, Any], labels: Sequence[str], default: float = 0.0) -> list[float]:
-    return [float(values.get(label, default)) for label in labels]
