@@ -75,11 +75,16 @@ class Member(Strict):
     """Members sharing a group are interchangeable replicas of one worker (same model and template):
     load-aware routing asks one of them, hedging duplicates a slow call to another."""
 
+    max_reply_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    """A reply past this is that member's failed vote, read no further."""
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials: put the key in the variable api_key_env names")
         return url.rstrip("/")
 
     def api_key(self) -> str | None:

@@ -8,6 +8,7 @@ moves bytes and reports what happened.
 from __future__ import annotations
 
 import asyncio
+import logging
 import email.utils
 import math
 import random
@@ -33,6 +34,7 @@ from gateway.upstream.pricing import Pricer, pricer_for
 from gateway.upstream.reply import Reply, UpstreamError
 from routers import MemberState
 
+log = logging.getLogger("crowd_gateway.upstream")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF_S = 0.05
 MAX_RETRY_AFTER_S = 10.0
@@ -101,10 +103,27 @@ class HttpTransport:
         started = time.perf_counter()
         async with session.post(self.member.base_url + path, data=body, headers=self.headers,
                                 timeout=self.timeout) as resp:
-            data = await resp.read()
+            data = await _bounded(resp, self.member.max_reply_bytes)
             retry_after = _retry_after(resp.headers) if resp.status in RETRY_STATUSES else None
             return Reply(resp.status, data, resp.headers.get("Content-Type", "application/json"),
                          time.perf_counter() - started, retry_after)
+
+
+class ReplyTooLarge(aiohttp.ClientPayloadError):
+    """A member's reply past `max_reply_bytes`: read no further (four 100 MB replies once took 606 MB)."""
+
+
+async def _bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise ReplyTooLarge(f"reply of {declared} bytes exceeds max_reply_bytes {limit}")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ReplyTooLarge(f"reply exceeds max_reply_bytes {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Transport(Protocol):
@@ -253,8 +272,9 @@ class Upstreams:
             raise UpstreamError(member.name, "timeout", f"no answer within {member.timeout_s:g}s") from None
         except aiohttp.ClientError as exc:
             client.breaker.failure()
-            raise UpstreamError(member.name, "connection", f"connection failed: {exc.__class__.__name__}: {exc}") \
-                from None
+            # the exception's text names hosts and ports: it goes to the log, not into answers
+            log.warning("member %s: %s: %s", member.name, exc.__class__.__name__, exc)
+            raise UpstreamError(member.name, "connection", f"connection failed: {exc.__class__.__name__}") from None
         finally:
             client.stats.in_flight -= 1
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, outcome).inc()

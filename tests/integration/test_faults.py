@@ -271,3 +271,24 @@ def test_overload_is_refused_early_and_opens_no_breaker(upstream: Upstream, gate
     assert refused[0].json()["error"]["code"] == "overloaded"
     assert time.monotonic() - started < 3
     assert 'crowd_gateway_circuit_state{member="f1"} 0.0' in httpx.get(f"{gw.url}/metrics").text
+
+
+def test_a_huge_reply_is_that_members_failed_vote(upstream: Upstream, gateway_factory: Any) -> None:
+    upstream.reset()
+    upstream.script("f1", answer="positive")
+    upstream.script("big", raw={"choices": [{"message": {"content": "positive" + " " * 300_000}}]})
+    gw = gateway_factory({"members": members(upstream, ["f1"]) + members(upstream, ["big"], max_reply_bytes=100_000),
+                          "ensembles": [{"name": "two", "members": ["f1", "big"]}]})
+    r = httpx.post(f"{gw.v1}/chat/completions", timeout=30, json={
+        "model": "two", "labels": ["positive", "negative"], "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    big = next(v for v in r.json()["annotation"]["votes"] if v["member"] == "big")
+    assert big["label"] is None and big["error"] == "connection failed: ReplyTooLarge"
+    assert "127.0.0.1" not in r.text, "no member host or port reaches the client"
+
+
+def test_credentials_in_a_member_url_are_a_config_error() -> None:
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="must not carry credentials"):
+        parse_config({"members": [{"name": "m", "base_url": "https://user:secret@api.example/v1", "model": "x"}]})
