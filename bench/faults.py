@@ -1,0 +1,465 @@
+"""Issue 12's reliability rules under fault injection, measured against real processes (prints a table; not a test).
+
+Each row runs its own `crowd-gateway serve` process (pinned to CPU 0) in front of the scriptable
+fake upstream tests/fake_upstream.py (CPU 1, with this load generator and redis-server). Every
+client is an async httpx client on 127.0.0.1; every loop is bounded in requests and in time.
+
+  odd replies   five-member ensembles, one member returning well-formed but odd JSON (the shapes of
+                tests/integration/test_faults.py: content as list/int/dict, choices as strings, usage
+                negative/strings/2**64-1/1e30, a JSON list, garbage logprobs), one odd member per shape:
+                5xx answers (aim 0), and whether each malformed member's breaker opened
+                (crowd_gateway_circuit_state 2) while garbage logprobs only cost the soft vote.
+  bad 429s      a member answering 429 with Retry-After `garbage`, `1.5s`, `nan` (and `120`, past the
+                deadline), beside a healthy one: 5xx answers (aim 0), p99 latency against the 3 s deadline.
+  redis bursts  a real redis-server (started here, no persistence), bursts of 150/300/400 concurrent
+                requests with unique item ids: answers with `annotation.stored` false, and LOST votes:
+                votes of answers that said `stored: true` but are not in GET /v1/annotations/{item_id}
+                afterwards (aim 0).
+  overload      members with 100 ms latency and max_concurrency = the admission limit. Capacity is
+                measured first with a closed loop at the admission limit, then an open loop sends 5x
+                capacity for a few seconds: goodput (200s per second, aim >= 80% of capacity), share of
+                429s, p99 latency of the 200s, breakers opened (aim none), and one request right after.
+  hostile       a few hundred bad bodies and queries (invalid JSON, 8,001 labels with a duplicate,
+                json_schema as a string or list, a text part of 5, temperature "hot", a message without
+                content, /v1/batches?limit=² or huge): 5xx answers (aim 0), bodies that are not
+                OpenAI-shaped errors, and the slowest single request (linear checks: aim < 1 s).
+
+Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/faults.py   (from the repository or worktree root;
+     PYTHONPATH makes this checkout's gateway code the one the gateway processes run)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.conftest import free_port, stop, wait_http  # noqa: E402
+from tests.integration.test_faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
+
+GATEWAY_CPU, LOAD_CPU = 0, 1
+LABELS = ["positive", "negative"]
+HEALTHY = ["f1", "f2", "f3", "f4"]
+ODD_PER_SHAPE = 20
+"""Requests per odd shape (the breaker opens after 5 failures; the rest must still be answered)."""
+RETRY_HINTS = ["garbage", "1.5s", "nan", "120"]
+PER_HINT = 30
+DEADLINE_429_S = 3.0
+BURSTS = (150, 300, 400)
+OVERLOAD_LIMIT = 6
+"""Admission limit and each overload member's max_concurrency: capacity is about this / latency."""
+OVERLOAD_LATENCY_MS = 100
+OVERLOAD_FACTOR = 5
+CAPACITY_S = 3.0
+BURST_S = 3.0
+HOSTILE_ROUNDS = 30
+CONCURRENCY = 8
+"""In-flight requests of the closed loops of the odd, 429 and hostile rows."""
+ROW_BUDGET_S = 60.0
+"""No row's requests may run longer than this (the loops are bounded in count as well)."""
+
+
+@dataclass
+class Row:
+    area: str
+    tried: int
+    failed: int
+    lost: str
+    notes: str
+    measured: str
+
+
+class Upstream:
+    """The fake upstream's control routes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def script(self, member: str, **behaviour: Any) -> None:
+        self.http.post(f"/_script/{member}", json=behaviour).raise_for_status()
+
+    def calls(self, member: str) -> int:
+        return self.http.get(f"/_calls/{member}").json()["calls"]
+
+    def member(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "base_url": f"{self.url}/m/{name}/v1", "model": name, "timeout_s": 5, "retries": 0,
+                **extra}
+
+
+def pinned(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(["taskset", "-c", str(cpu), *cmd], env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A `crowd-gateway serve` process on CPU 0 serving `config`; yields its base URL and stops it after."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**config, "gateway": {"api_keys_env": None, **config.get("gateway", {})}}))
+    port = free_port()
+    proc = pinned([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config", str(path), "--port",
+                   str(port)], GATEWAY_CPU, tmp / f"{name}.log",
+                  env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A real redis-server on a free port, without persistence; yields its URL."""
+    port = free_port()
+    proc = pinned(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", str(tmp)], LOAD_CPU, tmp / "redis.log")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+
+
+def circuit_states(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {m: float(v) for m, v in re.findall(r'crowd_gateway_circuit_state\{member="([^"]+)"\} (\S+)', text)}
+
+
+def label_body(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "labels": LABELS, "messages": [{"role": "user", "content": "fine"}], **extra}
+
+
+@dataclass
+class Answer:
+    status: int
+    seconds: float
+    body: Any
+
+
+async def send(http: httpx.AsyncClient, method: str, path: str, *, json: Any = None,
+               content: bytes | None = None) -> Answer:
+    started = time.perf_counter()
+    r = await http.request(method, path, json=json, content=content,
+                           headers={"Content-Type": "application/json"} if content is not None else None)
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    return Answer(r.status_code, time.perf_counter() - started, body)
+
+
+async def closed_loop(calls: list[Callable[[], Awaitable[Answer]]], concurrency: int) -> list[Answer]:
+    """Run `calls` with `concurrency` in flight, stopping (the rest untried) after ROW_BUDGET_S."""
+    gate = asyncio.Semaphore(concurrency)
+    until = time.perf_counter() + ROW_BUDGET_S
+
+    async def one(call: Callable[[], Awaitable[Answer]]) -> Answer | None:
+        async with gate:
+            return await call() if time.perf_counter() < until else None
+
+    return [a for a in await asyncio.gather(*(one(c) for c in calls)) if a is not None]
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else (values[0] if values else math.nan)
+
+
+def fivexx(answers: list[Answer]) -> int:
+    return sum(a.status >= 500 for a in answers)
+
+
+def statuses(answers: list[Answer]) -> str:
+    return ", ".join(f"{s}: {n}" for s, n in sorted(Counter(a.status for a in answers).items()))
+
+
+def vote_of(answer: Answer, member: str) -> dict[str, Any] | None:
+    if answer.status != 200:
+        return None
+    return next((v for v in answer.body["annotation"]["votes"] if v["member"] == member), None)
+
+
+def odd_replies(up: Upstream, tmp: Path) -> Row:
+    shapes = [("reply", raw) for raw in ODD_REPLIES] + [
+        ("logprobs", {"choices": [{"message": {"content": "negative"}, "logprobs": lp}]}) for lp in ODD_LOGPROBS]
+    odd = [f"odd{i}" for i in range(len(shapes))]
+    for name in HEALTHY:
+        up.script(name, answer="positive")
+    for name, (_, raw) in zip(odd, shapes):
+        up.script(name, raw=raw)
+    config = {"members": [up.member(n) for n in HEALTHY + odd],
+              "ensembles": [{"name": f"five-{n}", "members": [*HEALTHY, n], "quorum": 3} for n in odd]}
+    with gateway(config, tmp, "odd") as url:
+        async def run() -> list[Answer]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                calls = [lambda n=n: send(http, "POST", "/v1/chat/completions", json=label_body(f"five-{n}"))
+                         for _ in range(ODD_PER_SHAPE) for n in odd]
+                return await closed_loop(calls, CONCURRENCY)
+
+        answers = asyncio.run(run())
+        states = circuit_states(url)
+    per_member = {n: [a for a in answers if a.status == 200 and a.body["model"] == f"five-{n}"] for n in odd}
+    malformed = [n for n, (kind, _) in zip(odd, shapes) if kind == "reply"]
+    soft = [n for n, (kind, _) in zip(odd, shapes) if kind == "logprobs"]
+    opened = sum(states.get(n) == 2 for n in malformed)
+    hard_kept = sum(all((v := vote_of(a, n)) is not None and v["label"] == "negative" and v["probs"] is None
+                        for a in per_member[n]) for n in soft)
+    soft_closed = sum(states.get(n) == 0 for n in soft)
+    right = sum(a.status == 200 and a.body["choices"][0]["message"]["content"] == "positive" for a in answers)
+    odd_calls = sum(up.calls(n) for n in malformed)
+    return Row("odd member replies", len(answers), fivexx(answers), "-",
+               f"breaker open {opened}/{len(malformed)} malformed; garbage logprobs kept as hard votes "
+               f"{hard_kept}/{len(soft)} (breaker closed {soft_closed}/{len(soft)})",
+               f"{len(shapes)} odd shapes x {ODD_PER_SHAPE} requests to 1-odd-of-5 ensembles: statuses "
+               f"{statuses(answers)}; right label {right}/{len(answers)}; the malformed members got {odd_calls} calls "
+               f"before their breakers cut them off")
+
+
+def bad_retry_after(up: Upstream, tmp: Path) -> Row:
+    up.script("f1", answer="positive")
+    config = {"gateway": {"breaker": {"failure_threshold": 100_000}},  # keep the 429 member asked on every request
+              "members": [up.member("f1"), up.member("r429", retries=2)],
+              "ensembles": [{"name": "limited", "members": ["f1", "r429"], "quorum": 1,
+                             "deadline_s": DEADLINE_429_S}]}
+    answers: list[Answer] = []
+    per_hint: list[str] = []
+    with gateway(config, tmp, "r429") as url:
+        for hint in RETRY_HINTS:
+            up.script("r429", fail=[429] * (3 * PER_HINT + 10), retry_after=hint)
+
+            async def run() -> list[Answer]:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    calls = [lambda: send(http, "POST", "/v1/chat/completions", json=label_body("limited"))
+                             for _ in range(PER_HINT)]
+                    return await closed_loop(calls, CONCURRENCY)
+
+            got = asyncio.run(run())
+            answers += got
+            failed_votes = sum((v := vote_of(a, "r429")) is not None and v["label"] is None and "429" in v["error"]
+                               for a in got)
+            per_hint.append(f"`{hint}`: 5xx {fivexx(got)}, p99 {p99([a.seconds for a in got]):.2f} s, "
+                            f"429 as r429's failed vote {failed_votes}/{len(got)}")
+    worst = p99([a.seconds for a in answers])
+    return Row("429 with bad Retry-After", len(answers), fivexx(answers), "-",
+               f"p99 {worst:.2f} s vs {DEADLINE_429_S:g} s deadline "
+               f"({'under' if worst < DEADLINE_429_S else 'NOT under'})",
+               f"{PER_HINT} requests per hint, member retries 2, statuses {statuses(answers)}; "
+               + "; ".join(per_hint))
+
+
+def redis_bursts(up: Upstream, tmp: Path) -> Row:
+    names = HEALTHY[:3]
+    for name in names:
+        up.script(name, answer="positive")
+    config = {"gateway": {"max_items_in_flight": 1000, "max_items_in_flight_per_key": 1000},
+              "store": {"backend": "redis"},
+              "members": [up.member(n, max_concurrency=256) for n in names],
+              "ensembles": [{"name": "three", "members": names, "quorum": 2}]}
+    tried = failed = not_stored = lost = lost_items = checked = 0
+    per_burst: list[str] = []
+    with redis_server(tmp) as redis_url, gateway(config, tmp, "redis",
+                                                 env={"CROWD_GATEWAY_REDIS_URL": redis_url}) as url:
+        for size in BURSTS:
+            async def run(size: int = size) -> tuple[list[tuple[str, Answer]], list[tuple[str, int, Answer]]]:
+                limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+                async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+                    ids = [f"burst{size}-{i}" for i in range(size)]
+                    burst = await asyncio.wait_for(asyncio.gather(*(
+                        send(http, "POST", "/v1/chat/completions", json=label_body("three", item_id=i))
+                        for i in ids)), ROW_BUDGET_S)
+                    kept = [(i, a) for i, a in zip(ids, burst)
+                            if a.status == 200 and a.body["annotation"]["stored"] is True]
+                    calls = [lambda i=i: send(http, "GET", f"/v1/annotations/{i}") for i, _ in kept]
+                    found = await closed_loop(calls, 32)
+                    return list(zip(ids, burst)), [(i, len(a.body["annotation"]["votes"]), f)
+                                                   for (i, a), f in zip(kept, found)]
+
+            burst, stored = asyncio.run(run())
+            answers = [a for _, a in burst]
+            missing = [want - (len(f.body["votes"]) if f.status == 200 else 0) for _, want, f in stored]
+            said_not = sum(a.status == 200 and a.body["annotation"]["stored"] is False for a in answers)
+            tried += len(answers)
+            failed += fivexx(answers)
+            not_stored += said_not
+            checked += len(stored)
+            lost += sum(missing)
+            lost_items += sum(m > 0 for m in missing)
+            per_burst.append(f"{size}: statuses {statuses(answers)}, stored false {said_not}, "
+                             f"p99 {p99([a.seconds for a in answers]):.2f} s, lost {sum(missing)}")
+    return Row("redis store bursts", tried, failed, str(lost),
+               f"stored false {not_stored}; {checked} stored-true items read back, {lost_items} missing votes",
+               f"bursts of {'/'.join(map(str, BURSTS))} concurrent requests (3 members, default redis pool "
+               f"max_connections 200, pool_timeout_s 10), votes read back with GET /v1/annotations/{{id}}: "
+               + "; ".join(per_burst))
+
+
+def overload(up: Upstream, tmp: Path) -> Row:
+    names = HEALTHY[:3]
+    for name in names:
+        up.script(name, answer="positive", latency_ms=OVERLOAD_LATENCY_MS)
+    config = {"gateway": {"max_items_in_flight": OVERLOAD_LIMIT},
+              "members": [up.member(n, max_concurrency=OVERLOAD_LIMIT) for n in names],
+              "ensembles": [{"name": "slow", "members": names, "quorum": 2, "deadline_s": 3}]}
+    body = label_body("slow")
+    with gateway(config, tmp, "overload") as url:
+        async def run() -> tuple[float, list[Answer], float, Answer, float]:
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=None)) as http:
+                for _ in range(OVERLOAD_LIMIT):
+                    await send(http, "POST", "/v1/chat/completions", json=body)  # warm connections
+                served = 0
+                started = time.perf_counter()
+
+                async def worker() -> None:
+                    nonlocal served
+                    while time.perf_counter() - started < CAPACITY_S:
+                        answer = await send(http, "POST", "/v1/chat/completions", json=body)
+                        served += answer.status == 200  # after the await: `served += await ...` loses updates
+
+                await asyncio.gather(*(worker() for _ in range(OVERLOAD_LIMIT)))
+                capacity = served / (time.perf_counter() - started)
+                rate = OVERLOAD_FACTOR * capacity
+                tasks: list[asyncio.Task[Answer]] = []
+                started = time.perf_counter()
+                for i in range(int(rate * BURST_S)):
+                    delay = started + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(send(http, "POST", "/v1/chat/completions", json=body)))
+                offered = len(tasks) / (time.perf_counter() - started)
+                answers = list(await asyncio.wait_for(asyncio.gather(*tasks), ROW_BUDGET_S))
+                window = time.perf_counter() - started
+                after = await send(http, "POST", "/v1/chat/completions", json=body)
+                return capacity, answers, window, after, offered
+
+        capacity, answers, window, after, offered = asyncio.run(run())
+        states = circuit_states(url)
+    good = [a for a in answers if a.status == 200]
+    goodput = len(good) / window
+    opened = sorted(n for n in names if states.get(n) != 0)
+    refused = sum(a.status == 429 for a in answers)
+    return Row("overload at 5x capacity", len(answers), fivexx(answers), "-",
+               f"goodput {goodput / capacity:.0%} of capacity, 429 {refused / len(answers):.0%}, "
+               f"p99 of 200s {p99([a.seconds for a in good]) * 1000:.0f} ms, breakers opened: "
+               f"{', '.join(opened) or 'none'}, next request {after.status} in {after.seconds * 1000:.0f} ms",
+               f"3 members x {OVERLOAD_LATENCY_MS} ms, max_concurrency and max_items_in_flight {OVERLOAD_LIMIT}: "
+               f"capacity {capacity:.1f}/s (closed loop, {OVERLOAD_LIMIT} in flight, {CAPACITY_S:g} s); open loop "
+               f"offered {offered:.0f}/s for {BURST_S:g} s, statuses {statuses(answers)}, "
+               f"goodput {goodput:.1f}/s over {window:.2f} s until the last answer")
+
+
+def hostile_requests() -> list[tuple[str, str, str, dict[str, Any] | None, bytes | None]]:
+    """(kind, method, path, JSON body, raw body) of each bad request."""
+    chat = "/v1/chat/completions"
+    base = {"model": "five", "messages": [{"role": "user", "content": "x"}]}
+    return [
+        ("invalid JSON", "POST", chat, None, b'{"model": "five", "labels": ["a", '),
+        ("not UTF-8", "POST", chat, None, b'{"model": "five", "labels": ["\xff\xfe"]}'),
+        ("8,001 labels, one duplicate", "POST", chat,
+         {**base, "labels": [f"label-{i}" for i in range(8000)] + ["label-7"]}, None),
+        ("json_schema a string", "POST", chat,
+         {**base, "response_format": {"type": "json_schema", "json_schema": "oops"}}, None),
+        ("json_schema a list", "POST", chat,
+         {**base, "response_format": {"type": "json_schema", "json_schema": [1]}}, None),
+        ("text part 5", "POST", chat,
+         {**base, "labels": LABELS, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, None),
+        ("temperature hot", "POST", chat, {**base, "labels": LABELS, "temperature": "hot"}, None),
+        ("message without content", "POST", chat, {**base, "labels": LABELS, "messages": [{"role": "user"}]}, None),
+        ("limit=²", "GET", "/v1/batches?limit=%C2%B2", None, None),
+        ("limit=100000", "GET", "/v1/batches?limit=100000", None, None),
+    ]
+
+
+def hostile(up: Upstream, tmp: Path) -> Row:
+    for name in HEALTHY:
+        up.script(name, answer="positive")
+    five = [*HEALTHY, "f5"]
+    up.script("f5", answer="positive")
+    config = {"gateway": {"max_labels": 10_000},  # so 8,001 labels reach the duplicate check, not the count cap
+              "members": [up.member(n) for n in five], "ensembles": [{"name": "five", "members": five, "quorum": 3}]}
+    kinds = hostile_requests()
+    with gateway(config, tmp, "hostile") as url:
+        async def run() -> list[tuple[str, Answer]]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                async def one(kind: str, method: str, path: str, body: dict[str, Any] | None,
+                              raw: bytes | None) -> tuple[str, Answer]:
+                    return kind, await send(http, method, path, json=body, content=raw)
+
+                calls = [lambda k=k: one(*k) for _ in range(HOSTILE_ROUNDS) for k in kinds]
+                return await closed_loop(calls, CONCURRENCY)
+
+        results = asyncio.run(run())
+    answers = [a for _, a in results]
+    shaped = {"message", "type", "param", "code"}
+    not_openai = sum(not (isinstance(a.body, dict) and isinstance(a.body.get("error"), dict)
+                          and shaped <= set(a.body["error"])) for a in answers)
+    slowest_kind, slowest = max(results, key=lambda r: r[1].seconds)
+    by_kind = {k: Counter(a.status for kk, a in results if kk == k) for k, *_ in kinds}
+    return Row("hostile client bodies", len(answers), fivexx(answers), "-",
+               f"max single request {slowest.seconds * 1000:.0f} ms ({slowest_kind}); not OpenAI-shaped {not_openai}",
+               f"{len(kinds)} kinds x {HOSTILE_ROUNDS}, {CONCURRENCY} in flight, statuses by kind: "
+               + "; ".join(f"{k} " + ", ".join(f"{s}x{n}" for s, n in sorted(c.items())) for k, c in by_kind.items()))
+
+
+def main() -> None:
+    os.sched_setaffinity(0, {LOAD_CPU})
+    tmp = Path(tempfile.mkdtemp(prefix="crowd-faults-"))
+    port = free_port()
+    proc = pinned([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)], LOAD_CPU,
+                  tmp / "upstream.log")
+    started = time.monotonic()
+    rows: list[Row] = []
+    try:
+        wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
+        up = Upstream(f"http://127.0.0.1:{port}")
+        for scenario in (odd_replies, bad_retry_after, redis_bursts, overload, hostile):
+            up.http.post("/_reset").raise_for_status()
+            print(f"running {scenario.__name__} ...", file=sys.stderr)
+            rows.append(scenario(up, tmp))
+        up.http.close()
+    finally:
+        stop(proc)
+    print(f"\nFault benchmark (issue 12): gateway on CPU {GATEWAY_CPU}; fake upstream, redis-server and load on CPU "
+          f"{LOAD_CPU}; {time.monotonic() - started:.0f} s in all\n")
+    print("| area | requests tried | failed (5xx) | lost votes | notes |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row.area} | {row.tried} | {row.failed} | {row.lost} | {row.notes} |")
+    print()
+    for row in rows:
+        print(f"- {row.area}: {row.measured}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
