@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,25 +27,41 @@ class _Lines:
 
 
 class MemoryBatchStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.files: dict[str, tuple[Record, bytes, list[bytes]]] = {}
+        """Insertion-ordered, so expired files are dropped from the front (files live `store.retention_days`)."""
         self.batches: dict[str, Record] = {}
         self.lines: dict[str, _Lines] = {}
         self.active: dict[str, None] = {}
         self.locks = MemoryLocks()
 
     async def put_file(self, rec: Record, content: bytes, lines: Sequence[bytes] = ()) -> None:
+        self._expire()
         self.files[rec["id"]] = (copy.deepcopy(rec), content, list(lines))
 
+    def _expire(self) -> None:
+        now = self.clock()
+        while self.files:
+            oldest = next(iter(self.files))
+            if self.files[oldest][0].get("expires_at", now + 1) > now:
+                break
+            del self.files[oldest]
+
+    def _live(self, file_id: str) -> tuple[Record, bytes, list[bytes]] | None:
+        self._expire()
+        return self.files.get(file_id)
+
     async def get_file(self, file_id: str) -> Record | None:
-        entry = self.files.get(file_id)
+        entry = self._live(file_id)
         return copy.deepcopy(entry[0]) if entry else None
 
     async def file_content(self, file_id: str) -> bytes | None:
-        entry = self.files.get(file_id)
+        entry = self._live(file_id)
         return entry[1] if entry else None
 
     async def list_files(self, owner: str) -> list[Record]:
+        self._expire()
         return [copy.deepcopy(rec) for rec, _, _ in reversed(self.files.values()) if rec.get("owner", DEFAULT) == owner]
 
     async def delete_file(self, file_id: str) -> bool:

@@ -160,3 +160,26 @@ def test_files_are_listed_by_owner_newest_first_and_deleted(run: Any) -> None:
         assert await store.transition(batch_id, ("in_progress",), "completed", usage=usage)
         assert (await store.get_batch(batch_id))["usage"] == usage
     run(scenario)
+
+
+def test_memory_store_forgets_files_past_their_retention() -> None:
+    """The in-memory store drops uploaded files once they expire instead of keeping them until restart."""
+    import asyncio
+
+    from gateway.batches.protocol import file_record
+    from gateway.batches.store_memory import MemoryBatchStore
+
+    now = [1_000_000.0]
+    store = MemoryBatchStore(clock=lambda: now[0])
+
+    async def scenario() -> None:
+        old = {**file_record("file-old", "a.jsonl", "batch", 3, 60, owner="default"), "expires_at": int(now[0]) + 60}
+        await store.put_file(old, b"abc")
+        assert await store.get_file("file-old") is not None
+        now[0] += 61
+        assert await store.get_file("file-old") is None and await store.file_content("file-old") is None
+        new = {**file_record("file-new", "b.jsonl", "batch", 3, 60, owner="default"), "expires_at": int(now[0]) + 60}
+        await store.put_file(new, b"def")
+        assert list(store.files) == ["file-new"] and [r["id"] for r in await store.list_files("default")] == ["file-new"]
+
+    asyncio.run(scenario())
