@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import free_port, stop, wait_http  # noqa: E402
+from tests.conftest import free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
 from tests.integration.test_faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
 
 GATEWAY_CPU, LOAD_CPU = 0, 1
@@ -132,21 +131,9 @@ def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | 
 def redis_server(tmp: Path) -> Iterator[str]:
     """A real redis-server on a free port, without persistence; yields its URL."""
     port = free_port()
-    proc = pinned(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", str(tmp)], LOAD_CPU, tmp / "redis.log")
+    proc = pinned(redis_argv(port, tmp), LOAD_CPU, tmp / "redis.log")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        wait_redis(port, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(proc)

@@ -153,6 +153,7 @@ async def list_review(request: Request, limit: int = 50, strategy: str = "queue"
 
 async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[dict[str, Any]]:
     ranked: list[tuple[float, float, dict[str, Any]]] = []
+    ranking = get_aggregator("weighted")  # soft votes under the latest fitted skills: no gold needed to rank
     for schema, labels in (await state.store.schemas()).items():
         if not owns(tenant, schema):
             continue
@@ -161,9 +162,7 @@ async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[
             votes = [Vote.from_wire(v, len(labels)) for v in raw if v.get("label") is not None]
             if item in gold or not votes:
                 continue
-            ensemble = next((e for e in state.config.ensembles if e.name in {v.get("ensemble") for v in raw}), None)
-            aggregator = get_aggregator(ensemble.aggregator if ensemble else "weighted")
-            dist = aggregator.posterior(votes, labels, state.reliability.get(schema, aggregator.name))
+            dist = ranking.posterior(votes, labels, state.reliability.get(schema, ranking.name))
             top, second = sorted(dist, reverse=True)[:2]
             agreement = max(sum(v.label == label for v in votes) for label in labels) / len(votes)
             ranked.append((top - second, agreement, {

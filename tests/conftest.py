@@ -48,6 +48,28 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def redis_argv(port: int, workdir: Path) -> list[str]:
+    """A redis-server on 127.0.0.1 without persistence (deploy/system.sh installs it)."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+
+
+def wait_redis(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
+    """Wait until redis answers PING; fail early if its process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            raise RuntimeError("redis-server did not start (is it installed? deploy/system.sh installs it)")
+        time.sleep(0.05)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:

@@ -8,9 +8,7 @@ are tenants; item ids cannot reach another item's keys.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import io
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, free_port, stop
+from tests.conftest import Gateway, Upstream, free_port, redis_argv, stop, wait_redis
 
 FIVE = ["f1", "f2", "f3", "f4", "odd"]
 ODD_REPLIES = [
@@ -172,10 +170,9 @@ def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_fac
     upstream.reset()
     upstream.script("f1", answer="positive")
     port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(redis_argv(port, tmp_path), stdout=subprocess.DEVNULL)
     try:
-        wait_redis(port)
+        wait_redis(port, redis)
         config = {"store": {"backend": "redis", "pool_timeout_s": 0.5}, "members": members(upstream, ["f1"]),
                   "ensembles": [{"name": "one", "members": ["f1"]}]}
         gw = gateway_factory(config, env={"CROWD_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
@@ -194,15 +191,6 @@ def test_votes_that_cannot_be_stored_are_said_so(upstream: Upstream, gateway_fac
     assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
     ready = httpx.get(f"{gw.url}/readyz", timeout=30)
     assert ready.status_code == 503 and ready.json()["ready"] is False and ready.json()["store"] != "ok"
-
-
-def wait_redis(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError("redis-server did not start")
 
 
 def test_item_ids_cannot_reach_another_items_keys(upstream: Upstream, gateway_factory: Any, redis_url: str) -> None:
