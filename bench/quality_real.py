@@ -13,7 +13,7 @@ LLM + human: the VADER tweets, each rated by 20-95 people. Every item gets ONE r
 sign of one rater's score, drawn per item), from 40 pseudo-annotators who each label a few items; the
 item's truth is the sign of the mean of the OTHER raters, so humans are not graded against themselves.
 
-Run: .venv/bin/python bench/quality_real.py [--test 200] [--sets imdb,amazon,tweets,intents]
+Run: .venv/bin/python bench/quality_real.py [--test 200] [--sets imdb,amazon,tweets,intents] [--saved]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 from ensembles import metrics as m
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.calibration import calibrate
+from ensembles.debias import debias
 from ensembles.extract import fold
 from ensembles.refit import refit
 from ensembles.votes import Vote
@@ -96,7 +97,8 @@ def members_alone(votes: ItemVotes, test: Mapping[str, str]) -> dict[str, float]
                    for item, truth in test.items()) / len(test) for n in names}
 
 
-def evaluate_set(url: str, config: Config, name: str, n_test: int) -> None:
+def collect_set(url: str, config: Config, name: str, n_test: int) -> None:
+    """Every worker's votes on the set's gold pool and test items, saved to OUT for `report_set`."""
     file, task_name = SETS[name]
     task = config.task(task_name)
     assert task is not None
@@ -106,32 +108,53 @@ def evaluate_set(url: str, config: Config, name: str, n_test: int) -> None:
     gold_pool = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], name)[:max(GOLD_SIZES)]
     test_rows = ordered([r for r in rows if split_of(str(r["id"])) == "test"], name)[:n_test]
     votes, cost = collect(url, gold_pool + test_rows, task_name, labels)
-    test = {str(r["id"]): r["label"] for r in test_rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps({"labels": labels, "votes": votes, "test": test,
-                                                  "gold": [[str(r["id"]), r["label"]] for r in gold_pool]}))
+    (OUT / f"{name}.json").write_text(json.dumps({
+        "task": task_name, "labels": labels, "votes": votes, "cost": cost,
+        "test": {str(r["id"]): r["label"] for r in test_rows}, "gold": [[str(r["id"]), r["label"]] for r in gold_pool]}))
+
+
+def debiased_alone(votes: ItemVotes, labels: Sequence[str], gold: Mapping[str, str],
+                   test: Mapping[str, str]) -> dict[str, float]:
+    """Each member alone after the gateway's debiasing (the biases `auto` publishes with this gold): what auto's
+    single-member candidates are."""
+    params = refit("auto", votes, labels, gold, MIN_GOLD)
+    out = {}
+    for member in sorted({v["member"] for vs in votes.values() for v in vs}):
+        right = 0
+        for item, truth in test.items():
+            mine = [Vote.from_wire(v, len(labels)) for v in votes.get(item, []) if v["member"] == member and v.get("label")]
+            right += bool(mine) and debias(mine, params.get("biases"), labels)[0].label == truth
+        out[member] = right / len(test)
+    return out
+
+
+def report_set(name: str) -> None:
+    """The set's table from its saved votes: every member alone, every aggregator at 0, 20 and 50 gold."""
+    saved = json.loads((OUT / f"{name}.json").read_text())
+    labels, votes, test, gold_pool = saved["labels"], saved["votes"], saved["test"], saved["gold"]
     alone = members_alone(votes, test)
     best_name, best = max(alone.items(), key=lambda kv: kv[1])
-    results = {g: {a: score(a, votes, labels, {str(r["id"]): r["label"] for r in gold_pool[:g]}, test)
-                   for a in AGGREGATORS} for g in GOLD_SIZES}
-    print(f"\n### {name} ({task_name}, {len(labels)} labels): {len(test)} test items, "
-          f"USD {1000 * cost:.4f} per 1,000 labels\n")
+    debiased = debiased_alone(votes, labels, dict(gold_pool[:max(GOLD_SIZES)]), test)
+    best_debiased = max(debiased.items(), key=lambda kv: kv[1])
+    results = {g: {a: score(a, votes, labels, dict(gold_pool[:g]), test) for a in AGGREGATORS} for g in GOLD_SIZES}
+    print(f"\n### {name} ({saved['task']}, {len(labels)} labels): {len(test)} test items, "
+          f"USD {1000 * saved['cost']:.4f} per 1,000 labels\n")
     print("| | " + " | ".join(f"acc, {g} gold" for g in GOLD_SIZES) + " | ECE, 50 gold | vs best member, 50 gold |")
     print("|---|" + "---|" * (len(GOLD_SIZES) + 2))
     for member, acc in sorted(alone.items(), key=lambda kv: -kv[1]):
         print(f"| {member}{' (best member)' if member == best_name else ''} | "
               + " | ".join(f"{acc:.3f}" for _ in GOLD_SIZES) + " | - | - |")
+    print(f"| best member debiased by the gateway ({best_debiased[0]}, 50 gold) | - | - | {best_debiased[1]:.3f} | - | "
+          f"{100 * (best_debiased[1] - best):+.1f} pts |")
     for a in AGGREGATORS:
         row = results[max(GOLD_SIZES)][a]
         print(f"| {a} | " + " | ".join(f"{results[g][a][0]:.3f}" for g in GOLD_SIZES)
               + f" | {row[1]:.3f} | {100 * (row[0] - best):+.1f} pts |")
 
 
-def human_plus_llm(url: str, config: Config, n_test: int) -> None:
-    """One real human label per item (VADER raters) with the LLM crowd, against either alone."""
-    task = config.task("sentiment")
-    assert task is not None
-    labels = list(task.labels)
+def collect_humans(url: str, n_test: int) -> None:
+    """One real human label per item (VADER raters) and the LLM votes, saved to OUT for `report_humans`."""
     rows = ordered(load_dataset(DATASETS / "vader_tweets_raters.jsonl"), "vader")[:max(GOLD_SIZES) + n_test]
     truth, human = {}, {}
     for row in rows:
@@ -144,14 +167,25 @@ def human_plus_llm(url: str, config: Config, n_test: int) -> None:
         truth[str(row["id"])] = "positive" if sum(others) > 0 else "negative"
         human[str(row["id"])] = ("human:rater-" + str(rng.randrange(40)), "positive" if ratings[i] > 0 else "negative")
     rows = [r for r in rows if str(r["id"]) in truth]
-    votes, cost = collect(url, rows, "sentiment", labels)
-    gold = {str(r["id"]): truth[str(r["id"])] for r in rows[:max(GOLD_SIZES)]}
-    test = {str(r["id"]): truth[str(r["id"])] for r in rows[max(GOLD_SIZES):]}
+    labels = ["positive", "negative"]
+    votes, _ = collect(url, rows, "sentiment", labels)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "vader.json").write_text(json.dumps({
+        "labels": labels, "votes": votes, "human": human,
+        "gold": [[str(r["id"]), truth[str(r["id"])]] for r in rows[:max(GOLD_SIZES)]],
+        "test": {str(r["id"]): truth[str(r["id"])] for r in rows[max(GOLD_SIZES):]}}))
+
+
+def report_humans() -> None:
+    """LLM crowd, humans alone, and both, from the saved votes."""
+    saved = json.loads((OUT / "vader.json").read_text())
+    labels, votes, human, test = saved["labels"], saved["votes"], saved["human"], saved["test"]
+    gold = dict(saved["gold"])
     with_humans = {item: vs + [{"member": human[item][0], "label": human[item][1], "raw": human[item][1]}]
                    for item, vs in votes.items()}
     humans_alone = sum(human[item][1] == t for item, t in test.items()) / len(test)
     llm = members_alone(votes, test)
-    print(f"\n### LLM + one human label per item: VADER tweets, {len(test)} test items, {max(GOLD_SIZES)} gold "
+    print(f"\n### LLM + one human label per item: VADER tweets, {len(test)} test items, {len(gold)} gold "
           f"(truth = the other raters' mean)\n")
     print("| | accuracy | ECE |\n|---|---|---|")
     for member, acc in sorted(llm.items(), key=lambda kv: -kv[1]):
@@ -169,13 +203,21 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=200, help="test items per data set (default: 200)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"data sets (default: {','.join(SETS)})")
     parser.add_argument("--no-humans", action="store_true", help="skip the LLM + human comparison")
+    parser.add_argument("--saved", action="store_true",
+                        help=f"re-aggregate the votes the last run saved in {OUT.relative_to(ROOT)} (no pool)")
     args = parser.parse_args()
-    config = load_config(POOL)
-    with running_pool(config), embedded_gateway(str(POOL)) as url:
-        for name in args.sets.split(","):
-            evaluate_set(url, config, name, args.test)
-        if not args.no_humans:
-            human_plus_llm(url, config, args.test)
+    sets = args.sets.split(",")
+    if not args.saved:
+        config = load_config(POOL)
+        with running_pool(config), embedded_gateway(str(POOL)) as url:
+            for name in sets:
+                collect_set(url, config, name, args.test)
+            if not args.no_humans:
+                collect_humans(url, args.test)
+    for name in sets:
+        report_set(name)
+    if not args.no_humans:
+        report_humans()
 
 
 if __name__ == "__main__":

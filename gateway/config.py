@@ -204,6 +204,8 @@ class Refit(Strict):
     every_s: float = Field(60.0, gt=0)
     min_items: int = Field(20, ge=1)
     min_gold_for_calibration: int = Field(20, ge=2)
+    debias: bool = True
+    """Divide each member's label bias out of its soft votes (ensembles/debias.py); off for heavily skewed labels."""
     poll_s: float = Field(1.0, gt=0)
 
 

@@ -106,7 +106,7 @@ class Reliability:
         for name in self.aggregators:
             started = time.perf_counter()
             params = await loop.run_in_executor(self._pool, refit, name, item_votes, labels, gold,
-                                                self.settings.min_gold_for_calibration)
+                                                self.settings.min_gold_for_calibration, self.settings.debias)
             version = await self.store.publish(schema, name, params)
             log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
                      time.perf_counter() - started)

@@ -27,8 +27,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ensembles.aggregators.base import (MIN_GOLD, Aggregator, ItemVotes, Params, Triple, fit_tempered, pick,
-                                        publishable, votes_of)
+from ensembles.aggregators.base import (MIN_GOLD, Aggregator, ItemVotes, Params, Triple, debiased_votes,
+                                        fit_tempered, pick, publishable, votes_of)
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.glad import Glad
 from ensembles.aggregators.majority import Majority
@@ -39,6 +39,9 @@ from ensembles.votes import Vote
 
 MEMBER = "member:"
 """Prefix of a single-member candidate's name."""
+OUT_OF_FOLD = "out_of_fold"
+"""The winner's confidence and correctness on each gold item while it was held out: what the refit calibrates
+on (a posterior scored on the gold it was fitted on looks surer than it is). Not published."""
 
 
 CANDIDATES: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Majority, Weighted, DawidSkene, Glad, Stacking)}
@@ -65,8 +68,15 @@ class Auto(Aggregator):
         return self.fit_params(votes, labels, gold or {}, votes_of(votes))
 
     def fit_params(self, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
-                   item_votes: ItemVotes, min_gold: int = MIN_GOLD) -> dict[str, Any]:
-        """`winner`, its `params`, every candidate's `cv_accuracy`, the `gold` count and `folds` used."""
+                   item_votes: ItemVotes, min_gold: int = MIN_GOLD, debiased: bool = True) -> dict[str, Any]:
+        """`winner`, its `params`, every candidate's `cv_accuracy`, the `gold` count and `folds` used, and the
+        member `biases` every candidate saw the votes through (so the winner's own params carry none)."""
+        biases, triples, item_votes = debiased_votes(triples, labels, item_votes, gold, debiased)
+        chosen = self._choose(triples, labels, gold, item_votes, min_gold)
+        return {**chosen, "biases": biases} if biases else chosen
+
+    def _choose(self, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
+                item_votes: ItemVotes, min_gold: int) -> dict[str, Any]:
         items = sorted(i for i, g in gold.items() if g in labels and item_votes.get(i))
         memo: dict[tuple[Any, ...], Params | None] = {}
         if len(items) < min_gold:
@@ -77,6 +87,7 @@ class Auto(Aggregator):
         random.Random(self.seed).shuffle(order)
         k = min(self.folds, len(order))
         correct: dict[str, list[bool]] = {name: [] for name in [*(MEMBER + m for m in members), *self.candidates]}
+        confidence: dict[str, list[float]] = {name: [] for name in correct}
         truths: list[str] = []
         for f in range(k):
             held = set(order[f::k])
@@ -88,13 +99,17 @@ class Auto(Aggregator):
                 truths.append(truth)
                 for name in correct:
                     inner = fitted["weighted"] if name.startswith(MEMBER) else fitted[name]
-                    correct[name].append(labels[pick(self.candidate_posterior(name, votes, labels, inner))] == truth)
+                    dist = self.candidate_posterior(name, votes, labels, inner)
+                    best = pick(dist)
+                    correct[name].append(labels[best] == truth)
+                    confidence[name].append(dist[best])
         weights = balanced_weights(truths)
         accuracy = {name: sum(w * c for w, c in zip(weights, cs)) / len(cs) for name, cs in correct.items()}
         winner = choose(correct, [MEMBER + m for m in members], list(self.candidates), weights)
         inner_name = "weighted" if winner.startswith(MEMBER) else winner
         return {"winner": winner, "params": self._fit(inner_name, triples, labels, gold, item_votes, min_gold, memo),
-                "cv_accuracy": accuracy, "gold": len(items), "folds": k}
+                "cv_accuracy": accuracy, "gold": len(items), "folds": k,
+                OUT_OF_FOLD: {"confidence": confidence[winner], "correct": correct[winner]}}
 
     def _fit(self, name: str, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
              item_votes: ItemVotes, min_gold: int, memo: dict[tuple[Any, ...], Params | None]) -> dict[str, Any]:
@@ -123,7 +138,7 @@ class Auto(Aggregator):
                 return [float(i == obs) for i in range(len(labels))]
         return self._aggs["weighted"].posterior(votes, labels, params)
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         if not params or "winner" not in params:
             return self._aggs["weighted"].posterior(votes, labels, None)
         return self.candidate_posterior(params["winner"], votes, labels, params["params"])

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from ensembles.debias import debias, debias_items, fit_biases, label_prior
 from ensembles.temperature import fit_temperatures, temper_votes
 from ensembles.votes import Vote
 
@@ -43,9 +44,17 @@ class Aggregator(ABC):
     uses_gold: ClassVar[bool] = False
     """`fit` reads `gold`; when False, the fit is the same whatever gold is given (auto fits it once)."""
 
-    @abstractmethod
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
-        """P(true label = labels[k] | votes), in label-set order; abstaining votes are ignored."""
+        """P(true label = labels[k] | votes), in label-set order; abstaining votes are ignored.
+
+        The votes are first debiased with the fit's published member biases (ensembles/debias.py)."""
+        if params and (biases := params.get("biases")):
+            votes = debias(votes, biases, labels)
+        return self.combine(votes, labels, params)
+
+    @abstractmethod
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+        """`posterior` on votes already debiased: what each aggregator defines."""
 
     def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params | None:
         """Learn parameters from (item, member, label) triples, off the request path.
@@ -56,11 +65,13 @@ class Aggregator(ABC):
         return None
 
     def fit_params(self, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
-                   item_votes: ItemVotes, min_gold: int = MIN_GOLD) -> dict[str, Any]:
-        """What a refit publishes: per-member temperatures fitted on gold, the fit on tempered votes, vote counts."""
+                   item_votes: ItemVotes, min_gold: int = MIN_GOLD, debiased: bool = True) -> dict[str, Any]:
+        """What a refit publishes: member biases (unless `debiased` is off), per-member temperatures fitted on
+        gold, the fit on the debiased and tempered votes, vote counts."""
+        biases, triples, item_votes = debiased_votes(triples, labels, item_votes, gold, debiased)
         temperatures = fit_temperatures(item_votes, labels, gold, min_gold)
         fitted = fit_tempered(self, triples, labels, gold, temper_votes(item_votes, temperatures), min_gold)
-        return publishable(fitted, triples, temperatures)
+        return publishable(fitted, triples, temperatures, biases)
 
     def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         """Each fitted member's probability of answering right, read from `params` (routers rank by it).
@@ -78,12 +89,28 @@ def fit_tempered(agg: Aggregator, triples: Sequence[Triple], labels: Sequence[st
     return agg.fit(triples, labels, gold)
 
 
-def publishable(fitted: Params | None, triples: Sequence[Triple], temperatures: Mapping[str, float]) -> dict[str, Any]:
-    """A fit's parameters plus what every posterior reads: votes per member (shrinkage), temperatures."""
+def debiased_votes(triples: Sequence[Triple], labels: Sequence[str], item_votes: ItemVotes, gold: Mapping[str, str],
+                   enabled: bool = True) -> tuple[dict[str, list[float]], Sequence[Triple], ItemVotes]:
+    """Member biases (toward the labels' mix estimated from `gold`) and the votes as the fits should see them:
+    debiased, hard triples relabelled to match."""
+    biases = fit_biases(item_votes, len(labels), prior=label_prior(gold, labels)) if enabled else {}
+    if not biases:
+        return {}, triples, item_votes
+    debiased = debias_items(item_votes, biases, labels)
+    return biases, [(item, v.member, v.label) for item, votes in debiased.items() for v in votes
+                    if v.label is not None], debiased
+
+
+def publishable(fitted: Params | None, triples: Sequence[Triple], temperatures: Mapping[str, float],
+                biases: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """A fit's parameters plus what every posterior reads: votes per member (shrinkage), temperatures, and
+    the member biases the votes are divided by before anything else."""
     params = dict(fitted or {})
     params["votes_per_member"] = dict(Counter(member for _, member, _ in triples))
     if temperatures:
         params["temperatures"] = dict(temperatures)
+    if biases:
+        params["biases"] = {m: list(b) for m, b in biases.items()}
     return params
 
 

@@ -157,7 +157,7 @@ class ConfusionAggregator(Aggregator):
         prior = softmax(list(c.log_prior))
         return {m: sum(p * mat[k][k] for k, p in enumerate(prior)) for m, mat in c.matrices.items()}
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         c = self.compiled(params, labels)
         k = len(labels)
         index = {label: i for i, label in enumerate(labels)}

@@ -11,5 +11,5 @@ from ensembles.votes import Vote
 class Majority(Aggregator):
     name = "majority"
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         return normalise(hard_counts(votes, labels))

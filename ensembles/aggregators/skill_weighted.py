@@ -31,7 +31,7 @@ class SkillWeighted(Aggregator):
     def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         return {m: min(max(float(s), 0.0), 1.0) for m, s in (params or {}).get("skills", {}).items()}
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         params = params or {}
         skills = params.get(self.key, {})
         temps = params.get("temperatures")

@@ -100,7 +100,7 @@ class Stacking(Aggregator):
         self._cache[key] = (params, compiled)
         return compiled
 
-    def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
+    def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
         if not params or "coef" not in params:
             return self._fallback.posterior(votes, labels, None)
         c = self.compiled(params, labels)

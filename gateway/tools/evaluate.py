@@ -13,16 +13,15 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
-from ensembles.aggregators.base import MIN_GOLD
-from ensembles.refit import refit
 from ensembles.votes import Vote
 from gateway.tools import UsageError
+from gateway.tools.contribution import contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -132,8 +131,7 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
             correlation[f"{a} / {b}"] = _pearson([wrong[a][i] for i in both], [wrong[b][i] for i in both])
     dev = {i: r["gold"] for i, r in items.items() if split_of(i) == "dev"}
     test = {i: r["gold"] for i, r in items.items() if split_of(i) == "test"}
-    with_all = _auto_accuracy(items, labels, dev, test, exclude=None)
-    contribution = {m: round(with_all - _auto_accuracy(items, labels, dev, test, exclude=m), 6) for m in members}
+    with_all, contribution = contributions({i: r["annotation"]["votes"] for i, r in items.items()}, labels, dev, test)
     return {"error_correlation": correlation, "auto_accuracy": with_all, "contribution": contribution,
             "gold": len(dev), "test": len(test)}
 
@@ -148,27 +146,13 @@ def _pearson(x: Sequence[bool], y: Sequence[bool]) -> float | None:
     return round(cov / var, 6) if var else None
 
 
-def _auto_accuracy(items: Mapping[str, dict[str, Any]], labels: Sequence[str], gold: Mapping[str, str],
-                   test: Mapping[str, str], exclude: str | None) -> float:
-    votes = {i: [v for v in r["annotation"]["votes"] if v["member"] != exclude] for i, r in items.items()}
-    params = refit("auto", votes, labels, dict(gold), MIN_GOLD)
-    agg = get_aggregator("auto")
-    right = sum(labels[pick(agg.posterior([Vote.from_wire(v, len(labels)) for v in votes[i]], labels, params))] == t
-                for i, t in test.items())
-    return right / max(len(test), 1)
-
-
 def print_diversity(mix: dict[str, Any]) -> None:
     if not mix:
         return
     print("\nError correlation on gold (1: wrong on the same items):\n| pair | correlation |\n|---|---|")
     for pair, value in sorted(mix["error_correlation"].items(), key=lambda kv: -(kv[1] or 0)):
         print(f"| {pair} | {'-' if value is None else f'{value:.2f}'} |")
-    print(f"\nMarginal contribution (auto fitted on {mix['gold']} gold items, scored on {mix['test']}; "
-          f"with every member {mix['auto_accuracy']:.3f}):\n| member | accuracy lost without it |\n|---|---|")
-    for member, value in sorted(mix["contribution"].items(), key=lambda kv: -kv[1]):
-        hint = "  (does not help: consider dropping it)" if value <= 0 else ""
-        print(f"| {member} | {100 * value:+.1f} pts{hint} |")
+    print_contributions(mix["auto_accuracy"], mix["contribution"], mix["gold"], mix["test"])
 
 
 def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> list[Path]:

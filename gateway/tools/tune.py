@@ -25,6 +25,7 @@ from ensembles.refit import refit
 from gateway.config import Config, Ensemble, load_config
 from gateway.errors import APIError
 from gateway.tools import UsageError
+from gateway.tools.contribution import contributions, print_contributions, unhelpful
 from gateway.tools.datasets import load_dataset, row_ids
 from gateway.tools.replay import Recording, ReplayAnnotator, asked_members, record
 from gateway.task import AnnotationTask, build_task
@@ -214,6 +215,23 @@ def print_members(recording: Recording, gold: dict[str, str], names: Sequence[st
         print(f"| {name} | {right / len(votes):.3f} | {valid}/{len(votes)} | {1000 * cost / len(votes):.6f} |")
 
 
+def recommend_members(recording: Recording, labels: Sequence[str], gold: dict[str, str]) -> list[str]:
+    """Each member's marginal contribution to `auto` (fitted on one half of the tuning items, split by id,
+    scored on the other), and the members worth dropping: removing them loses no accuracy."""
+    votes = {item_id: [vote.wire() for vote in votes.values()] for item_id, votes in recording.items()}
+    fit_on = {i: g for i, g in gold.items() if not held_out(i, 0.5)}
+    scored_on = {i: g for i, g in gold.items() if held_out(i, 0.5)}
+    if not fit_on or not scored_on:
+        return []
+    with_all, contribution = contributions(votes, labels, fit_on, scored_on)
+    print_contributions(with_all, contribution, len(fit_on), len(scored_on))
+    drop = unhelpful(contribution)
+    if drop:
+        print(f"recommendation: drop {', '.join(drop)} from the ensemble (auto is as accurate without "
+              f"{'it' if len(drop) == 1 else 'each of them'}, and each costs a call per item)")
+    return drop
+
+
 def print_frontier(front: Sequence[Point], searched: int, knobs: Sequence[str]) -> None:
     print(f"\nCost-accuracy frontier ({len(front)} of {searched} settings; the others cost more for no more "
           f"accuracy):")
@@ -251,6 +269,7 @@ async def tune(args: argparse.Namespace) -> int:
     print_members(recording, gold, asked_members(ens))
     labels = tasks[0].labels
     tuning_ids = {t.item_id for t in tuning}
+    recommend_members(recording, labels, {i: g for i, g in gold.items() if i in tuning_ids})
     params = fit_params(ens, {i: v for i, v in recording.items() if i in tuning_ids}, labels,
                         {i: g for i, g in gold.items() if i in tuning_ids}, config.refit.min_gold_for_calibration)
     settings = grid(ens)

@@ -67,4 +67,5 @@ def test_refit_publishes_auto_with_a_calibration_per_number_of_votes(with_copies
     wire = {item: [{"member": v.member, "label": v.label} for v in vs] for item, vs in votes.items()}
     params = refit("auto", wire, LABELS, dict(list(truth.items())[:120]), 20)
     assert params["winner"] == "member:strong"
-    assert set(params["calibration"]["by_votes"]) == {"1", "2", "3", "4"}
+    assert set(params["calibration"]["by_votes"]) == {"1", "2", "3"}  # all four votes in: the main map
+    assert params["calibration"]["n"] == 120 and "out_of_fold" not in params  # fitted out of fold, not published
