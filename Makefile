@@ -30,6 +30,7 @@ engines:
 
 test-fast: install
 	deploy/system.sh
+	tests/sdk/install.sh >/dev/null
 	$(BIN)/pytest -q
 
 test-real: install engines
