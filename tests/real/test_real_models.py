@@ -108,6 +108,7 @@ def test_crowd_against_best_member(heldout: list) -> None:
 
 def test_adaptive_cascade_asks_fewer_members_and_stops_for_its_reason(client: OpenAI, heldout: list) -> None:
     rows = [row for row, _ in heldout]
+    workers = len(next(e for e in load_config(POOL).ensembles if e.name == "cascade").members)
     answers = [client.chat.completions.create(model="cascade", messages=[{"role": "user", "content": row["text"]}],
                                               extra_body={"task": "sentiment"}).model_extra["annotation"]
                for row in rows]
@@ -116,13 +117,13 @@ def test_adaptive_cascade_asks_fewer_members_and_stops_for_its_reason(client: Op
         if ann["stop_reason"] == "confident":
             assert ann["confidence"] >= 0.9 and ann["calls"] >= 2
         else:
-            assert ann["calls"] == 4, "exhausted means every worker was asked"
+            assert ann["calls"] == workers, "exhausted means every worker was asked"
     calls = sum(a["calls"] for a in answers) / len(answers)
     accuracy = sum(a["label"] == row["label"] for a, row in zip(answers, rows)) / len(rows)
     crowd = sum(r.model_extra["annotation"]["label"] == row["label"] for row, r in heldout) / len(rows)
     print(f"\nadaptive cascade, 40 held-out sentences: accuracy {accuracy:.3f} with {calls:.2f} calls per item; "
-          f"fan-out crowd {crowd:.3f} with 4 calls")
-    assert calls < 4
+          f"fan-out crowd {crowd:.3f} with {workers} calls")
+    assert calls < workers
     assert accuracy >= 0.75, "well above chance on easy sentiment"
 
 
