@@ -10,7 +10,7 @@ UV := $(CACHE)/uv-$(UV_VERSION)/bin/uv
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast test-real install engines clean
+.PHONY: demo test test-fast test-real test-image lock install engines clean
 
 $(UV):
 	$(PY) -m venv $(CACHE)/uv-$(UV_VERSION)
@@ -23,6 +23,15 @@ $(BIN)/.installed: pyproject.toml | $(UV)
 	touch $@
 
 install: $(BIN)/.installed
+
+# The image's lock: every package of pyproject.toml's dependencies and of its build-system, pinned with hashes
+# for any Python and platform the base image may have (deploy/Dockerfile installs it with --require-hashes).
+# Regenerate after changing a pin in pyproject.toml; versions already locked stay unless the pins exclude them.
+LOCK := deploy/requirements.lock
+lock: | $(UV)
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV) pip compile -q --universal --generate-hashes -o $(LOCK) pyproject.toml - \
+	    --custom-compile-command "make lock  (uv pip compile pyproject.toml + its build-system.requires, universal, hashed)"
 
 # The local pool runs on vLLM's CPU build only (deploy/engines.sh llamacpp installs llama.cpp, optional).
 engines:
@@ -37,7 +46,12 @@ test-fast: install
 test-real: install engines
 	$(BIN)/pytest -q -m real -s
 
-test: test-fast test-real
+# The container image, built with podman and run locked down (deploy/image.sh installs podman, runc,
+# mmdebstrap and slirp4netns from Debian when missing; the base and dependency layers stay cached).
+test-image: install
+	$(BIN)/pytest -q -m image
+
+test: test-fast test-real test-image
 
 demo: install engines
 	$(BIN)/crowd-gateway demo

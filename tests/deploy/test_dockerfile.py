@@ -48,6 +48,25 @@ def test_multi_stage_build_copies_only_the_venv() -> None:
     assert copies == ["--from=build /opt/venv /opt/venv"]
 
 
+def test_dependencies_come_from_the_hashed_lock_before_the_code() -> None:
+    """The lock alone decides the dependency layer (cached across code changes); the code comes after it."""
+    steps = instructions()
+    copies = [i for i, (word, args) in enumerate(steps) if word == "COPY" and not args.startswith("--from")]
+    lock = next(i for i in copies if "deploy/requirements.lock" in steps[i][1])
+    install = next(i for i, (word, args) in enumerate(steps) if word == "RUN" and "--require-hashes -r" in args)
+    code = next(i for i in copies if steps[i][1].startswith("gateway"))
+    assert copies[0] == lock < install < code
+
+
+def test_final_stage_imports_the_installed_package_from_root_as_its_user() -> None:
+    """The build's smoke test runs where no source tree can shadow the installed package."""
+    stage = final_stage()
+    smoke = next(i for i, (word, args) in enumerate(stage) if word == "RUN" and "import gateway.app" in args)
+    before = stage[:smoke]
+    assert [args for word, args in before if word == "WORKDIR"][-1] == "/"
+    assert [args for word, args in before if word == "USER"] == [dict(stage)["USER"]]
+
+
 def test_runs_as_non_root_with_the_console_script() -> None:
     stage = dict(final_stage())
     user = stage["USER"].split(":")[0]
