@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from ensembles.labels import LabelSet
 from gateway.errors import APIError
 from gateway.task import AnnotationTask, wrap_label
 
@@ -140,10 +141,12 @@ def refuse_unhonoured(body: dict[str, Any]) -> None:
 
 
 def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
+    """The `annotation` object, in the client's spelling and order of its labels (the outcome is canonical)."""
+    labels = task.label_set
     return {
-        "label": outcome.label,
+        "label": labels.spelled(outcome.label),
         "confidence": round(outcome.confidence, 6),
-        "distribution": {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)},
+        "distribution": {label: round(p, 6) for label, p in zip(labels.asked, labels.for_client(outcome.distribution))},
         "aggregator": aggregator,
         "params_version": params_version,
         "escalated": outcome.escalated,
@@ -153,8 +156,17 @@ def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, pa
         "agreement": round(outcome.agreement, 6),
         "stop_reason": outcome.stop_reason,
         "calls": outcome.calls,
-        "votes": [vote.wire() for vote in outcome.votes],
+        "votes": [_client_vote(vote.wire(), labels) for vote in outcome.votes],
     }
+
+
+def _client_vote(vote: dict[str, Any], labels: LabelSet) -> dict[str, Any]:
+    """A vote's label and soft-vote probabilities as the client listed its labels."""
+    if vote["label"] is not None:
+        vote["label"] = labels.spelled(vote["label"])
+    if vote["probs"] is not None:
+        vote["probs"] = labels.for_client(vote["probs"])
+    return vote
 
 
 def usage_block(outcome: Outcome) -> dict[str, Any]:
