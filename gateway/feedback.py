@@ -20,16 +20,13 @@ from ensembles.labels import LabelSet
 from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request
 from gateway.http import authorize, json_response, read_json
-from gateway.protocol import Feedback, invalid
+from gateway.protocol import MAX_BULK, Feedback, invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
 from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
 router = APIRouter()
-
-MAX_BULK = 1000
-"""Most feedback lines one request may carry."""
 
 
 async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRecord:
