@@ -60,6 +60,13 @@ class DeadlineProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline \
+                and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            # Answered before its body had all arrived (a 401, a 404): uvicorn armed the keep-alive timer when the
+            # answer went out and cancelled it on the next byte of body, so nothing would ever close the connection.
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
 
     def _arm(self, stage: Stage, seconds: float) -> None:
         self._disarm()

@@ -155,3 +155,19 @@ def test_a_dropped_client_is_one_short_log_line_never_a_traceback(upstream: Upst
     assert len(gone) == 2 * rounds and all(len(line) < 160 for line in gone)
     assert f"crowd_gateway_client_disconnects_total {2 * rounds}.0" in metrics
     assert len(lines) < len(gone) + 12  # the startup lines, one line per body-less drop, nothing else
+
+
+def test_a_connection_answered_before_its_body_arrived_is_still_closed_when_idle(upstream: Upstream,
+                                                                                  tmp_path: Path) -> None:
+    with served(upstream, tmp_path, connections={"keep_alive_s": LIMIT_S}) as (port, _):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/no-such-route HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n")
+            s.settimeout(5)
+            answer = s.recv(65536)  # a 404 before the body was sent
+            s.sendall(b"hello")
+            sent = time.monotonic()
+            s.settimeout(LIMIT_S + 5)
+            rest = s.recv(65536)
+            idle_s = time.monotonic() - sent
+    assert answer.startswith(b"HTTP/1.1 404 ") and rest == b""
+    assert LIMIT_S * 0.9 <= idle_s <= LIMIT_S + 1.5
