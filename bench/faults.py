@@ -23,6 +23,14 @@ client is an async httpx client on 127.0.0.1; every loop is bounded in requests 
                 json_schema as a string or list, a text part of 5, temperature "hot", a message without
                 content, /v1/batches?limit=² or huge): 5xx answers (aim 0), bodies that are not
                 OpenAI-shaped errors, and the slowest single request (linear checks: aim < 1 s).
+  connections   2,500 connections that send nothing, 100 that trickle their headers and 100 their body, opened
+                at once against gateway.connections limits of 2 s, while a normal client labels items: how
+                long the last one was held (aim: closed at the limit, none held past it), 408s to the
+                tricklers, the normal client's 5xx (aim 0) and p99.
+  disconnects   1,000 clients that go away: before their body arrived, while their ensemble answer is made,
+                during an ensemble stream and during a passthrough stream, while a normal client labels items:
+                log lines and tracebacks they cost (aim: one short line per body-less drop, no traceback),
+                /healthz right after, the normal client's 5xx (aim 0) and p99.
 
 Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/faults.py   (from the repository or worktree root;
      PYTHONPATH makes this checkout's gateway code the one the gateway processes run)
@@ -31,6 +39,7 @@ Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/faults.py   (from the rep
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -73,6 +82,12 @@ BURST_S = 3.0
 HOSTILE_ROUNDS = 30
 CONCURRENCY = 8
 """In-flight requests of the closed loops of the odd, 429 and hostile rows."""
+CONNECTION_LIMIT_S = 2.0
+"""gateway.connections' three limits in the connections row (the defaults are 65/10/60 s)."""
+IDLE_CONNECTIONS = 2500
+SLOW_CONNECTIONS = 100
+DROPS = 1000
+DROP_CONCURRENCY = 50
 ROW_BUDGET_S = 60.0
 """No row's requests may run longer than this (the loops are bounded in count as well)."""
 
@@ -418,6 +433,144 @@ def hostile(up: Upstream, tmp: Path) -> Row:
                + "; ".join(f"{k} " + ", ".join(f"{s}x{n}" for s, n in sorted(c.items())) for k, c in by_kind.items()))
 
 
+async def hold(url: str, first: bytes, trickle: bytes, within: float) -> tuple[float, bytes]:
+    """Open a connection, send `first`, then `trickle` every 0.5 s until the gateway closes it (at most `within`
+    seconds); (seconds it stayed open, what the gateway sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.perf_counter()  # before connecting: the gateway's deadline starts when it accepts
+    reader, writer = await asyncio.open_connection(host, int(port))
+    got = b""
+    try:
+        writer.write(first)
+        while time.perf_counter() - started < within:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 0.5)
+            except TimeoutError:
+                if trickle:
+                    writer.write(trickle)
+                continue
+            if not data:
+                break
+            got += data
+    except OSError:  # reset by the gateway while trickling
+        pass
+    finally:
+        writer.close()
+    return time.perf_counter() - started, got
+
+
+async def normal_client(url: str, until: Callable[[], bool]) -> list[Answer]:
+    """A well-behaved client labelling items one after another while `until()` is false."""
+    answers = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        while not until():
+            answers.append(await send(http, "POST", "/v1/chat/completions", json=label_body("three")))
+    return answers
+
+
+def slow_connections(up: Upstream, tmp: Path) -> Row:
+    names = HEALTHY[:3]
+    for name in names:
+        up.script(name, answer="positive")
+    limits = {"keep_alive_s": CONNECTION_LIMIT_S, "header_timeout_s": CONNECTION_LIMIT_S,
+              "body_timeout_s": CONNECTION_LIMIT_S}
+    config = {"gateway": {"connections": limits}, "members": [up.member(n) for n in names],
+              "ensembles": [{"name": "three", "members": names, "quorum": 2}]}
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    kinds = {"idle": (b"", b"", IDLE_CONNECTIONS), "slow headers": (head, b"X", SLOW_CONNECTIONS),
+             "slow body": (head + b"Content-Length: 100000\r\n\r\n{", b" ", SLOW_CONNECTIONS)}
+    with gateway(config, tmp, "connections") as url:
+        async def run() -> tuple[dict[str, list[tuple[float, bytes]]], list[Answer]]:
+            held = {kind: [asyncio.create_task(hold(url, first, trickle, 4 * CONNECTION_LIMIT_S + 10))
+                           for _ in range(n)] for kind, (first, trickle, n) in kinds.items()}
+            everyone = [t for tasks in held.values() for t in tasks]
+            served = await normal_client(url, lambda: all(t.done() for t in everyone))
+            return {kind: [t.result() for t in tasks] for kind, tasks in held.items()}, served
+
+        held, served = asyncio.run(run())
+    late = sum(seconds > CONNECTION_LIMIT_S + 1.0 for results in held.values() for seconds, _ in results)
+    timed_out = sum(got.startswith(b"HTTP/1.1 408 ") for kind in ("slow headers", "slow body")
+                    for _, got in held[kind])
+    worst = {kind: max(seconds for seconds, _ in results) for kind, results in held.items()}
+    return Row("idle and slow connections", len(served), fivexx(served), "-",
+               f"{IDLE_CONNECTIONS:,} idle + {2 * SLOW_CONNECTIONS} trickling connections all closed, the last "
+               f"after {max(worst.values()):.1f} s (limit {CONNECTION_LIMIT_S:g} s), {late} held past it; "
+               f"408 to {timed_out}/{2 * SLOW_CONNECTIONS} tricklers; a normal client's p99 "
+               f"{p99([a.seconds for a in served]) * 1000:.0f} ms meanwhile",
+               f"gateway.connections at {CONNECTION_LIMIT_S:g} s each; connections opened at once and held until "
+               f"closed: " + ", ".join(f"{kind} {len(r)} (longest {worst[kind]:.2f} s)" for kind, r in held.items())
+               + f"; the normal client (3-member ensemble, one request at a time): statuses {statuses(served)}")
+
+
+async def drop(url: str, body: bytes, partial: bool, read: bool) -> None:
+    """Send a completion request (all of its body, or half) and go away: at once, or after the first bytes of
+    its answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    writer.write(head + (body[:len(body) // 2] if partial else body))
+    await writer.drain()
+    if read:
+        await reader.read(64)
+    writer.transport.abort()
+
+
+def disconnects(up: Upstream, tmp: Path) -> Row:
+    names = HEALTHY[:3]
+    up.script(names[0], answer="positive " * 500, latency_ms=50)  # a long stream for the passthrough drops
+    for name in names[1:]:
+        up.script(name, answer="positive", latency_ms=50)
+    config = {"members": [up.member(n) for n in names], "ensembles": [{"name": "three", "members": names,
+                                                                        "quorum": 2}]}
+    messages = [{"role": "user", "content": "fine"}]
+    ensemble = encoded(label_body("three"))
+    kinds = {"before its body arrived": (ensemble, True, False),
+             "while its ensemble answer was made": (ensemble, False, False),
+             "during an ensemble stream": (encoded(label_body("three", stream=True)), False, True),
+             "during a passthrough stream": (encoded({"model": names[0], "messages": messages, "stream": True}),
+                                             False, True)}
+    log = tmp / "disconnects.log"
+    with gateway(config, tmp, "disconnects") as url:
+        before = len(log.read_text().splitlines())
+
+        async def run() -> tuple[list[Answer], float]:
+            stop_at = time.perf_counter() + ROW_BUDGET_S
+            gate = asyncio.Semaphore(DROP_CONCURRENCY)
+
+            async def one(body: bytes, partial: bool, read: bool) -> None:
+                async with gate:
+                    if time.perf_counter() < stop_at:
+                        await drop(url, body, partial, read)
+
+            done = False
+            normal = asyncio.create_task(normal_client(url, lambda: done))
+            await asyncio.gather(*(one(*kinds[kind]) for _ in range(DROPS // len(kinds)) for kind in kinds))
+            done = True
+            served = await normal
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                health = await send(http, "GET", "/healthz")
+            return served, health.seconds
+
+        served, health_s = asyncio.run(run())
+        time.sleep(0.5)
+        lines = log.read_text().splitlines()[before:]
+        counted = re.search(r"^crowd_gateway_client_disconnects_total (\S+)$", httpx.get(f"{url}/metrics").text,
+                            re.MULTILINE)
+    tracebacks = sum("Traceback" in line for line in lines)
+    return Row("client disconnects", len(served), fivexx(served), "-",
+               f"{DROPS:,} dropped connections: {len(lines)} log lines, {tracebacks} tracebacks; /healthz right "
+               f"after in {health_s * 1000:.0f} ms; a normal client's p99 {p99([a.seconds for a in served]) * 1000:.0f} "
+               f"ms meanwhile",
+               f"{DROPS // len(kinds)} each of: went away " + ", ".join(kinds) + f" ({DROP_CONCURRENCY} at a time); "
+               f"crowd_gateway_client_disconnects_total {counted.group(1) if counted else '?'}; the normal client: "
+               f"statuses {statuses(served)}")
+
+
+def encoded(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
 def main() -> None:
     os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="crowd-faults-"))
@@ -429,7 +582,8 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
         up = Upstream(f"http://127.0.0.1:{port}")
-        for scenario in (odd_replies, bad_retry_after, redis_bursts, overload, hostile):
+        for scenario in (odd_replies, bad_retry_after, redis_bursts, overload, hostile, slow_connections,
+                         disconnects):
             up.http.post("/_reset").raise_for_status()
             print(f"running {scenario.__name__} ...", file=sys.stderr)
             rows.append(scenario(up, tmp))

@@ -53,6 +53,7 @@ from openai import APIError, AsyncOpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ensembles.aggregators import REGISTRY
+from ensembles.labels import LabelSet
 from ensembles.votes import Vote
 from gateway.config import Config, parse_config
 from gateway.tools.datasets import load_dataset, split_of
@@ -234,19 +235,26 @@ def candidates(targets: Sequence[float], members: int) -> dict[str, list[Strateg
             "cost_aware": [Strategy("cost_aware", (("target", t),)) for t in targets]}
 
 
+def stored_vote(vote: dict[str, Any], labels: LabelSet) -> Vote:
+    """A vote of a client's answer (its spelling, its order of soft-vote probabilities) as the gateway stores it."""
+    probs = vote["probs"] and tuple(vote["probs"][labels.positions.index(i)] for i in range(len(labels.canonical)))
+    return Vote(**{**vote, "label": vote["label"] and labels.canonical_of(vote["label"]), "probs": probs})
+
+
 def tune(config: Config, grid: dict[str, list[Strategy]], warm: Result, labels: Sequence[str]) -> dict[str, Strategy]:
     """Per router, the cheapest setting (fewest calls for adaptive, lowest cost for cost_aware) whose accuracy on
     the dev items outside the gold half is within AIM_POINTS of fan-out's, else the most accurate one. Scored by
     replaying the gateway's own request path on the warm-up's recorded votes (gateway/replay.py) under parameters
     fitted as the gateway's refit fits them, so tuning costs no model call and never sees the test rows."""
-    recording: Recording = {str(rec["id"]): {v["member"]: Vote(**{**v, "probs": v["probs"] and tuple(v["probs"])})
-                                             for v in rec["annotation"]["votes"]} for rec in warm.answered}
-    gold = {str(rec["id"]): rec["gold"] for rec in warm.answered}
+    stored = LabelSet.adhoc(labels)  # the answers are in the client's labels; the replay reads the stored form
+    recording: Recording = {str(rec["id"]): {v["member"]: stored_vote(v, stored) for v in rec["annotation"]["votes"]}
+                            for rec in warm.answered}
+    gold = {str(rec["id"]): stored.canonical_of(rec["gold"]) or rec["gold"] for rec in warm.answered}
     tasks = [build_task({"messages": [{"role": "user", "content": "replayed"}], "labels": list(labels),
                          "item_id": item_id}, "chat", config) for item_id in recording if not anchors(item_id)]
     ensembles = {e.name: e for e in config.ensembles}
-    params = fit_params(ensembles[FANOUT.name], recording, labels, {i: g for i, g in gold.items() if anchors(i)},
-                        config.refit.min_gold_for_calibration)
+    params = fit_params(ensembles[FANOUT.name], recording, stored.canonical,
+                        {i: g for i, g in gold.items() if anchors(i)}, config.refit.min_gold_for_calibration)
 
     async def scored(strategy: Strategy) -> Point:
         return await score(config, ensembles[strategy.name], {}, tasks, gold, recording, params)

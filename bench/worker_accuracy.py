@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from ensembles.labels import LabelSet
 from gateway.config import Config, Member, load_config
 from gateway.upstream.dialects import shape
 from gateway.task import AnnotationTask
@@ -55,8 +56,8 @@ async def score(client: httpx.AsyncClient, member: Member, items: list[dict], la
 
     async def one(item: dict) -> bool:
         nonlocal tokens, failed
-        task = AnnotationTask(kind="chat", labels=labels, text=item["text"], body={}, template=None,
-                              schema="sentiment", item_id=item["id"])
+        task = AnnotationTask(kind="chat", label_set=LabelSet.matching(labels, labels), text=item["text"], body={},
+                              template=None, schema="sentiment", item_id=item["id"])
         path, body = shape(member, task)
         async with slots:
             resp = await client.post(member.base_url + path, content=body,

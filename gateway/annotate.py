@@ -108,7 +108,7 @@ class Annotator:
         metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(item.calls)
         metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in item.votes))
         self._check_quorum(item.votes + skipped, reason)
-        return Outcome(label=task.labels[pick(item.distribution)], distribution=item.distribution,
+        return Outcome(label=task.label_set.best(item.distribution), distribution=item.distribution,
                        confidence=item.confidence, votes=item.votes + skipped,
                        upstream_wait_s=time.perf_counter() - started, escalated=escalated,
                        needs_review=needs_review(ens.review, item.confidence), stop_reason=reason, calls=item.calls)

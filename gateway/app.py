@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway.batches import Batches
 from gateway.batches import router as batches_router
@@ -16,12 +19,14 @@ from gateway.config import Config, load_config
 from gateway.errors import (
     APIError,
     handle_api_error,
+    handle_client_disconnect,
     handle_http_exception,
     handle_request_validation,
     handle_store_unavailable,
     handle_unexpected,
 )
 from gateway.feedback import router as feedback_router
+from gateway.protocol import document_routes
 from gateway.requestid import RequestIdMiddleware
 from gateway.routes import HOT_ROUTES, router
 from gateway.state import GatewayState
@@ -55,10 +60,19 @@ def create_app(config: Config | None = None) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(batches_router)
     app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(ClientDisconnect, handle_client_disconnect)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_request_validation)
     app.add_exception_handler(RedisError, handle_store_unavailable)
     app.add_exception_handler(OSError, handle_store_unavailable)
     app.add_exception_handler(Exception, handle_unexpected)
     app.add_middleware(RequestIdMiddleware)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_routes(get_openapi(title=app.title, version=app.version,
+                                                             routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

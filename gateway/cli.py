@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import os
 import sys
@@ -62,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.connections import DeadlineProtocol
 
     config = load_config(args.config)  # fail here, with the field named, before any worker starts
     if args.config:
@@ -69,8 +71,11 @@ def serve(args: argparse.Namespace) -> int:
     logging_config = log_config(args.log_level)
     logging.config.dictConfig(logging_config)
     log_startup(config, args)
+    limits = config.gateway.connections
+    http = functools.partial(DeadlineProtocol, header_timeout_s=limits.header_timeout_s,
+                             body_timeout_s=limits.body_timeout_s)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
-                  access_log=args.access_log, loop="uvloop", http="httptools", timeout_keep_alive=65)
+                  access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.app:create_app", factory=True, workers=args.workers, **common)

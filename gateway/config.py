@@ -147,6 +147,20 @@ class Tenant(Strict):
     """Environment variable holding the group's keys, comma-separated."""
 
 
+class Connections(Strict):
+    """How long a client connection may idle, or take to send a request (seconds; gateway/connections.py)."""
+
+    keep_alive_s: float = Field(65.0, gt=0)
+    """An idle kept-alive connection is closed this long after its last answer (above the 60 s idle timeout of
+    common load balancers, so they close first)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A request's headers must be complete this long after the connection opened (or after the request's first
+    byte, on a kept-alive connection); else 408 and close."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """A request's body must be complete this long after its headers (in total, however it trickles); else 408
+    and close. Raise it for large file uploads over slow links."""
+
+
 class GatewaySettings(Strict):
     api_keys_env: str | None = "CROWD_GATEWAY_API_KEYS"
     """Keys that are each their own tenant."""
@@ -161,6 +175,7 @@ class GatewaySettings(Strict):
     max_items_in_flight_per_key: int = Field(256, ge=1)
     """Items one tenant runs at once, over all ensembles."""
     breaker: Breaker = Breaker()
+    connections: Connections = Connections()
 
     def api_keys(self) -> dict[str, str]:
         """Every accepted key -> its tenant; empty when authentication is off."""

@@ -16,19 +16,17 @@ from starlette.responses import Response
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.calibration import calibrate
 from ensembles.extract import fold
+from ensembles.labels import LabelSet
 from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request
 from gateway.http import authorize, json_response, read_json
-from gateway.protocol import Feedback, invalid
+from gateway.protocol import MAX_BULK, Feedback, invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
 from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
 router = APIRouter()
-
-MAX_BULK = 1000
-"""Most feedback lines one request may carry."""
 
 
 async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRecord:
@@ -43,8 +41,8 @@ async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRec
             raise APIError(400, f"unknown task {fb.task!r}", param="task", code="task_not_found")
         return ItemRecord(item_id, scoped(tenant, task.name), list(task.labels), "", "")
     if fb.labels is not None:
-        labels = checked_labels(fb.labels, "labels", state.config.gateway.max_labels,
-                                state.config.gateway.max_label_chars)
+        labels = LabelSet.adhoc(checked_labels(fb.labels, "labels", state.config.gateway.max_labels,
+                                               state.config.gateway.max_label_chars)).canonical
         return ItemRecord(item_id, scoped(tenant, schema_for_labels(labels)), list(labels), "", "")
     raise APIError(404, f"item {fb.item_id!r} has no stored votes: send `task` or `labels` with its label",
                    param="item_id", code="item_not_found")
@@ -70,7 +68,7 @@ async def post_feedback(request: Request) -> Response:
 
 
 async def _checked(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, str]:
-    """The item a label is for and the label as spelt in its label set; a 400/404 names the bad one."""
+    """The item a label is for and the label as its schema stores it (canonical); a 400/404 names the bad one."""
     item = await _record_for(state, fb, tenant)
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:

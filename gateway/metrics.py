@@ -63,6 +63,10 @@ ENSEMBLE_READY = Gauge("crowd_gateway_ensemble_ready", "1 when at least quorum m
                        "their health check at the last /readyz, else 0", ["ensemble"], multiprocess_mode="max")
 MEMBER_HEALTHY = Gauge("crowd_gateway_member_healthy", "1 when the member passed its health check at the last "
                        "/readyz, else 0", ["member"], multiprocess_mode="max")
+CLIENT_DISCONNECTS = Counter("crowd_gateway_client_disconnects", "Requests whose client went away before their "
+                             "body arrived")
+CONNECTION_TIMEOUTS = Counter("crowd_gateway_connection_timeouts", "Connections closed because a request's headers "
+                              "or body did not arrive in time (gateway.connections)", ["stage"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

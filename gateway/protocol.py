@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.json_schema import models_json_schema
 
+from ensembles.labels import LabelSet
 from gateway.errors import APIError
 from gateway.task import AnnotationTask, wrap_label
 
@@ -140,10 +142,12 @@ def refuse_unhonoured(body: dict[str, Any]) -> None:
 
 
 def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
+    """The `annotation` object, in the client's spelling and order of its labels (the outcome is canonical)."""
+    labels = task.label_set
     return {
-        "label": outcome.label,
+        "label": labels.spelled(outcome.label),
         "confidence": round(outcome.confidence, 6),
-        "distribution": {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)},
+        "distribution": {label: round(p, 6) for label, p in zip(labels.asked, labels.for_client(outcome.distribution))},
         "aggregator": aggregator,
         "params_version": params_version,
         "escalated": outcome.escalated,
@@ -153,8 +157,17 @@ def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, pa
         "agreement": round(outcome.agreement, 6),
         "stop_reason": outcome.stop_reason,
         "calls": outcome.calls,
-        "votes": [vote.wire() for vote in outcome.votes],
+        "votes": [_client_vote(vote.wire(), labels) for vote in outcome.votes],
     }
+
+
+def _client_vote(vote: dict[str, Any], labels: LabelSet) -> dict[str, Any]:
+    """A vote's label and soft-vote probabilities as the client listed its labels."""
+    if vote["label"] is not None:
+        vote["label"] = labels.spelled(vote["label"])
+    if vote["probs"] is not None:
+        vote["probs"] = labels.for_client(vote["probs"])
+    return vote
 
 
 def usage_block(outcome: Outcome) -> dict[str, Any]:
@@ -203,3 +216,49 @@ def stream_events(answer: dict[str, Any], include_usage: bool) -> list[bytes]:
         chunks.append({**head, "choices": [], "usage": answer["usage"]})
     chunks[-1]["annotation"] = answer["annotation"]
     return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
+MAX_BULK = 1000
+"""Most feedback lines one request may carry."""
+
+
+class FeedbackBatch(BaseModel):
+    """`POST /v1/annotations/feedback` with many labels at once (checked before any is stored); documents the body,
+    which the handler reads line by line to name the bad line."""
+
+    data: list[Feedback] = Field(min_length=1, max_length=MAX_BULK)
+
+
+_DOCUMENTED_BODIES: tuple[tuple[str, str, str], ...] = (
+    ("/v1/chat/completions", "ChatCompletionRequest",
+     "Label an item with an ensemble (`labels`, `task`, `item_id` via `extra_body`), or proxy to one member"),
+    ("/v1/completions", "CompletionRequest",
+     "Label a completion prompt with an ensemble, or proxy it to one member"),
+)
+_ERRORS = {"400": "invalid request (OpenAI error body, `param` names the field)", "401": "missing or invalid key",
+           "404": "unknown model", "408": "the request did not arrive in time (gateway.connections)",
+           "413": "body too large", "429": "overloaded: retry after `Retry-After`",
+           "503": "quorum not met, or a member is unavailable"}
+
+
+def document_routes(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document plus what FastAPI cannot see in it: the completion routes (plain Starlette routes,
+    for speed) with their request models, and the feedback body (its handler reads one or many labels itself)."""
+    models: list[type[BaseModel]] = [ChatCompletionRequest, CompletionRequest, Feedback, FeedbackBatch]
+    _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+
+    def body(*names: str) -> dict[str, Any]:
+        refs = [{"$ref": f"#/components/schemas/{name}"} for name in names]
+        return {"required": True, "content": {"application/json": {"schema": refs[0] if len(refs) == 1
+                                                                     else {"oneOf": refs}}}}
+
+    for path, model, summary in _DOCUMENTED_BODIES:
+        schema["paths"][path] = {"post": {
+            "summary": summary, "operationId": path.strip("/").replace("/", "_"), "requestBody": body(model),
+            "responses": {"200": {"description": "the completion (an ensemble's carries the `annotation` block and "
+                                                 "`usage.cost_usd`), or with `stream: true` its SSE chunks",
+                                  "content": {"application/json": {}, "text/event-stream": {}}},
+                          **{status: {"description": why} for status, why in _ERRORS.items()}}}}
+    schema["paths"]["/v1/annotations/feedback"]["post"]["requestBody"] = body("Feedback", "FeedbackBatch")
+    return schema

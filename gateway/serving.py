@@ -127,6 +127,8 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
                    annotation: dict[str, Any], tenant: str) -> bool:
     """Keep the votes (for refits) and queue the item for review when flagged; False when they could not be.
 
+    What is kept is canonical (the task's `labels`), whatever spelling the client's `annotation` is in.
+
     A store outage costs the record, not the answer: the label is still returned, and the answer says
     `stored: false` (also a header, a metric and a log line), so no vote is lost silently.
     """
@@ -135,9 +137,10 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
     try:
         await state.store.record(item, [v.wire() for v in outcome.votes])
         if outcome.needs_review:
+            distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
             await state.store.enqueue_review({**item.wire(), "label": outcome.label,
                                               "confidence": annotation["confidence"],
-                                              "distribution": annotation["distribution"], "queued_at": time.time()})
+                                              "distribution": distribution, "queued_at": time.time()})
     except (OSError, RedisError) as exc:
         metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
         log.error("vote store unavailable: %d votes of item %s not stored (%s: %s)", len(outcome.votes),

@@ -1,7 +1,9 @@
 """From an OpenAI-shaped body to an annotation task: the item, its label set, ids and template.
 
 The label set comes from, first found: `labels` in the body, a `response_format` JSON schema with
-one enum property, vLLM's `structured_outputs.choice`, or the named `task` of the config.
+one enum property, vLLM's `structured_outputs.choice`, or the named `task` of the config. Whatever
+order and case the client lists it in, the task carries its canonical form too (ensembles/labels.py):
+the schema, item id, votes and fits use that; the prompt and the answer use the client's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ensembles.labels import check_label_set
+from ensembles.labels import LabelSet, check_label_set
 from ensembles.prompts import Template
 from gateway.config import Config
 from gateway.errors import APIError, bad_request
@@ -24,7 +26,7 @@ Kind = Literal["chat", "completion"]
 @dataclass(frozen=True, slots=True)
 class AnnotationTask:
     kind: Kind
-    labels: tuple[str, ...]
+    label_set: LabelSet
     text: str
     """The item to label: the last user message, or the completion prompt."""
     body: Mapping[str, Any]
@@ -36,6 +38,11 @@ class AnnotationTask:
     json_field: str | None = None
     """When the labels came from a JSON schema, the property the answer must be wrapped in."""
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The canonical label set: votes, distributions and stored records are in this order and spelling."""
+        return self.label_set.canonical
+
 
 def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> AnnotationTask:
     """Validate the annotation-specific parts of a body; raises APIError(400) naming the param."""
@@ -46,31 +53,40 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
             known = [t.name for t in config.tasks]
             raise APIError(400, f"unknown task {task_name!r}; configured tasks: {known}", param="task",
                            code="task_not_found")
-    labels, json_field = _label_set(body, task.labels if task else None, config)
+    label_set, json_field = _label_set(body, task.labels if task else None, config)
     text = _item_text(body, kind)
-    schema = task.name if task else schema_for_labels(labels)
+    schema = task.name if task else schema_for_labels(label_set.canonical)
     item_id = body.get("item_id") or _metadata_item_id(body) or "item-" + _digest(schema + "\x1e" + text)[:20]
     if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
         raise bad_request("item_id must be a non-empty string of at most 256 characters", "item_id")
-    return AnnotationTask(kind=kind, labels=labels, text=text, body=body, template=task, schema=schema,
+    return AnnotationTask(kind=kind, label_set=label_set, text=text, body=body, template=task, schema=schema,
                           item_id=item_id, json_field=json_field)
 
 
 def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None,
-               config: Config) -> tuple[tuple[str, ...], str | None]:
+               config: Config) -> tuple[LabelSet, str | None]:
+    """The body's label set (a named task's when the body has none). With a task, labels in the body must name
+    the task's own labels (any order or case): its schema's votes are stored in the task's labels."""
     limits = config.gateway.max_labels, config.gateway.max_label_chars
+    found: tuple[str, Any, str | None] | None = None
     if (labels := body.get("labels")) is not None:
-        return checked_labels(labels, "labels", *limits), None
-    if (fmt := body.get("response_format")) is not None:
-        found = _enum_from_response_format(fmt)
-        if found is not None:
-            field, values = found
-            return checked_labels(values, "response_format", *limits), field
-    outputs = body.get("structured_outputs")
-    if isinstance(outputs, Mapping) and outputs.get("choice") is not None:
-        return checked_labels(outputs["choice"], "structured_outputs.choice", *limits), None
+        found = "labels", labels, None
+    elif (fmt := body.get("response_format")) is not None and (enum := _enum_from_response_format(fmt)) is not None:
+        found = "response_format", enum[1], enum[0]
+    elif isinstance(outputs := body.get("structured_outputs"), Mapping) and outputs.get("choice") is not None:
+        found = "structured_outputs.choice", outputs["choice"], None
+    if found is not None:
+        param, values, field = found
+        asked = checked_labels(values, param, *limits)
+        if task_labels is None:
+            return LabelSet.adhoc(asked), field
+        try:
+            return LabelSet.matching(task_labels, asked), field
+        except ValueError as exc:
+            raise bad_request(f"{param} {exc}: the label set of task {body.get('task')!r}; send the task's labels "
+                              f"(in any order or case) or none", param) from None
     if task_labels is not None:
-        return tuple(task_labels), None
+        return LabelSet.matching(task_labels, task_labels), None
     raise APIError(400, "no label set: send `labels` (extra_body), a response_format JSON schema with one enum "
                         "property, structured_outputs.choice, or a configured `task`", param="labels",
                    code="missing_labels")
@@ -91,9 +107,10 @@ def checked_labels(labels: Any, param: str, max_labels: int = 1000, max_chars: i
         raise bad_request(f"{param}: {exc}", param) from None
 
 
-def schema_for_labels(labels: Sequence[str]) -> str:
-    """The schema of an ad-hoc label set: votes on the same set are comparable across requests."""
-    return "labels-" + _digest("\x1f".join(labels))[:12]
+def schema_for_labels(canonical: Sequence[str]) -> str:
+    """The schema of an ad-hoc label set, from its canonical form (LabelSet.canonical): the same labels in any
+    order or case are one schema, so their votes are comparable across requests."""
+    return "labels-" + _digest("\x1f".join(canonical))[:12]
 
 
 def _enum_from_response_format(fmt: Any) -> tuple[str, list[Any]] | None:

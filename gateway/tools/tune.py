@@ -67,7 +67,8 @@ def tunable(config: Config, name: str) -> Ensemble:
 
 def load_items(path: Path, config: Config, labels: str | None, task: str | None,
                limit: int | None) -> tuple[list[AnnotationTask], dict[str, str]]:
-    """Dev rows (id, text, label) as the gateway's annotation tasks, and their gold labels by item id."""
+    """Dev rows (id, text, label) as the gateway's annotation tasks, and their gold labels by item id (spelt as the
+    gateway stores them: the label set's canonical form, which the replayed votes are in)."""
     rows = load_dataset(path, limit=limit)
     if not rows:
         raise UsageError(f"{path}: no rows")
@@ -79,9 +80,10 @@ def load_items(path: Path, config: Config, labels: str | None, task: str | None,
                              **spec}, "chat", config) for item_id, row in zip(ids, rows)]
     except APIError as exc:
         raise UsageError(f"{path}: {exc.message}") from None
-    if unknown := sorted(set(gold.values()) - set(tasks[0].labels)):
-        raise UsageError(f"{path}: labels {unknown} are not in the label set {list(tasks[0].labels)}")
-    return tasks, gold
+    label_set = tasks[0].label_set
+    if unknown := sorted(g for g in set(gold.values()) if label_set.canonical_of(g) is None):
+        raise UsageError(f"{path}: labels {unknown} are not in the label set {list(label_set.asked)}")
+    return tasks, {item_id: label_set.canonical_of(g) or g for item_id, g in gold.items()}
 
 
 def label_spec(config: Config, labels: str | None, task: str | None, gold: dict[str, str]) -> dict[str, Any]:

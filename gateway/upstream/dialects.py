@@ -3,7 +3,8 @@
 vLLM takes `structured_outputs: {"choice": [...]}` and returns token log-probabilities (soft
 votes); llama.cpp's server takes a GBNF `grammar`; OpenAI-style providers take a json_schema
 `response_format` with an enum. The prompt comes from the member's template, else the task's,
-else the client's own messages are forwarded as they are.
+else the client's own messages are forwarded as they are. The prompt and the constraint list the labels
+as the client did (its order and spelling); reading the answer back is case-insensitive (ensembles/extract.py).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tu
     if template is not None:
         kind = template.prompt_style
         if kind == "completion":
-            body["prompt"] = render_completion(template, task.text, task.labels)
+            body["prompt"] = render_completion(template, task.text, task.label_set.asked)
         else:
-            body["messages"] = render_chat(template, task.text, task.labels)
+            body["messages"] = render_chat(template, task.text, task.label_set.asked)
         body["temperature"] = template.temperature
         body["max_tokens"] = template.max_tokens
     else:
@@ -73,7 +74,7 @@ def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tu
         else:
             body.update(logprobs=True, top_logprobs=ONE_PASS_TOP_LOGPROBS)
     else:
-        _constrain(member, body, kind, task.labels, template)
+        _constrain(member, body, kind, task.label_set.asked, template)
     return ("/completions" if kind == "completion" else "/chat/completions"), orjson.dumps(body)
 
 

@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import jsonschema  # kubernetes-validate's dependency, as in tests/deploy
 import openai
 import pytest
 from openai import OpenAI
@@ -250,3 +251,24 @@ def test_streamed_passthrough_counts_cost_and_cut_streams(mine: OpenAI, upstream
         list(mine.chat.completions.create(model="sb", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert sample("crowd_gateway_requests_total", ensemble="sb", outcome="error") == errors + 1
     assert sample("crowd_gateway_requests_total", ensemble="sb", outcome="ok") == ok + 1
+
+
+def test_openapi_documents_the_completion_routes_and_their_request_models(gateway: InProcessGateway) -> None:
+    doc = gateway.get("/openapi.json").json()
+
+    def request_schema(path: str) -> dict[str, Any]:
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return {**ref, "components": doc["components"]}
+
+    chat, completion = request_schema("/v1/chat/completions"), request_schema("/v1/completions")
+    assert chat["$ref"].endswith("/ChatCompletionRequest") and completion["$ref"].endswith("/CompletionRequest")
+    body = {"model": "crowd", "messages": [{"role": "user", "content": "good"}], "labels": LABELS, "temperature": 0}
+    jsonschema.validate(body, chat)  # what the official client sends is valid under the document
+    jsonschema.validate({"model": "crowd", "prompt": "good", "labels": LABELS}, completion)
+    for bad in ({**body, "temperature": "hot"}, {"model": "crowd"}, {**body, "messages": []}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, chat)
+    assert {"200", "400", "429", "503"} <= set(doc["paths"]["/v1/chat/completions"]["post"]["responses"])
+    feedback = doc["paths"]["/v1/annotations/feedback"]["post"]["requestBody"]["content"]["application/json"]
+    jsonschema.validate({"data": [{"item_id": "i", "label": "positive", "source": "gold"}]},
+                        {**feedback["schema"], "components": doc["components"]})

@@ -118,17 +118,17 @@ def test_escalation_asks_the_strong_member_through_litellm(client: OpenAI, upstr
 
 
 def test_review_queue_and_human_resolution(client: OpenAI, gateway: InProcessGateway, upstream: Upstream) -> None:
-    upstream.script("good", answer="positive")
-    upstream.script("adversary", answer="negative")
+    upstream.script("good", answer="yes")  # a label set no refit has seen: a split vote stays at 0.5 confidence
+    upstream.script("adversary", answer="no")
     r = client.chat.completions.create(model="rev", messages=[{"role": "user", "content": "a hard one"}],
-                                       extra_body={"labels": LABELS, "item_id": "hard-1"})
+                                       extra_body={"labels": ["yes", "no"], "item_id": "hard-1"})
     assert r.model_extra["annotation"]["needs_review"] is True
     queue = gateway.get("/v1/review").json()
     entry = next(e for e in queue["data"] if e["item_id"] == "hard-1")
-    assert entry["text"] == "a hard one" and entry["labels"] == LABELS
-    resolved = feedback(gateway, item_id="hard-1", label="negative", source="human", annotator="ana").json()
+    assert entry["text"] == "a hard one" and entry["labels"] == ["no", "yes"]  # stored in the canonical order
+    resolved = feedback(gateway, item_id="hard-1", label="no", source="human", annotator="ana").json()
     assert resolved["resolved_review"] is True
     assert all(e["item_id"] != "hard-1" for e in gateway.get("/v1/review").json()["data"])
     stored = gateway.get("/v1/annotations/hard-1").json()
-    assert {"member": "human:ana", "label": "negative", "raw": "negative"} in stored["votes"]
-    assert stored["aggregate"]["label"] == "negative"  # the human breaks the tie
+    assert {"member": "human:ana", "label": "no", "raw": "no"} in stored["votes"]
+    assert stored["aggregate"]["label"] == "no"  # the human breaks the tie
