@@ -51,6 +51,8 @@ class Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    """OpenAI's processing tiers; on an ensemble, "flex" makes the item job traffic (its calls may be grouped)."""
 
 
 class ChatCompletionRequest(Sampling):

@@ -42,7 +42,7 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
                             code="unsupported_value").response()
     else:
         try:
-            response = await execute(state, body, None, kind, path, tenant)
+            response = await execute(state, body, None, kind, path, tenant, job=True)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",

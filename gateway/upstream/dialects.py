@@ -43,7 +43,13 @@ def one_pass(member: Member, task: AnnotationTask) -> bool:
 
 
 def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, bytes]:
-    """(path under the member's base_url, JSON body) for asking `member` to label `task`.
+    """(path under the member's base_url, JSON body) for asking `member` to label `task`."""
+    path, body = request(member, task, first_token)
+    return path, orjson.dumps(body)
+
+
+def request(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, dict[str, Any]]:
+    """(path under the member's base_url, body) for asking `member` to label `task`.
 
     `first_token`: one forward pass, the first token's top log-probabilities instead of a decoded label.
     """
@@ -74,7 +80,7 @@ def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tu
             body.update(logprobs=True, top_logprobs=ONE_PASS_TOP_LOGPROBS)
     else:
         _constrain(member, body, kind, task.labels, template)
-    return ("/completions" if kind == "completion" else "/chat/completions"), orjson.dumps(body)
+    return ("/completions" if kind == "completion" else "/chat/completions"), body
 
 
 def _constrain(member: Member, body: dict[str, Any], kind: str, labels: Sequence[str],
