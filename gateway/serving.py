@@ -134,7 +134,7 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
     item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
                       labels=list(task.labels), text=task.text, ensemble=ensemble)
     try:
-        await state.store.record(item, [v.wire() for v in outcome.votes])
+        await state.store.record(item, annotation["votes"])
         if outcome.needs_review:
             await state.store.enqueue_review({**item.wire(), "label": outcome.label,
                                               "confidence": annotation["confidence"],
