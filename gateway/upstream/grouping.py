@@ -81,8 +81,9 @@ class Grouper:
         Cancelling the caller takes its prompt out of a group still filling; once every caller of a sent
         group is gone, the call itself is cancelled.
         """
-        params = {k: v for k, v in body.items() if k != "prompt"}
-        key = (member, path, orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
+        params = dict(body)
+        prompt = params.pop("prompt")
+        key = (member, path, orjson.dumps(params))  # one worker's requests list their fields in one order
         loop = asyncio.get_running_loop()
         group = self.filling.get(key)
         if group is None:
@@ -90,7 +91,7 @@ class Grouper:
             group.timer = loop.call_later(self.max_wait_s, self._send, key, group)
         waiter: asyncio.Future[Completion] = loop.create_future()
         waiter.add_done_callback(lambda fut: self._dropped(key, group, fut))
-        group.add(body["prompt"], waiter, deadline)
+        group.add(prompt, waiter, deadline)
         if len(group.prompts) >= self.max_prompts:
             self._send(key, group)
         return await waiter
