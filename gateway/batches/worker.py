@@ -150,7 +150,7 @@ class BatchWorker:
                 await asyncio.sleep(0.2 * (attempt + 1))
         else:
             return  # the lease runs out and the line is run again: never lost
-        metrics.BATCH_LINES.labels(("ok" if ok else "error") if recorded else "discarded").inc()
+        metrics.child(metrics.BATCH_LINES, ("ok" if ok else "error") if recorded else "discarded").inc()
 
     async def _renew(self) -> None:
         while True:
