@@ -24,7 +24,7 @@ class Reply:
 
 
 class UpstreamError(Exception):
-    """A call that produced no usable HTTP answer. `kind`: connection, timeout, circuit_open, http."""
+    """A call that produced no usable answer. `kind`: connection, timeout, circuit_open, http, malformed."""
 
     def __init__(self, member: str, kind: str, message: str, status: int | None = None,
                  retry_after: float | None = None) -> None:
