@@ -1,15 +1,20 @@
-"""Annotation jobs at scale: N items through the Batch API and through `crowd-gateway annotate`
-(prints figures; not a test).
+"""Annotation jobs at scale: N items through the Batch API and through `crowd-gateway annotate`, with and
+without grouping the members' calls (prints figures; not a test).
 
-For each ensemble size, a real `crowd-gateway serve` process in front of the fast test upstream
-(tests/fake_upstream.py): upload N JSONL requests with the official client, create a batch, poll
-until it completes; then the same N rows as a CSV through the CLI. Reported: items per second,
-the gateway's CPU per item (user+system from /proc), and the CLI's own CPU per item.
+For each ensemble size and grouping setting, a real `crowd-gateway serve` process in front of the fast
+test upstream (tests/fake_upstream.py, answering as vLLM does, list prompts included): the members are
+vLLM-dialect workers voting in one forward pass on a completion-style task, as the local pool does. Upload
+N JSONL requests with the official client, create a batch, poll until it completes; then the same N rows
+as a CSV through the CLI (which sends `service_tier: "flex"`). `--grouping 1,32` compares
+`batches.grouping.max_prompts` 1 (one call per item and member) with 32. The gateway is pinned to CPU 0,
+the fake upstream, redis and the clients to CPU 1 (on a machine with two cores or more). Reported: items
+per second, the gateway's CPU per item and per item and member (user+system from /proc), member calls
+per item and member, and the CLI's own CPU per item.
 
-With `--config FILE --ensemble NAME` the gateway runs that config instead (e.g. the real local
-pool) and no fake upstream is started.
+With `--config FILE --ensemble NAME` the gateway runs that config instead (e.g. the real local pool), no
+fake upstream is started and the lines name the config's `--task`.
 
-Run: .venv/bin/python bench/batch.py [--items 10000] [--members 3,5] [--store memory,redis]
+Run: .venv/bin/python bench/batch.py [--items 10000] [--members 5] [--grouping 1,32] [--store memory,redis]
 """
 
 from __future__ import annotations
@@ -27,15 +32,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import BIN, free_port, stop, wait_http  # noqa: E402
+from tests.conftest import BIN, free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
 
 LABELS = ["positive", "negative"]
+TASK = {"name": "sentiment", "labels": LABELS, "prompt_style": "completion",
+        "instructions": "Label the sentiment of each review as {labels}.",
+        "examples": [{"text": "This place was such a nice surprise!", "label": "positive"},
+                     {"text": "Worst food/service I've had in a while.", "label": "negative"}]}
 TICK = os.sysconf("SC_CLK_TCK")
+PINNED = (os.cpu_count() or 1) >= 2
+"""Gateway on CPU 0, everything else on CPU 1: the gateway's figures are then those of one core."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,28 +60,43 @@ def texts(n: int) -> list[str]:
     return [f"{sample[i % len(sample)]} (#{i})" for i in range(n)]
 
 
-def fake_config(upstream_port: int, members: int, concurrency: int, store: str) -> dict[str, Any]:
+def fake_config(upstream_port: int, members: int, concurrency: int, store: str, group: int) -> dict[str, Any]:
     names = [f"m{i}" for i in range(members)]
-    return {"store": {"backend": store}, "batches": {"concurrency": concurrency, "poll_s": 0.1},
+    return {"store": {"backend": store},
+            "batches": {"concurrency": concurrency, "poll_s": 0.1, "grouping": {"max_prompts": group}},
+            "gateway": {"max_items_in_flight": max(512, 2 * concurrency)},
             "members": [{"name": n, "base_url": f"http://127.0.0.1:{upstream_port}/m/{n}/v1", "model": n,
-                         "retries": 0, "price": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2}}
-                        for n in names],
-            "ensembles": [{"name": "crowd", "members": names, "quorum": members}]}
+                         "dialect": "vllm", "retries": 0,
+                         "price": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2}} for n in names],
+            "ensembles": [{"name": "crowd", "members": names, "quorum": members}],
+            "tasks": [TASK]}
+
+
+def script_members(upstream: str, members: int) -> None:
+    """Each member votes in one pass; three say positive, the others negative, so the votes disagree."""
+    for i in range(members):
+        httpx.post(f"{upstream}/_script/m{i}", json={"answer": " positive" if i < 3 else " negative",
+                                                     "logprobs": "answer", "usage": [60, 1]}).raise_for_status()
+
+
+def upstream_calls(upstream: str | None, members: int) -> int:
+    return sum(httpx.get(f"{upstream}/_calls/m{i}").json()["calls"] for i in range(members)) if upstream else 0
 
 
 def start_gateway(config_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "crowd-gateway"), "serve", "--config", str(config_path), "--port", str(port)],
-                            env=env)
+    pin = ["taskset", "-c", "0"] if PINNED else []
+    proc = subprocess.Popen([*pin, str(BIN / "crowd-gateway"), "serve", "--config", str(config_path), "--port",
+                             str(port)], env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=120)
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run_batch(url: str, pid: int, ensemble: str, items: list[str], timeout: float) -> tuple[float, float]:
+def run_batch(url: str, pid: int, ensemble: str, task: str, items: list[str], timeout: float) -> tuple[float, float]:
     """(items/s, gateway CPU ms per item) of one batch, timed from creation to `completed`."""
     client = OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("CROWD_GATEWAY_API_KEY", "unused"))
     lines = [json.dumps({"custom_id": f"i{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": ensemble, "labels": LABELS, "item_id": f"i{i}",
+                         "body": {"model": ensemble, "task": task, "item_id": f"i{i}",
                                   "messages": [{"role": "user", "content": text}]}}) for i, text in enumerate(items)]
     file = client.files.create(file=("bench.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch")
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -81,12 +108,12 @@ def run_batch(url: str, pid: int, ensemble: str, items: list[str], timeout: floa
         batch = client.batches.retrieve(batch.id)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     counts = batch.request_counts
-    if counts.failed:
+    if counts is not None and counts.failed:
         print(f"  warning: {counts.failed} of {counts.total} lines failed", file=sys.stderr)
     return len(items) / elapsed, cpu / len(items) * 1000
 
 
-def run_cli(url: str, pid: int, ensemble: str, items: list[str], concurrency: int, workdir: Path,
+def run_cli(url: str, pid: int, ensemble: str, task: str, items: list[str], concurrency: int, workdir: Path,
             timeout: float) -> tuple[float, float, float]:
     """(items/s, gateway CPU ms per item, CLI CPU ms per item) of `crowd-gateway annotate`."""
     source, out = workdir / "items.csv", workdir / f"out-{time.monotonic_ns()}.csv"
@@ -96,7 +123,7 @@ def run_cli(url: str, pid: int, ensemble: str, items: list[str], concurrency: in
         writer.writerows((f"i{i}", text) for i, text in enumerate(items))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    subprocess.run([str(BIN / "crowd-gateway"), "annotate", str(source), "--labels", ",".join(LABELS),
+    subprocess.run([str(BIN / "crowd-gateway"), "annotate", str(source), "--task", task,
                     "--ensemble", ensemble, "--out", str(out), "--gateway", url, "--concurrency", str(concurrency)],
                    check=True, timeout=timeout, stderr=subprocess.DEVNULL)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
@@ -108,11 +135,13 @@ def run_cli(url: str, pid: int, ensemble: str, items: list[str], concurrency: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--members", default="3,5", help="ensemble sizes to run against the fake upstream")
+    parser.add_argument("--members", default="5", help="ensemble sizes to run against the fake upstream")
+    parser.add_argument("--grouping", default="1,32", help="batches.grouping.max_prompts values to compare")
     parser.add_argument("--store", default="memory", help="store backends to run: memory, redis or both")
-    parser.add_argument("--concurrency", type=int, default=64, help="batch lines / CLI rows in flight")
+    parser.add_argument("--concurrency", type=int, default=128, help="batch lines / CLI rows in flight")
     parser.add_argument("--config", help="a gateway config to run instead of the fake upstream (e.g. the pool)")
     parser.add_argument("--ensemble", default="crowd", help="ensemble to ask (with --config)")
+    parser.add_argument("--task", default="sentiment", help="task the lines name (with --config)")
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
     args = parser.parse_args()
@@ -120,51 +149,68 @@ def main() -> None:
     items = texts(args.items)
     workdir = Path(tempfile.mkdtemp(prefix="crowd-bench-batch-"))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    if PINNED:
+        os.sched_setaffinity(0, {1})  # this process, the fake upstream, redis and the CLI: CPU 1
     started: list[subprocess.Popen[bytes]] = []
     rows = []
+    load = os.getloadavg()
     try:
-        upstream_port = 0
+        upstream = None
         if not args.config:
             upstream_port = free_port()
+            upstream = f"http://127.0.0.1:{upstream_port}"
             started.append(subprocess.Popen([sys.executable, str(ROOT / "tests/fake_upstream.py"), "--port",
                                              str(upstream_port)]))
-            wait_http(f"http://127.0.0.1:{upstream_port}/m/x/health", started[-1])
+            wait_http(f"{upstream}/m/x/health", started[-1])
         for store in args.store.split(","):
             run_env = dict(env)
             if store == "redis":
                 redis_port = free_port()
-                started.append(subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
-                                                 "--appendonly", "no", "--dir", str(workdir)],
-                                                stdout=subprocess.DEVNULL))
-                time.sleep(0.3)
+                started.append(subprocess.Popen(redis_argv(redis_port, workdir), stdout=subprocess.DEVNULL))
+                wait_redis(redis_port, started[-1])
                 run_env["CROWD_GATEWAY_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
             sizes = [0] if args.config else [int(m) for m in args.members.split(",")]
+            groupings = [0] if args.config else [int(g) for g in args.grouping.split(",")]
             for members in sizes:
-                path = Path(args.config) if args.config else workdir / f"config-{store}-{members}.yaml"
-                if not args.config:
-                    path.write_text(yaml.safe_dump(fake_config(upstream_port, members, args.concurrency, store)))
-                gateway, url = start_gateway(path, run_env)
-                try:
-                    label = f"{store}, {members} members" if members else f"{store}, {path.name}:{args.ensemble}"
-                    rate, cpu = run_batch(url, gateway.pid, args.ensemble, items, args.timeout)
-                    rows.append((label, "batch API", rate, cpu, None))
-                    print(f"{label:24} batch API  {rate:8.0f} items/s  gateway {cpu:6.2f} ms CPU/item", flush=True)
-                    if not args.skip_cli:
-                        rate, cpu, cli = run_cli(url, gateway.pid, args.ensemble, items, args.concurrency, workdir,
-                                                 args.timeout)
-                        rows.append((label, "CLI", rate, cpu, cli))
-                        print(f"{label:24} CLI        {rate:8.0f} items/s  gateway {cpu:6.2f} ms CPU/item  "
-                              f"CLI {cli:6.2f} ms CPU/item", flush=True)
-                finally:
-                    stop(gateway)
+                for group in groupings:
+                    path = Path(args.config) if args.config else workdir / f"config-{store}-{members}-{group}.yaml"
+                    if upstream:
+                        path.write_text(yaml.safe_dump(fake_config(upstream_port, members, args.concurrency, store,
+                                                                   group)))
+                        script_members(upstream, members)
+                    gateway, url = start_gateway(path, run_env)
+                    try:
+                        label = (f"{store}, {members} members, " + (f"groups of {group}" if group > 1
+                                                                    else "one call per vote")
+                                 if members else f"{store}, {path.name}:{args.ensemble}")
+                        runs = [("batch API", lambda: (*run_batch(url, gateway.pid, args.ensemble, args.task,
+                                                                  items, args.timeout), None))]
+                        if not args.skip_cli:
+                            runs.append(("CLI", lambda: run_cli(url, gateway.pid, args.ensemble, args.task, items,
+                                                                args.concurrency, workdir, args.timeout)))
+                        for path_name, run in runs:
+                            calls0 = upstream_calls(upstream, members)
+                            rate, cpu, cli = run()
+                            calls = (upstream_calls(upstream, members) - calls0) / len(items) / max(members, 1)
+                            rows.append((label, path_name, rate, cpu, cpu / max(members, 1), calls, cli))
+                            print(f"{label:42} {path_name:9} {rate:7.0f} items/s  gateway {cpu:5.2f} ms CPU/item"
+                                  f"  {calls:5.3f} calls/item/member"
+                                  + (f"  CLI {cli:5.2f} ms CPU/item" if cli is not None else ""), flush=True)
+                    finally:
+                        stop(gateway)
     finally:
         for proc in reversed(started):
             stop(proc)
-    print(f"\n{args.items} items, {args.concurrency} in flight, {os.cpu_count()} cores (gateway, upstream and "
-          f"client share them)")
-    print(f"{'setup':26} {'path':10} {'items/s':>8} {'gw ms CPU/item':>15} {'CLI ms CPU/item':>16}")
-    for label, path_name, rate, cpu, cli in rows:
-        print(f"{label:26} {path_name:10} {rate:8.0f} {cpu:15.2f} {'-' if cli is None else f'{cli:.2f}':>16}")
+    print(f"\n{args.items} items, {args.concurrency} in flight, {os.cpu_count()} cores, "
+          + ("gateway pinned to CPU 0, upstream and clients to CPU 1" if PINNED else "unpinned")
+          + f"; load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, after "
+          + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print("| setup | path | items/s | gateway CPU ms/item | gateway CPU us per item and member | items per gateway "
+          "CPU-second | member calls per item and member | CLI CPU ms/item |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, path_name, rate, cpu, per_member, calls, cli in rows:
+        print(f"| {label} | {path_name} | {rate:,.0f} | {cpu:.3f} | {per_member * 1000:.0f} | {1000 / cpu:,.0f} | "
+              f"{calls:.3f} | {'-' if cli is None else f'{cli:.2f}'} |")
 
 
 if __name__ == "__main__":

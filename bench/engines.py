@@ -4,7 +4,8 @@ For each worker of deploy/local-pool.yaml, on the bundled sentiment sample: item
 CPU-seconds per item (user + system time of the vLLM server's process tree, read from /proc) and
 accuracy, for constrained decoding (vLLM's structured_outputs.choice, the whole label decoded) against
 one forward pass (max_tokens 1, the first token's top-20 log-probabilities), with vLLM's prefix cache
-on (32-token blocks, as the pool runs) and off. Every call goes through the gateway (one ensemble per
+on (32-token blocks, as the pool runs) and off, with the share of prompt tokens the prefix cache served
+(vLLM's `vllm:prefix_cache_hits_total` over `vllm:prefix_cache_queries_total` during the run). Every call goes through the gateway (one ensemble per
 worker, so the gateway shapes the prompt exactly as in production), `--concurrency` items in flight.
 
 Run: .venv/bin/python bench/engines.py [--items 100] [--concurrency 8]
@@ -27,7 +28,7 @@ from gateway.config import parse_config
 from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.evaluate import annotate_items
-from gateway.tools.pool import running_pool
+from gateway.tools.pool import prefix_cache as read_prefix_cache, running_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = ROOT / "deploy" / "local-pool.yaml"
@@ -87,13 +88,16 @@ def measure(raw: dict[str, Any], prefix_cache: bool, rows: list[dict[str, Any]],
                     name, port = member["name"], port_of(member)
                     asyncio.run(annotate_items(url, "bench", f"only-{name}", rows[:8], [], concurrency, desc="warm-up",
                                                task="sentiment"))
+                    cache = read_prefix_cache(port)
                     cpu, started = cpu_seconds(port), time.perf_counter()
                     records = asyncio.run(annotate_items(url, "bench", f"only-{name}", rows, [], concurrency,
                                                          desc=f"{name} {decoding}", task="sentiment"))
                     wall, cpu = time.perf_counter() - started, cpu_seconds(port) - cpu
+                    after = read_prefix_cache(port)
+                    hits = after.since(cache).hit_rate if after and cache else None
                     right = sum(bool(r["annotation"]) and r["annotation"]["label"] == r["gold"] for r in records)
                     results.append((name, decoding, prefix_cache, len(rows) / wall, cpu / len(rows),
-                                    right / len(rows)))
+                                    right / len(rows), hits))
     return results
 
 
@@ -106,11 +110,11 @@ def main() -> None:
     rows = load_dataset(SAMPLE, limit=args.items)
     results = measure(raw, True, rows, args.concurrency) + measure(raw, False, rows, args.concurrency)
     print(f"\n{len(rows)} sentences per worker and mode, {args.concurrency} in flight, each engine pinned to one core\n")
-    print("| worker | decoding | prefix cache | items/s | engine CPU-s per item | accuracy |")
-    print("|---|---|---|---|---|---|")
-    for name, decoding, cache, rate, cpu, acc in sorted(results, key=lambda r: (r[0], not r[2], r[1])):
+    print("| worker | decoding | prefix cache | items/s | engine CPU-s per item | accuracy | prefix cache hit rate |")
+    print("|---|---|---|---|---|---|---|")
+    for name, decoding, cache, rate, cpu, acc, hits in sorted(results, key=lambda r: (r[0], not r[2], r[1])):
         print(f"| {name} | {decoding.replace('_', '-')} | {'on' if cache else 'off'} | {rate:.2f} | {cpu:.3f} | "
-              f"{acc:.3f} |")
+              f"{acc:.3f} | {'-' if hits is None else f'{hits:.0%}'} |")
     base = {(r[0]): r[3] for r in results if r[1] == "constrained" and not r[2]}
     best = {(r[0]): r[3] for r in results if r[1] == "one_pass" and r[2]}
     print("\none pass + prefix cache against constrained without it: "

@@ -7,6 +7,7 @@ never an exception.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,16 @@ _SPACE = re.compile(r"[\s_-]+")
 def fold(text: str) -> str:
     """Case-, space- and edge-punctuation-insensitive form used for matching."""
     return _SPACE.sub(" ", _EDGE.sub("", text).casefold()).strip()
+
+
+_fold_cached = functools.lru_cache(maxsize=4096)(fold)
+_SHORT = 256
+
+
+def fold_short(text: str) -> str:
+    """`fold`, cached for short strings: every soft vote folds its top tokens and the labels, drawn from a small
+    vocabulary (the bound on length keeps a member's odd tokens from filling memory)."""
+    return _fold_cached(text) if len(text) <= _SHORT else fold(text)
 
 
 def parse_answer(raw: str | None, labels: Sequence[str]) -> tuple[str | None, str | None]:
@@ -70,13 +81,16 @@ def soft_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[float, 
     probability; the result is renormalised over the labels. Returns None when the member sent
     no log-probabilities or none of them identifies a label (the hard vote is used then).
     """
-    top = _first_top_logprobs(choice.get("logprobs"))
+    return _soft(_first_top_logprobs(choice.get("logprobs")), labels)
+
+
+def _soft(top: list[tuple[str, float]], labels: Sequence[str]) -> tuple[float, ...] | None:
     if not top:
         return None
-    folded = [fold(label) for label in labels]
+    folded = [fold_short(label) for label in labels]
     mass = [0.0] * len(labels)
     for token, logprob in top:
-        piece = fold(token)
+        piece = fold_short(token)
         if not piece:
             continue
         hits = [i for i, f in enumerate(folded) if f.startswith(piece)]
@@ -99,10 +113,10 @@ def decisive_vote(choice: Mapping[str, Any], labels: Sequence[str]) -> tuple[flo
     if not top:
         return None
     token = max(top, key=lambda pair: pair[1])[0]
-    piece = fold(token)
-    if not piece or sum(fold(label).startswith(piece) for label in labels) != 1:
+    piece = fold_short(token)
+    if not piece or sum(fold_short(label).startswith(piece) for label in labels) != 1:
         return None
-    return soft_vote(choice, labels)
+    return _soft(top, labels)
 
 
 def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
@@ -124,7 +138,7 @@ def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
             pairs = _checked([(t.get("token"), t.get("logprob")) for t in tops])
             if pairs is None:
                 return []
-            if any(fold(token) for token, _ in pairs):
+            if any(fold_short(token) for token, _ in pairs):
                 return pairs
         return []
     tops = logprobs.get("top_logprobs")  # completions: {"top_logprobs": [{token: logprob}, ...]}
@@ -135,7 +149,7 @@ def _first_top_logprobs(logprobs: Any) -> list[tuple[str, float]]:
             pairs = _checked(list(entry.items()))
             if pairs is None:
                 return []
-            if any(fold(token) for token, _ in pairs):
+            if any(fold_short(token) for token, _ in pairs):
                 return pairs
     return []
 

@@ -80,11 +80,21 @@ def render_completion(template: Template, text: str, labels: Sequence[str]) -> s
 
     The model continues after `Label:`; the gateway constrains that continuation to the label set.
     """
+    return completion_prefix(template, labels) + completion_item(text)
+
+
+def completion_prefix(template: Template, labels: Sequence[str]) -> str:
+    """What every item's completion prompt starts with: instructions and examples (an engine's prefix cache
+    keeps it; the gateway renders it once per worker and label set)."""
     parts = [render_instructions(template, labels), ""]
     for example in template.examples:
         parts.append(f"Text: {one_line(example.text)}\nLabel: {example.label}\n")
-    parts.append(f"Text: {one_line(text)}\nLabel:")
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"
+
+
+def completion_item(text: str) -> str:
+    """The end of a completion prompt: the item, then `Label:` for the model to continue."""
+    return f"Text: {one_line(text)}\nLabel:"
 
 
 def one_line(text: str) -> str:

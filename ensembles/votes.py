@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 HUMAN_PREFIX = "human:"
@@ -41,9 +41,9 @@ class Vote:
 
     def wire(self) -> dict[str, Any]:
         """The vote as it appears in the response's `annotation.votes`."""
-        out = asdict(self)
-        out["latency_ms"] = round(self.latency_ms, 3)
-        out["cost_usd"] = round(self.cost_usd, 12)
-        if self.probs is not None:
-            out["probs"] = [round(p, 6) for p in self.probs]
-        return out
+        # by hand, not dataclasses.asdict: its recursive deep copy was a quarter of a batch line's CPU
+        return {"member": self.member, "label": self.label, "raw": self.raw,
+                "probs": None if self.probs is None else [round(p, 6) for p in self.probs],
+                "latency_ms": round(self.latency_ms, 3), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 12),
+                "error": self.error}

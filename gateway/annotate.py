@@ -24,12 +24,12 @@ from ensembles.extract import decisive_vote, parse_answer, soft_vote
 from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
-from gateway.upstream.dialects import one_pass, shape
+from gateway.upstream.dialects import one_pass, request
 from gateway.errors import APIError
 from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
-from gateway.upstream.reply import parse_completion
+from gateway.upstream.grouping import Grouper
 from routers import MemberState, RouteView, Router, StopReason
 from routers.hedging import hedge_plan
 
@@ -79,10 +79,12 @@ class Annotator:
     """Runs one ensemble's request path; holds nothing per request."""
 
     def __init__(self, ensemble: Ensemble, members: dict[str, Member], upstreams: Upstreams,
-                 router: Router, aggregator: Aggregator) -> None:
+                 router: Router, aggregator: Aggregator, grouper: Grouper | None = None) -> None:
         self.ensemble = ensemble
         self.members = members
         self.upstreams = upstreams
+        self.grouper = grouper
+        """Groups the one-pass calls of job traffic (None: every call goes alone, as in `tune`'s recording)."""
         self.router = router
         self.aggregator = aggregator
         self.depths = QueueDepths(upstreams, getattr(ensemble.routing, "load_cache_s", 1.0))
@@ -257,23 +259,15 @@ class Annotator:
 
     async def _ask_member(self, member: Member, task: AnnotationTask, deadline: float | None, first_token: bool,
                           started: float, spent: Vote | None = None) -> Vote:
-        path, body = shape(member, task, first_token)
+        path, body = request(member, task, first_token)
         try:
-            reply = await self.upstreams.post(member.name, path, body, deadline, settle=True)
+            if first_token and task.job and self.grouper is not None and self.grouper.groups(member, path, body):
+                answer = await self.grouper.complete(member.name, path, body, deadline)
+            else:
+                answer = await self.upstreams.complete(member.name, path, orjson.dumps(body), deadline)
         except UpstreamError as exc:
             return Vote(member=member.name, label=None, latency_ms=_ms(started), error=exc.message)
         latency_ms = _ms(started)
-        if reply.status != 200:
-            if reply.status < 300:
-                self.upstreams.settled(member.name, False)
-            return Vote(member=member.name, label=None, latency_ms=latency_ms,
-                        error=f"HTTP {reply.status}: {_error_message(reply.body)}")
-        try:
-            answer = parse_completion(reply.body)
-        except ValueError as exc:
-            self.upstreams.settled(member.name, False)
-            return Vote(member=member.name, label=None, latency_ms=latency_ms, error=f"malformed reply: {exc}")
-        self.upstreams.settled(member.name, True)
         cost = self.upstreams.account(member.name, answer.prompt_tokens, answer.completion_tokens)
         prompt_tokens = answer.prompt_tokens + (spent.prompt_tokens if spent else 0)
         completion_tokens = answer.completion_tokens + (spent.completion_tokens if spent else 0)
@@ -294,12 +288,3 @@ class Annotator:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
-
-
-def _error_message(body: bytes) -> str:
-    """The upstream's OpenAI error message when it sent one, else a short excerpt."""
-    try:
-        message = orjson.loads(body)["error"]["message"]
-        return str(message)[:200]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return body[:200].decode(errors="replace")

@@ -47,6 +47,7 @@ def create_app(config: Config | None = None) -> FastAPI:
         finally:
             await batches.stop()
             await state.reliability.stop()
+            await state.grouper.close()
             await state.upstreams.close()
             await state.store.close()
 

@@ -13,6 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
+from gateway.gc_tuning import tune_for_serving
 from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
 from gateway.tools.localmodels import ModelError
 
@@ -78,10 +79,21 @@ def serve(args: argparse.Namespace) -> int:
                   access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
-        uvicorn.run("gateway.app:create_app", factory=True, workers=args.workers, **common)
+        uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **common)
     else:
-        uvicorn.run(create_app(config), **common)
+        app = create_app(config)
+        tune_for_serving()
+        uvicorn.run(app, **common)
     return 0
+
+
+def worker_app() -> Any:
+    """The app of one of several `serve` workers (each its own process, with its own collector to set)."""
+    from gateway.app import create_app
+
+    app = create_app()
+    tune_for_serving()
+    return app
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -202,14 +202,24 @@ class StoreSettings(Strict):
     """How long a write waits for a free connection before the answer says `stored: false`."""
 
 
+class Grouping(Strict):
+    """How the one-pass prompts of job traffic (batch lines, `service_tier: flex`) share calls to vLLM members."""
+
+    max_prompts: int = Field(32, ge=1, le=1024)
+    """Prompts per grouped `/v1/completions` call to one member; 1 sends each prompt alone."""
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    """How long the first prompt of a group waits for others before the call goes out."""
+
+
 class BatchSettings(Strict):
-    """The Batch API's worker pool: lines in flight per replica, input limits, lease length."""
+    """The Batch API's worker pool: lines in flight per replica, input limits, lease length, grouping."""
 
     concurrency: int = Field(32, ge=1, le=4096)
     max_file_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     max_lines: int = Field(50_000, ge=1)
     lease_s: float = Field(30.0, gt=0)
     poll_s: float = Field(0.5, gt=0)
+    grouping: Grouping = Grouping()
 
 
 class Refit(Strict):

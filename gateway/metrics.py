@@ -41,6 +41,9 @@ COST = Counter("crowd_gateway_cost_usd", "Money spent on member calls", ["member
 TOKENS = Counter("crowd_gateway_tokens", "Tokens used by member calls", ["member", "kind"])
 CIRCUIT = Gauge("crowd_gateway_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                 ["member"], multiprocess_mode="max")
+GROUPED_PROMPTS = Histogram("crowd_gateway_grouped_prompts", "Prompts per grouped completion call to a member "
+                            "(job traffic, see gateway/upstream/grouping.py)", ["member"],
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 ESCALATIONS = Counter("crowd_gateway_escalations", "Items escalated to a stronger member", ["ensemble", "to"])
 CALLS_PER_ITEM = Histogram("crowd_gateway_calls_per_item", "Member calls made for one item (hedges included)",
                            ["ensemble"], buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20))

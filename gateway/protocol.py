@@ -10,8 +10,8 @@ through `model_extra`. The Files and Batches objects live in their wing, `gatewa
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -53,6 +53,8 @@ class Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    """OpenAI's processing tiers; on an ensemble, "flex" makes the item job traffic (its calls may be grouped)."""
 
 
 class ChatCompletionRequest(Sampling):
@@ -182,10 +184,10 @@ def completion_body(model: str, task: AnnotationTask, annotation: dict[str, Any]
     content = wrap_label(task, annotation["label"])
     created = int(time.time())
     if task.kind == "completion":
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created, "model": model,
+        return {"id": f"cmpl-{secrets.token_hex(16)}", "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage, "annotation": annotation}
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created, "model": model,
+    return {"id": f"chatcmpl-{secrets.token_hex(16)}", "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": usage, "annotation": annotation}

@@ -41,10 +41,11 @@ OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad
 
 
 async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str,
-                  tenant: str = DEFAULT) -> Response:
+                  tenant: str = DEFAULT, job: bool = False) -> Response:
     """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response.
 
-    `tenant` owns what the answer stores (votes, review entries): see gateway/tenancy.py.
+    `tenant` owns what the answer stores (votes, review entries): see gateway/tenancy.py. `job`: a batch
+    line, whose member calls may be grouped with other items' (gateway/upstream/grouping.py).
     """
     started = time.perf_counter()
     model = body.get("model")
@@ -53,7 +54,7 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         validate_body(body, kind)
         if model in state.annotators:
             with state.admission.admit(model, tenant):
-                response, waited = await _annotate(state, model, body, kind, tenant)
+                response, waited = await _annotate(state, model, body, kind, tenant, job)
             route = "ensemble"
         elif model in state.members:
             member = state.members[model]
@@ -96,12 +97,12 @@ async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind,
-                    tenant: str) -> tuple[Response, float]:
+                    tenant: str, job: bool) -> tuple[Response, float]:
     """Annotate; with `stream: true` the finished answer goes out as SSE chunks (errors stay JSON: nothing
     is sent before the votes are in)."""
     refuse_unhonoured(body)
     annotator = state.annotators[model]
-    task = build_task(body, kind, state.config)
+    task = build_task(body, kind, state.config, job)
     aggregator = annotator.aggregator.name
     schema = scoped(tenant, task.schema)
     outcome = await annotator.run(task, state.reliability.get(schema, aggregator))
@@ -135,7 +136,9 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
     item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
                       labels=list(task.labels), text=task.text, ensemble=ensemble)
     try:
-        await state.store.record(item, [v.wire() for v in outcome.votes])
+        labels = task.label_set
+        votes = annotation["votes"] if labels.asked == labels.canonical else [v.wire() for v in outcome.votes]
+        await state.store.record(item, votes)
         if outcome.needs_review:
             distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
             await state.store.enqueue_review({**item.wire(), "label": outcome.label,

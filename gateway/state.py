@@ -14,6 +14,7 @@ from gateway.store import redis_client
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
 from gateway.upstream.client import Upstreams
+from gateway.upstream.grouping import Grouper
 from routers import get_router
 
 
@@ -21,6 +22,7 @@ from routers import get_router
 class GatewayState:
     config: Config
     upstreams: Upstreams
+    grouper: Grouper
     annotators: dict[str, Annotator]
     members: dict[str, Member]
     api_keys: dict[str, str]
@@ -35,17 +37,19 @@ class GatewayState:
         """Wire the config's names to objects; unknown aggregator or router names are config errors."""
         members = {m.name: m for m in config.members}
         upstreams = Upstreams(config.members, config.gateway.breaker)
+        grouping = config.batches.grouping
+        grouper = Grouper(upstreams, grouping.max_prompts, grouping.max_wait_ms / 1000)
         annotators = {}
         for ens in config.ensembles:
             try:
                 annotators[ens.name] = Annotator(ens, members, upstreams, get_router(ens.router),
-                                                 get_aggregator(ens.aggregator))
+                                                 get_aggregator(ens.aggregator), grouper)
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
         retention_s = config.store.retention_days * 86400
         store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
                             else MemoryVoteStore(retention_s))
-        return cls(config=config, upstreams=upstreams, annotators=annotators, members=members,
+        return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
                    api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config),
                    admission=Admission(config.gateway.max_items_in_flight,
                                        config.gateway.max_items_in_flight_per_key))

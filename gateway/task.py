@@ -37,6 +37,8 @@ class AnnotationTask:
     item_id: str
     json_field: str | None = None
     """When the labels came from a JSON schema, the property the answer must be wrapped in."""
+    job: bool = False
+    """Job traffic (a batch line, or `service_tier: "flex"`): its members' calls may wait to be grouped."""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -44,8 +46,11 @@ class AnnotationTask:
         return self.label_set.canonical
 
 
-def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> AnnotationTask:
-    """Validate the annotation-specific parts of a body; raises APIError(400) naming the param."""
+def build_task(body: Mapping[str, Any], kind: Kind, config: Config, job: bool = False) -> AnnotationTask:
+    """Validate the annotation-specific parts of a body; raises APIError(400) naming the param.
+
+    `job`: the body is a batch line; a request says it is job traffic itself with `service_tier: "flex"`.
+    """
     task_name = body.get("task")
     task = None
     if task_name is not None:
@@ -60,7 +65,7 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config) -> Annotatio
     if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
         raise bad_request("item_id must be a non-empty string of at most 256 characters", "item_id")
     return AnnotationTask(kind=kind, label_set=label_set, text=text, body=body, template=task, schema=schema,
-                          item_id=item_id, json_field=json_field)
+                          item_id=item_id, json_field=json_field, job=job or body.get("service_tier") == "flex")
 
 
 def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None,

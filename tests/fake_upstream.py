@@ -4,13 +4,15 @@ One process serves many members under `/m/{name}/v1/...`. Each member's behaviou
 `POST /_script/{name}` (JSON): `answer` (fixed content), `keywords` ({substring: answer}, matched
 against the request's text), `latency_ms`, `fail` (list of statuses returned by the next calls,
 in order), `retry_after` (header sent with failures), `drop` (close the connection without an
-answer), `down` (health and /v1/models fail), `logprobs` ({token: logprob} for the first answer token),
+answer), `down` (health and /v1/models fail), `logprobs` ({token: logprob} for the first answer token;
+"answer": the answer itself at logprob -0.01, so each prompt's one-pass vote follows its keywords),
 `usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop), `jitter_ms`
 (mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
 running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON value, sent verbatim
-with status 200 as the completion body: the odd replies a fault test needs). `GET /_calls/{name}` returns how
-many calls arrived, how many the client abandoned while they waited (`cancelled`), and the last
-body. Used by the integration tests and by bench/ as the fast upstream.
+with status 200 as the completion body: the odd replies a fault test needs). `GET /_calls/{name}` returns
+how many calls arrived, how many prompts they carried (a completion's `prompt` may be a list, answered as
+vLLM does: one choice per prompt, `index` its position), how many the client abandoned while they waited
+(`cancelled`), and the last body. Used by the integration tests and by bench/ as the fast upstream.
 
 Run: python tests/fake_upstream.py --port 8199
 """
@@ -36,6 +38,7 @@ class Members:
     def __init__(self) -> None:
         self.scripts: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, int] = {}
+        self.prompts: dict[str, int] = {}
         self.cancelled: dict[str, int] = {}
         self.last: dict[str, Any] = {}
         self.rngs: dict[str, random.Random] = {}
@@ -44,8 +47,8 @@ class Members:
         return self.scripts.setdefault(name, {**DEFAULT, "fail": []})
 
 
-def _answer(script: dict[str, Any], body: dict[str, Any]) -> str:
-    text = orjson.dumps(body.get("messages") or body.get("prompt") or "").decode()
+def _answer(script: dict[str, Any], body: dict[str, Any], prompt: Any = None) -> str:
+    text = orjson.dumps(prompt if prompt is not None else body.get("messages") or body.get("prompt") or "").decode()
     for keyword, answer in script["keywords"].items():
         if keyword in text:
             return answer
@@ -65,8 +68,8 @@ async def _wait_unless_abandoned(request: web.Request, delay: float) -> bool:
     return True
 
 
-def _logprobs(script: dict[str, Any], chat: bool) -> Any:
-    top = script["logprobs"]
+def _logprobs(script: dict[str, Any], chat: bool, answer: str) -> Any:
+    top = {answer: -0.01} if script["logprobs"] == "answer" else script["logprobs"]
     if not top:
         return None
     if chat:
@@ -102,19 +105,24 @@ async def completion(request: web.Request) -> web.StreamResponse:
     if script["raw"] is not None:
         return web.Response(body=orjson.dumps(script["raw"]), content_type="application/json")
     chat = request.path.endswith("/chat/completions")
-    answer = _answer(script, body)
+    prompts = body.get("prompt") if not chat and isinstance(body.get("prompt"), list) else None
+    members.prompts[name] = members.prompts.get(name, 0) + (len(prompts) if prompts is not None else 1)
     prompt_tokens, completion_tokens = script["usage"]
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    n = len(prompts) if prompts is not None else 1
+    usage = {"prompt_tokens": n * prompt_tokens, "completion_tokens": n * completion_tokens,
+             "total_tokens": n * (prompt_tokens + completion_tokens)}
     if body.get("stream"):
-        return await _stream(request, body, answer, usage, script["cut_stream"])
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": _logprobs(script, chat)}
+        return await _stream(request, body, _answer(script, body), usage, script["cut_stream"])
     if chat:
-        choice["message"] = {"role": "assistant", "content": answer}
-    else:
-        choice["text"] = answer
+        answer = _answer(script, body)
+        choices = [{"index": 0, "finish_reason": "stop", "logprobs": _logprobs(script, chat, answer),
+                    "message": {"role": "assistant", "content": answer}}]
+    else:  # vLLM: one choice per prompt of a list, `index` = the prompt's position
+        answers = [_answer(script, body, p) for p in (prompts if prompts is not None else [None])]
+        choices = [{"index": i, "finish_reason": "stop", "logprobs": _logprobs(script, chat, a), "text": a}
+                   for i, a in enumerate(answers)]
     data = {"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": body.get("model", name), "choices": [choice], "usage": usage}
+            "model": body.get("model", name), "choices": choices, "usage": usage}
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
@@ -176,7 +184,8 @@ async def set_script(request: web.Request) -> web.Response:
 async def get_calls(request: web.Request) -> web.Response:
     members: Members = request.app["members"]
     name = request.match_info["name"]
-    return web.json_response({"calls": members.calls.get(name, 0), "cancelled": members.cancelled.get(name, 0),
+    return web.json_response({"calls": members.calls.get(name, 0), "prompts": members.prompts.get(name, 0),
+                              "cancelled": members.cancelled.get(name, 0),
                               "last": members.last.get(name)})
 
 

@@ -7,6 +7,7 @@ official client parses, so the store never needs to know the wire format.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 import uuid
 from typing import Any
@@ -107,7 +108,7 @@ def output_line(custom_id: str, status: int, body: bytes) -> bytes:
     except orjson.JSONDecodeError:
         parsed = {"error": {"message": body[:500].decode(errors="replace"), "type": "upstream_error",
                             "param": None, "code": "invalid_upstream_body"}}
-    line = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
-            "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex[:24]}", "body": parsed},
+    line = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": f"req_{secrets.token_hex(12)}", "body": parsed},
             "error": None}
     return orjson.dumps(line) + b"\n"

@@ -42,7 +42,7 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
                             code="unsupported_value").response()
     else:
         try:
-            response = await execute(state, body, None, kind, path, tenant)
+            response = await execute(state, body, None, kind, path, tenant, job=True)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",
@@ -150,7 +150,7 @@ class BatchWorker:
                 await asyncio.sleep(0.2 * (attempt + 1))
         else:
             return  # the lease runs out and the line is run again: never lost
-        metrics.BATCH_LINES.labels(("ok" if ok else "error") if recorded else "discarded").inc()
+        metrics.child(metrics.BATCH_LINES, ("ok" if ok else "error") if recorded else "discarded").inc()
 
     async def _renew(self) -> None:
         while True:

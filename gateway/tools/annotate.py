@@ -3,7 +3,9 @@
 Rows are written to OUT as they are answered (flushed each time), so an interrupted run loses
 nothing: the same command again skips the ids already in OUT. A row that fails is not written,
 so the next run retries exactly the failed and the missing rows. The gateway is reached with the
-official `openai` client, either at `--gateway URL` or embedded in this process from `--config`.
+official `openai` client, either at `--gateway URL` or embedded in this process from `--config`. Rows are
+sent with `service_tier: "flex"` (job traffic): the gateway groups their one-pass prompts to each vLLM
+member into shared calls, as it does for Batch API lines.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         with gateway_v1(args.gateway, args.config) as base_url:
             asyncio.run(label_items(base_url, args.api_key, args.ensemble,
                                     [(item_id, str(row[args.text_column])) for item_id, row in todo], spec, answered,
-                                    concurrency=args.concurrency, retries=args.retries, timeout=args.timeout))
+                                    concurrency=args.concurrency, retries=args.retries, timeout=args.timeout,
+                                    service_tier=args.service_tier))
     finally:
         bar.close()
         writer.close()
@@ -164,4 +167,8 @@ def add_parser(sub: Any) -> None:
                    help="the gateway's API key (default: $CROWD_GATEWAY_API_KEY)")
     p.add_argument("--retries", type=int, default=2, help="retries of a row on 429/5xx/connection errors")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--service-tier", choices=("flex", "default"), default="flex",
+                   help="flex (default): the rows are job traffic, and the gateway may group their calls to a "
+                        "vLLM member (up to batches.grouping.max_wait_ms more latency per row); default: one "
+                        "call per row and member, as an interactive request")
     p.set_defaults(func=run)

@@ -18,7 +18,7 @@ from gateway.config import load_config
 from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.evaluate import annotate_items, summarize
-from gateway.tools.pool import running_pool
+from gateway.tools.pool import pool_status, running_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "deploy" / "local-pool.yaml"
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                                                  desc=f"labelling with {len(ensemble.members)} workers",
                                                  task=args.task))
             labelling = time.monotonic() - annotating
+        caches = [(s.name, s.prefix_cache) for s in pool_status(config) if s.prefix_cache is not None]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     print_table(summary, ensemble.name, chosen or ensemble.aggregator, len(rows))
     print(f"wall time {time.monotonic() - started:.0f} s: pool start {ready:.0f} s, gold and refit "
           f"{annotating - teaching:.0f} s, labelling {labelling:.0f} s ({len(rows) / labelling:.1f} items/s)")
+    if caches:
+        print("vLLM prefix cache hits since each engine started: "
+              + ", ".join(f"{name} {cache.describe()}" for name, cache in caches))
     print(f"votes saved to {out / 'annotations.jsonl'}: compare every aggregator on them with "
           f"`crowd-gateway eval --votes {out / 'annotations.jsonl'}`")
     return 0 if summary["failed"] < len(rows) else 1

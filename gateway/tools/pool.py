@@ -33,6 +33,7 @@ HOST = "127.0.0.1"
 STOP_GRACE_S = 15.0
 POLL_S = 0.5
 State = Literal["ready", "starting", "exited", "stopped", "port-taken"]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local servers: never via a proxy
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started, polled to reap them
 
 
@@ -79,6 +80,25 @@ class Record:
 
 
 @dataclass(frozen=True)
+class PrefixCache:
+    """vLLM's prefix cache counters, in prompt tokens: looked up, and found cached."""
+
+    queries: float
+    hits: float
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.queries if self.queries else None
+
+    def since(self, before: PrefixCache) -> PrefixCache:
+        return PrefixCache(self.queries - before.queries, self.hits - before.hits)
+
+    def describe(self) -> str:
+        rate = self.hit_rate
+        return "no prompts yet" if rate is None else f"{rate:.0%} of {self.queries:,.0f} prompt tokens"
+
+
+@dataclass(frozen=True)
 class ServerStatus:
     name: str
     engine: str
@@ -87,6 +107,34 @@ class ServerStatus:
     state: State
     pid: int | None
     log: str | None
+    prefix_cache: PrefixCache | None = None
+    """A ready vLLM server's prefix cache counters since it started."""
+
+
+PREFIX_CACHE_COUNTERS = {"vllm:prefix_cache_queries_total": "queries", "vllm:prefix_cache_hits_total": "hits"}
+
+
+def parse_prefix_cache(text: str) -> PrefixCache | None:
+    """The prefix cache counters of a vLLM server's /metrics, summed over its engines; None if it has none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {"queries": 0.0, "hits": 0.0}
+    seen = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (which := PREFIX_CACHE_COUNTERS.get(sample.name)) is not None:
+                found[which] += sample.value
+                seen = True
+    return PrefixCache(**found) if seen else None
+
+
+def prefix_cache(port: int, timeout_s: float = 2.0) -> PrefixCache | None:
+    """The prefix cache counters of the vLLM server on `port`; None when it cannot be read."""
+    try:
+        with _DIRECT.open(f"http://{HOST}:{port}/metrics", timeout=timeout_s) as resp:
+            return parse_prefix_cache(resp.read().decode(errors="replace"))
+    except (OSError, ValueError):
+        return None
 
 
 def launch(server: PoolServer) -> Launch:
@@ -229,9 +277,8 @@ def port_free(port: int) -> bool:
 
 
 def http_ok(port: int, path: str, timeout_s: float = 2.0) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
-        with opener.open(f"http://{HOST}:{port}{path}", timeout=timeout_s) as resp:
+        with _DIRECT.open(f"http://{HOST}:{port}{path}", timeout=timeout_s) as resp:
             return resp.status == 200
     except (OSError, ValueError):
         return False
@@ -387,14 +434,16 @@ def pool_status(config: Config | Pool) -> list[ServerStatus]:
             state = "exited"
         else:
             state = "stopped" if port_free(server.port) else "port-taken"
+        cache = prefix_cache(server.port) if state == "ready" and server.engine == "vllm" else None
         out.append(ServerStatus(server.name, server.engine, server.model, server.port, state,
-                                record.pid if record else None, record.log if record else None))
+                                record.pid if record else None, record.log if record else None, cache))
     return out
 
 
 def format_status(statuses: list[ServerStatus]) -> str:
-    rows = [("NAME", "ENGINE", "MODEL", "PORT", "STATE", "PID", "LOG")]
-    rows += [(s.name, s.engine, s.model, str(s.port), s.state, str(s.pid or "-"), s.log or "-") for s in statuses]
+    rows = [("NAME", "ENGINE", "MODEL", "PORT", "STATE", "PID", "PREFIX CACHE HITS", "LOG")]
+    rows += [(s.name, s.engine, s.model, str(s.port), s.state, str(s.pid or "-"),
+              s.prefix_cache.describe() if s.prefix_cache else "-", s.log or "-") for s in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows)
 

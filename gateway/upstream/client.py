@@ -31,7 +31,7 @@ from gateway.config import Breaker, Member
 from gateway.upstream.breaker import CircuitBreaker, State
 from gateway.upstream.member_stats import MemberStats
 from gateway.upstream.pricing import Pricer, pricer_for
-from gateway.upstream.reply import Reply, UpstreamError
+from gateway.upstream.reply import Completion, Reply, UpstreamError, error_message, parse_completion
 from routers import MemberState
 
 log = logging.getLogger("crowd_gateway.upstream")
@@ -217,6 +217,28 @@ class Upstreams:
             client.breaker.failure()
             metrics.child(metrics.UPSTREAM_REQUESTS, name, "malformed").inc()
         client.publish_state()
+
+    async def complete(self, name: str, path: str, body: bytes, deadline: float | None = None) -> Completion:
+        """One completion call, read and checked; raises UpstreamError when it gives no readable answer (kind
+        `http` for a status other than 200, `malformed` for a 200 whose body is not a completion)."""
+        reply = await self.post(name, path, body, deadline, settle=True)
+        if (refused := self.refusal(name, reply)) is not None:
+            raise refused
+        try:
+            answer = parse_completion(reply.body)
+        except ValueError as exc:
+            self.settled(name, False)
+            raise UpstreamError(name, "malformed", f"malformed reply: {exc}") from None
+        self.settled(name, True)
+        return answer
+
+    def refusal(self, name: str, reply: Reply) -> UpstreamError | None:
+        """The error of a reply posted with `settle` whose status is not 200 (another 2xx is a member failure)."""
+        if reply.status == 200:
+            return None
+        if reply.status < 300:
+            self.settled(name, False)
+        return UpstreamError(name, "http", f"HTTP {reply.status}: {error_message(reply.body)}", status=reply.status)
 
     async def get(self, name: str, path: str, timeout_s: float) -> Reply | None:
         """GET a path under the member's server root (health, /metrics); None when it cannot be reached."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import Template, Variant, render_chat, render_completion, with_variant
+from ensembles.prompts import Template, Variant, completion_item, completion_prefix, render_chat, with_variant
 from gateway.config import Member
 from gateway.task import AnnotationTask
 
@@ -25,12 +25,43 @@ DEFAULT_MAX_TOKENS = 16
 FORWARDED = ("temperature", "top_p", "seed", "stop", "max_tokens", "max_completion_tokens")
 
 
+_MEMO_SIZE = 1024
+_templates: dict[tuple[int, int], tuple[Member, Template, Template]] = {}
+_prefixes: dict[tuple[int, tuple[str, ...]], tuple[Template, str]] = {}
+"""Memos of what every vote would otherwise render again: keyed by object ids, checked by identity (an id can
+be reused once its object is gone), emptied when full (label sets of ad-hoc requests are unbounded)."""
+
+
 def prompt_template(member: Member, task: AnnotationTask) -> Template | None:
     """The worker's prompt: a named task's (in the member's variant and style), else the member's own."""
     if task.template is None:
         return member.template
+    key = (id(member), id(task.template))
+    found = _templates.get(key)
+    if found is not None and found[0] is member and found[1] is task.template:
+        return found[2]
     variants: dict[str, Variant] = getattr(task.template, "variants", {})
-    return with_variant(task.template, variants.get(member.variant or ""), member.prompt_style)
+    template = with_variant(task.template, variants.get(member.variant or ""), member.prompt_style)
+    if len(_templates) >= _MEMO_SIZE:
+        _templates.clear()
+    _templates[key] = (member, task.template, template)
+    return template
+
+
+_last_item: list[str] = ["", completion_item("")]
+"""The last item's rendered text: an item's members are asked one after another, and each would render it."""
+
+
+def _completion_prompt(template: Template, text: str, labels: tuple[str, ...]) -> str:
+    key = (id(template), labels)
+    found = _prefixes.get(key)
+    if found is None or found[0] is not template:
+        if len(_prefixes) >= _MEMO_SIZE:
+            _prefixes.clear()
+        found = _prefixes[key] = (template, completion_prefix(template, labels))
+    if _last_item[0] is not text:
+        _last_item[:] = [text, completion_item(text)]
+    return found[1] + _last_item[1]
 
 
 def one_pass(member: Member, task: AnnotationTask) -> bool:
@@ -44,7 +75,13 @@ def one_pass(member: Member, task: AnnotationTask) -> bool:
 
 
 def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, bytes]:
-    """(path under the member's base_url, JSON body) for asking `member` to label `task`.
+    """(path under the member's base_url, JSON body) for asking `member` to label `task`."""
+    path, body = request(member, task, first_token)
+    return path, orjson.dumps(body)
+
+
+def request(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, dict[str, Any]]:
+    """(path under the member's base_url, body) for asking `member` to label `task`.
 
     `first_token`: one forward pass, the first token's top log-probabilities instead of a decoded label.
     """
@@ -53,7 +90,7 @@ def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tu
     if template is not None:
         kind = template.prompt_style
         if kind == "completion":
-            body["prompt"] = render_completion(template, task.text, task.label_set.asked)
+            body["prompt"] = _completion_prompt(template, task.text, task.label_set.asked)
         else:
             body["messages"] = render_chat(template, task.text, task.label_set.asked)
         body["temperature"] = template.temperature
@@ -75,7 +112,7 @@ def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tu
             body.update(logprobs=True, top_logprobs=ONE_PASS_TOP_LOGPROBS)
     else:
         _constrain(member, body, kind, task.label_set.asked, template)
-    return ("/completions" if kind == "completion" else "/chat/completions"), orjson.dumps(body)
+    return ("/completions" if kind == "completion" else "/chat/completions"), body
 
 
 def _constrain(member: Member, body: dict[str, Any], kind: str, labels: Sequence[str],

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
-from gateway.tools.pool import running_pool
+from gateway.tools.pool import pool_status, running_pool
 from gateway.upstream.queue_depth import parse_queue_depth
 from tests.conftest import ROOT, Gateway
 
@@ -146,3 +148,37 @@ def test_the_same_pool_labels_intents_through_the_task_prompt(client: OpenAI) ->
         right += ann["label"] == row["label"]
     print(f"\nintents, 30 items: crowd accuracy {right / len(rows):.3f} (chance 0.143)")
     assert right / len(rows) >= 0.35, "well above chance on seven intents (measured 0.50 on this sample)"
+
+
+def test_grouped_calls_to_vllm_give_the_votes_of_single_calls(client: OpenAI, gateway: Gateway,
+                                                              heldout: list) -> None:
+    """Job traffic on the real engines: 16 held-out sentences sent at once with `service_tier: "flex"`, so their
+    prompts share `/v1/completions` calls with a list of prompts; vLLM answers each by its index, and every vote
+    is the one the single calls of `heldout` gave."""
+    pairs = heldout[:16]
+
+    def flex(row: dict[str, Any]) -> Any:
+        return client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
+                                              extra_body={"task": "sentiment", "item_id": row["id"]},
+                                              service_tier="flex")
+
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        grouped = list(pool.map(flex, [row for row, _ in pairs]))
+    single = [{v["member"]: v["label"] for v in r.model_extra["annotation"]["votes"]} for _, r in pairs]
+    again = [{v["member"]: v["label"] for v in r.model_extra["annotation"]["votes"]} for r in grouped]
+    same = sum(a[m] == b.get(m) for a, b in zip(single, again) for m in a)
+    assert same >= 0.9 * sum(len(a) for a in single), (single, again)
+    families = {f.name: f for f in text_string_to_metric_families(gateway.get("/metrics").text)}
+    samples = {(s.name, s.labels.get("member")): s.value for s in families["crowd_gateway_grouped_prompts"].samples}
+    calls = sum(v for (name, _), v in samples.items() if name.endswith("_count"))
+    prompts = sum(v for (name, _), v in samples.items() if name.endswith("_sum"))
+    assert prompts == 4 * len(pairs) and calls < prompts, "prompts shared calls"
+
+
+def test_the_pool_reports_the_prefix_cache_hit_rate_of_its_engines(heldout: list) -> None:
+    """After the held-out sentences, most prompt tokens of each engine came from its prefix cache (the few-shot
+    prefix of each worker's prompt), and `pool status` says so."""
+    caches = {s.name: s.prefix_cache for s in pool_status(load_config(POOL))}
+    print("\nvLLM prefix cache: " + ", ".join(f"{n} {c.describe() if c else '-'}" for n, c in caches.items()))
+    assert caches and all(c is not None and c.hit_rate is not None and c.hit_rate > 0.5 for c in caches.values()), \
+        caches

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from ensembles.extract import parse_answer, soft_vote
+from ensembles.votes import Vote
 
 LABELS = ["positive", "negative", "very negative"]
 
@@ -48,3 +50,12 @@ def test_soft_vote_absent_or_ambiguous_is_none() -> None:
     assert soft_vote({"logprobs": None}, LABELS) is None
     shared = {"logprobs": {"content": [{"token": "very", "logprob": 0.0, "top_logprobs": [{"token": "very", "logprob": 0.0}]}]}}
     assert soft_vote(shared, ["very positive", "very negative"]) is None
+
+
+def test_a_vote_on_the_wire_has_every_field_rounded() -> None:
+    vote = Vote(member="m", label="a", raw=" a", probs=(0.1234567, 0.8765433), latency_ms=1.23456,
+                prompt_tokens=3, completion_tokens=1, cost_usd=1.0000000000001, error=None)
+    wire = vote.wire()
+    assert list(wire) == [f.name for f in dataclasses.fields(Vote)]
+    assert wire["probs"] == [0.123457, 0.876543] and wire["latency_ms"] == 1.235 and wire["cost_usd"] == 1.0
+    assert Vote(member="m", label=None, error="x").wire()["probs"] is None
