@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ensembles.aggregators import get_aggregator, pick
-from ensembles.aggregators.auto import OUT_OF_FOLD
-from ensembles.aggregators.base import Triple
+from ensembles.aggregators.base import OUT_OF_FOLD, Triple
 from ensembles.calibration import fit_calibration
 from ensembles.votes import Vote
 

@@ -143,8 +143,12 @@ def refuse_unhonoured(body: dict[str, Any]) -> None:
                        param="response_format", code="unsupported_parameter")
 
 
-def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int) -> dict[str, Any]:
-    """The `annotation` object, in the client's spelling and order of its labels (the outcome is canonical)."""
+def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, params_version: int,
+                     votes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `annotation` object, in the client's spelling and order of its labels (the outcome is canonical).
+
+    `votes` are the outcome's votes on the wire, canonical (what the store keeps): shared as they are when the
+    client listed the canonical labels, respelt copies otherwise."""
     labels = task.label_set
     return {
         "label": labels.spelled(outcome.label),
@@ -159,7 +163,7 @@ def annotation_block(outcome: Outcome, task: AnnotationTask, aggregator: str, pa
         "agreement": round(outcome.agreement, 6),
         "stop_reason": outcome.stop_reason,
         "calls": outcome.calls,
-        "votes": [_client_vote(vote.wire(), labels) for vote in outcome.votes],
+        "votes": votes if labels.asked == labels.canonical else [_client_vote(dict(vote), labels) for vote in votes],
     }
 
 

@@ -106,9 +106,10 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     aggregator = annotator.aggregator.name
     schema = scoped(tenant, task.schema)
     outcome = await annotator.run(task, state.reliability.get(schema, aggregator))
-    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator))
+    votes = [vote.wire() for vote in outcome.votes]
+    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator), votes)
     usage = usage_block(outcome)
-    annotation["stored"] = await remember(state, model, task, outcome, annotation, tenant)
+    annotation["stored"] = await remember(state, model, task, outcome, votes, annotation["confidence"], tenant)
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
@@ -125,10 +126,9 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
-                   annotation: dict[str, Any], tenant: str) -> bool:
-    """Keep the votes (for refits) and queue the item for review when flagged; False when they could not be.
-
-    What is kept is canonical (the task's `labels`), whatever spelling the client's `annotation` is in.
+                   votes: list[dict[str, Any]], confidence: float, tenant: str) -> bool:
+    """Keep the votes (on the wire, canonical: the task's `labels`) for refits and queue the item for review
+    when flagged; False when they could not be.
 
     A store outage costs the record, not the answer: the label is still returned, and the answer says
     `stored: false` (also a header, a metric and a log line), so no vote is lost silently.
@@ -136,13 +136,11 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
     item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
                       labels=list(task.labels), text=task.text, ensemble=ensemble)
     try:
-        labels = task.label_set
-        votes = annotation["votes"] if labels.asked == labels.canonical else [v.wire() for v in outcome.votes]
         await state.store.record(item, votes)
         if outcome.needs_review:
             distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
             await state.store.enqueue_review({**item.wire(), "label": outcome.label,
-                                              "confidence": annotation["confidence"],
+                                              "confidence": confidence,
                                               "distribution": distribution, "queued_at": time.time()})
     except (OSError, RedisError) as exc:
         metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))

@@ -10,10 +10,9 @@ JRSS-B 1974).
 
 Rule (one standard error, paired, on balanced accuracy: every label weighs the same, so a skewed gold set
 does not reward a model that always says its majority label): `weighted`, what the gateway does without
-gold, is the default; a
-member alone or another aggregator replaces it only if its cross-validated accuracy exceeds the
-default's by more than one standard error of their per-item paired difference; among those, the most
-accurate wins, earlier candidates on ties. So a choice must earn its place on gold: on a few dozen
+gold, is the default; a member alone or another aggregator replaces it only if its cross-validated
+accuracy exceeds the default's by more than one standard error of their per-item paired difference;
+among those, the most accurate wins, earlier candidates on ties. So a choice must earn its place on gold: on a few dozen
 gold items of seven labels the member that looks best is often not (measured on intents with 50 gold:
 the best-looking member was 9 points below the best one on the test items, `weighted` 6 above it).
 With fewer than `min_gold` gold items it falls back to `weighted`. The winner is refitted on all
@@ -27,8 +26,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ensembles.aggregators.base import (MIN_GOLD, Aggregator, ItemVotes, Params, Triple, debiased_votes,
-                                        fit_tempered, pick, publishable, votes_of)
+from ensembles.aggregators.base import (MIN_GOLD, OUT_OF_FOLD, Aggregator, ItemVotes, Params, Triple,
+                                        debiased_votes, fit_tempered, pick, publishable, votes_of)
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.glad import Glad
 from ensembles.aggregators.majority import Majority
@@ -39,9 +38,6 @@ from ensembles.votes import Vote
 
 MEMBER = "member:"
 """Prefix of a single-member candidate's name."""
-OUT_OF_FOLD = "out_of_fold"
-"""The winner's confidence and correctness on each gold item while it was held out: what the refit calibrates
-on (a posterior scored on the gold it was fitted on looks surer than it is). Not published."""
 
 
 CANDIDATES: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Majority, Weighted, DawidSkene, Glad, Stacking)}

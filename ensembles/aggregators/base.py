@@ -31,6 +31,11 @@ DEFAULT_SKILL = 0.7
 MIN_GOLD = 20
 """Fewest gold items anything is fitted on (temperatures, stacking, auto's choice) unless the refit says otherwise."""
 
+OUT_OF_FOLD = "out_of_fold"
+"""Key of `fit_params`' result holding the confidence and correctness of each gold item's posterior while that
+item was held out of the fit (`auto`'s cross-validation): what the refit calibrates on instead of posteriors
+on the gold the fit saw, which look surer than they are. The refit removes it before publishing."""
+
 ItemVotes = Mapping[str, Sequence[Vote]]
 """Each item's valid votes, soft ones included: what `soft_fit` aggregators fit on."""
 

@@ -103,8 +103,12 @@ def held_out(item_id: str, fraction: float) -> bool:
 def fit_params(ens: Ensemble, recording: Recording, labels: Sequence[str], gold: dict[str, str],
                min_gold: int) -> Params:
     """The aggregator's parameters and calibration map, fitted as the gateway's refit fits them."""
-    item_votes = {item_id: [vote.wire() for vote in votes.values()] for item_id, votes in recording.items()}
-    return refit(ens.aggregator, item_votes, labels, gold, min_gold)
+    return refit(ens.aggregator, on_the_wire(recording), labels, gold, min_gold)
+
+
+def on_the_wire(recording: Recording) -> dict[str, list[dict[str, Any]]]:
+    """The recorded votes as the gateway stores them, what the refit reads."""
+    return {item_id: [vote.wire() for vote in votes.values()] for item_id, votes in recording.items()}
 
 
 def knob_axes(ens: Ensemble) -> dict[str, Sequence[float]]:
@@ -220,7 +224,7 @@ def print_members(recording: Recording, gold: dict[str, str], names: Sequence[st
 def recommend_members(recording: Recording, labels: Sequence[str], gold: dict[str, str]) -> list[str]:
     """Each member's marginal contribution to `auto` (fitted on one half of the tuning items, split by id,
     scored on the other), and the members worth dropping: removing them loses no accuracy."""
-    votes = {item_id: [vote.wire() for vote in votes.values()] for item_id, votes in recording.items()}
+    votes = on_the_wire(recording)
     fit_on = {i: g for i, g in gold.items() if not held_out(i, 0.5)}
     scored_on = {i: g for i, g in gold.items() if held_out(i, 0.5)}
     if not fit_on or not scored_on:
