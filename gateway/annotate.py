@@ -70,6 +70,8 @@ class _Item:
     params: Params | None
     view: RouteView
     votes: list[Vote] = field(default_factory=list)
+    people: list[Vote] = field(default_factory=list)
+    """People's labels of the item already stored (feedback): they join the posterior, never the quorum."""
     distribution: list[float] = field(default_factory=list)
     confidence: float = 0.0
     calls: int = 0
@@ -90,8 +92,9 @@ class Annotator:
         self.depths = QueueDepths(upstreams, getattr(ensemble.routing, "load_cache_s", 1.0))
         self._accuracy: tuple[Params | None, Sequence[str], dict[str, float]] = (None, (), {})
 
-    async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:
-        """Ask in waves, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
+    async def run(self, task: AnnotationTask, params: Params | None = None, people: Sequence[Vote] = ()) -> Outcome:
+        """Ask in waves, aggregate under `params` (the latest fitted ones) with the people's stored labels of the
+        item, escalate if unsure, flag for review."""
         ens = self.ensemble
         started = time.perf_counter()
         if self.router.reads_queue_depth:
@@ -101,7 +104,7 @@ class Annotator:
                    for n, state in view.members.items() if not state.usable]
         for vote in skipped:
             metrics.child(metrics.UPSTREAM_REQUESTS, vote.member, "circuit_open").inc()
-        item = _Item(task, params, view, distribution=[1.0 / len(task.labels)] * len(task.labels))
+        item = _Item(task, params, view, people=list(people), distribution=[1.0 / len(task.labels)] * len(task.labels))
         reason = await self._waves(item, started + ens.deadline_s)
         escalated = False
         if reason != "budget":
@@ -111,7 +114,7 @@ class Annotator:
         metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in item.votes))
         self._check_quorum(item.votes + skipped, reason)
         return Outcome(label=task.label_set.best(item.distribution), distribution=item.distribution,
-                       confidence=item.confidence, votes=item.votes + skipped,
+                       confidence=item.confidence, votes=item.votes + skipped + item.people,
                        upstream_wait_s=time.perf_counter() - started, escalated=escalated,
                        needs_review=needs_review(ens.review, item.confidence), stop_reason=reason, calls=item.calls)
 
@@ -137,7 +140,8 @@ class Annotator:
                 return step.stop or "exhausted"
 
     def _aggregate(self, item: _Item) -> None:
-        item.distribution = self.aggregator.posterior(item.votes, item.task.labels, item.params)
+        votes = item.votes + item.people if item.people else item.votes
+        item.distribution = self.aggregator.posterior(votes, item.task.labels, item.params)
         top = max(item.distribution)
         item.confidence = calibrate((item.params or {}).get("calibration"), top, sum(v.valid for v in item.votes))
         item.view.confidence = min(top, item.confidence)

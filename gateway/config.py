@@ -231,6 +231,8 @@ class Refit(Strict):
     min_gold_for_calibration: int = Field(20, ge=2)
     debias: bool = True
     """Divide each member's label bias out of its soft votes (ensembles/debias.py); off for heavily skewed labels."""
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = "accuracy"
+    """What a good label is to you: `auto` chooses by it on held-out gold, `stacking` weighs classes for it."""
     poll_s: float = Field(1.0, gt=0)
 
 

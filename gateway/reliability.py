@@ -28,6 +28,10 @@ class Reliability:
         self.store = store
         self.settings = config.refit
         self.aggregators = sorted({e.aggregator for e in config.ensembles})
+        self.groups = {m.name: m.model for m in config.members}
+        """Look-alike groups for the fits: members serving one model share their mistakes."""
+        self.skipped: dict[str, dict[str, Any]] = {}
+        """Schema -> why its last refit was skipped, and the setting that decides it (GET /v1/annotations/params)."""
         self.params: dict[tuple[str, str], Published] = {}
         self.version = -1
         self.started = time.monotonic()
@@ -97,8 +101,13 @@ class Reliability:
     async def refit_schema(self, schema: str, labels: list[str]) -> bool:
         item_votes = await self.store.item_votes(schema)
         triples = hard_triples(item_votes)
-        if overlapping_items(triples) < self.settings.min_items:
-            return False  # cold start: the posterior stays majority-like until enough items overlap
+        if (overlap := overlapping_items(triples)) < self.settings.min_items:
+            # cold start: the posterior stays majority-like until enough items overlap
+            self.skipped[schema] = {"reason": f"{overlap} items have two or more votes; a fit needs "
+                                              f"{self.settings.min_items}", "setting": "refit.min_items",
+                                    "items": len(item_votes), "items_with_two_votes": overlap}
+            return False
+        self.skipped.pop(schema, None)
         gold = await self.store.gold(schema)
         loop = asyncio.get_running_loop()
         if self._pool is None:
@@ -106,7 +115,8 @@ class Reliability:
         for name in self.aggregators:
             started = time.perf_counter()
             params = await loop.run_in_executor(self._pool, refit, name, item_votes, labels, gold,
-                                                self.settings.min_gold_for_calibration, self.settings.debias)
+                                                self.settings.min_gold_for_calibration, self.settings.debias,
+                                                self.groups, self.settings.metric)
             version = await self.store.publish(schema, name, params)
             log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
                      time.perf_counter() - started)

@@ -15,6 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
+from ensembles.votes import HUMAN_PREFIX, Vote
 from gateway import metrics
 from gateway.annotate import Outcome
 from gateway.errors import APIError
@@ -105,7 +106,9 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     task = build_task(body, kind, state.config, job)
     aggregator = annotator.aggregator.name
     schema = scoped(tenant, task.schema)
-    outcome = await annotator.run(task, state.reliability.get(schema, aggregator))
+    params = state.reliability.get(schema, aggregator)
+    people = await stored_people(state, task, tenant) if params and "humans" in params else []
+    outcome = await annotator.run(task, params, people)
     votes = [vote.wire() for vote in outcome.votes]
     annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator), votes)
     usage = usage_block(outcome)
@@ -123,6 +126,21 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
         return StreamingResponse(_events(events), media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache"}), outcome.upstream_wait_s
     return json_response(answer, headers=headers), outcome.upstream_wait_s
+
+
+async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) -> list[Vote]:
+    """The people's labels already stored for the item (asked only where the schema has people: its published
+    parameters say so); a store that cannot answer costs them, not the answer."""
+    try:
+        found = await state.store.item(scoped(tenant, task.item_id))
+    except (OSError, RedisError) as exc:
+        log.warning("people's labels of item %s not read (%s: %s); answering without them", task.item_id,
+                    type(exc).__name__, exc)
+        return []
+    if found is None:
+        return []
+    return [Vote(member=v["member"], label=v["label"], raw=v.get("raw")) for v in found[1]
+            if v.get("label") in task.labels and v["member"].startswith(HUMAN_PREFIX)]
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,

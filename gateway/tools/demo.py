@@ -76,7 +76,8 @@ def teach(url: str, args: argparse.Namespace, labels: list[str]) -> str | None:
     aggregator = next(e.aggregator for e in load_config(args.config).ensembles if e.name == args.ensemble)
     mine = [p for p in published if p["schema"] == args.task and p["aggregator"] == aggregator]
     for p in mine:
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted((p["cv_accuracy"] or {}).items(), key=lambda kv: -kv[1]))
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(((k, v["accuracy"]) for k, v in p["candidates"].items()),
+                                                                  key=lambda kv: -kv[1]))
         print(f"refit on {p['gold']} gold items: {p['aggregator']} chose {p['chosen']}"
               + (f" (cross-validated accuracy: {scores})" if scores else ""), flush=True)
     return next((f"{p['aggregator']}: {p['chosen']}" for p in mine if p["chosen"] != p["aggregator"]), None)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ensembles import metrics as m
-from ensembles.aggregators import REGISTRY, get_aggregator, pick
+from ensembles.aggregators import REGISTRY, FitData, get_aggregator, pick
 from ensembles.votes import Vote
 from gateway.tools import UsageError
 from gateway.tools.contribution import contributions, print_contributions
@@ -97,7 +97,7 @@ def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dic
     for name in REGISTRY:
         agg = get_aggregator(name)
         started = time.perf_counter()
-        params = agg.fit(triples, labels)
+        params = agg.fit(FitData.of(triples, labels))
         pred, conf, gold = [], [], []
         for i, r in by_item.items():
             votes = [Vote.from_wire(v, len(labels)) for v in r["annotation"]["votes"]]
