@@ -13,7 +13,7 @@ it is right would drown the people) is the prior of each item, and the people's 
   on the agreement with the LLM posterior"). People who label a few items each are a crowd of their own: every
   person's counts are shrunk toward the people's pooled matrix (PSEUDO_VOTES of it), itself shrunk toward
   DEFAULT_HUMAN_SKILL, so a newcomer weighs like the pool and a prolific person by their own record.
-* `crowdlab`, when at least MIN_SHARED_ITEMS items have labels from two or more people: CROWDLAB (Goh, Tkachenko
+* `crowdlab`, when most items people labelled have labels from two or more people: CROWDLAB (Goh, Tkachenko
   and Mueller, "CROWDLAB: Supervised learning to infer consensus labels and quality scores for data with multiple
   annotators", 2022), fitted by cleanlab's own `get_label_quality_multiannotator` with the LLM crowd's posterior
   as `pred_probs`; the request path applies its published weights: a weighted mean of q and each person's
@@ -47,7 +47,8 @@ POOL_PSEUDO_VOTES = 2.0
 person's labels (measured: 10 pulled a 0.98-accurate pool to 0.95 on 50 labels, and the crowd then overruled
 people it should not have)."""
 MIN_SHARED_ITEMS = 10
-"""Items labelled by two or more people needed before CROWDLAB is fitted (cleanlab needs some; EM does not)."""
+"""Items labelled by two or more people (and at least half of the people's items) before CROWDLAB is fitted: it
+learns each person's weight from their agreement with others on shared items; EM needs none."""
 _FLOOR = 1e-6
 
 
@@ -121,7 +122,7 @@ def fit_humans(prior: Mapping[str, Sequence[float]], people: Mapping[str, Sequen
     if not people:
         return None
     shared = sum(1 for votes in people.values() if len({v.member for v in votes}) >= 2)
-    if shared >= MIN_SHARED_ITEMS:
+    if shared >= max(MIN_SHARED_ITEMS, len(people) / 2):
         return _fit_crowdlab(prior, people, labels)
     return _fit_em(prior, people, labels, gold)
 
@@ -153,7 +154,8 @@ def _fit_em(prior: Mapping[str, Sequence[float]], people: Mapping[str, Sequence[
     conf = np.repeat(default[None], len(who), axis=0)
     for _ in range(n_iter):
         log_t = log_prior.copy()
-        np.add.at(log_t, vi_a, np.log(np.maximum(conf[vw_a, :, vl_a], _FLOOR)))  # (votes, k): P(label | true k)
+        own = np.log(np.maximum(conf[vw_a, :, vl_a], _FLOOR))  # (votes, k): log P(the vote's label | true k)
+        np.add.at(log_t, vi_a, own)
         posterior = np.exp(log_t - log_t.max(axis=1, keepdims=True))
         posterior /= posterior.sum(axis=1, keepdims=True)
         posterior[known] = 0.0
@@ -161,7 +163,7 @@ def _fit_em(prior: Mapping[str, Sequence[float]], people: Mapping[str, Sequence[
         counts = np.zeros((len(who), k, k))
         np.add.at(counts, (vw_a, slice(None), vl_a), posterior[vi_a])
         pooled = _smoothed(counts.sum(axis=0), default)
-        strength = person_strength(counts)
+        strength = person_strength(_agreement(log_t[vi_a] - own, clamp[vi_a], vl_a), vw_a, len(who))
         new = (counts + strength * pooled[None]) / (counts.sum(axis=2, keepdims=True) + strength)
         change = float(np.abs(new - conf).max())
         conf = new
@@ -187,23 +189,39 @@ def _smoothed(counts: Any, default: Any) -> Any:
     return (counts + POOL_PSEUDO_VOTES * default) / (counts.sum(axis=1, keepdims=True) + POOL_PSEUDO_VOTES)
 
 
-def person_strength(counts: Any) -> float:
-    """How many labels' worth of the pool each person's own record is mixed with: the method-of-moments estimate of
-    a beta-binomial's prior strength from the spread of the people's accuracies beyond what their numbers of labels
-    explain (empirical Bayes: Efron & Morris 1975). People who differ get their own record; people who do not,
-    the pool (a fixed strength gave each of 40 equally reliable raters its own noise: measured 0.4 points lost)."""
+def _agreement(log_others: Any, truth: Any, said: Any) -> Any:
+    """Per vote, the probability that its label is right under everything else known of its item (the crowd, the
+    other people, gold): a record that the person's own label has not moved."""
     import numpy as np
 
-    n = counts.sum(axis=(1, 2))
-    right = np.trace(counts, axis1=1, axis2=2)
+    p = np.exp(log_others - log_others.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    known = truth >= 0
+    p[known] = 0.0
+    p[known, truth[known]] = 1.0
+    return p[np.arange(len(said)), said]
+
+
+def person_strength(agreement: Any, person: Any, people: int) -> float:
+    """How many labels' worth of the pool each person's own record is mixed with: one vote's variance over the
+    variance of the people's true agreement rates, that is how much more the rates spread than their numbers of
+    labels explain (a method-of-moments empirical Bayes estimate: Efron & Morris 1975; rates weighed by labels).
+    People who differ get their own record; people who do not, the pool (a fixed strength gave each of 40 equally
+    reliable raters its own noise: measured 0.4 points lost)."""
+    import numpy as np
+
+    n = np.bincount(person, minlength=people).astype(float)
+    agree = np.bincount(person, weights=agreement, minlength=people)
     seen = n > 0
     if seen.sum() < 2:
         return PSEUDO_VOTES
-    mean = right[seen].sum() / n[seen].sum()
-    spread = float(np.mean((right[seen] / n[seen] - mean) ** 2 - mean * (1 - mean) / n[seen]))
+    mean = agree[seen].sum() / n[seen].sum()
+    noise = float(((agreement - mean) ** 2).mean())  # one vote's variance (soft agreements vary less than 0/1 ones)
+    excess = (agree[seen] / n[seen] - mean) ** 2 - noise / n[seen]
+    spread = float((n[seen] * excess).sum() / n[seen].sum())
     if spread <= 0:
         return MAX_PERSON_STRENGTH
-    return float(np.clip(mean * (1 - mean) / spread - 1, MIN_PERSON_STRENGTH, MAX_PERSON_STRENGTH))
+    return float(np.clip(noise / spread, MIN_PERSON_STRENGTH, MAX_PERSON_STRENGTH))
 
 
 def _fit_crowdlab(prior: Mapping[str, Sequence[float]], people: Mapping[str, Sequence[Vote]],

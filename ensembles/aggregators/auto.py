@@ -8,9 +8,11 @@ how much each member and each block of look-alikes is worth) is the default once
 `weighted` (no gold needed) before. Every candidate is scored by 5-fold cross-validation on the gold items, with
 the posterior that serves answers (crossval.py: Stone, "Cross-validatory choice and assessment of statistical
 predictions", JRSS-B 1974): each member alone (`member:<name>`), `majority`, `weighted`, `dawid_skene`,
-`grouped_dawid_skene`, `stacking` and `prior` (the gold labels' mix: the trivial answer). A candidate replaces the default only when its
-cross-validated score on the user's metric (`accuracy` by default) beats the default's by more than SE_RULE
-standard errors of their per-item paired difference; among those, the best wins. The winner is refitted on all
+`grouped_dawid_skene`, `stacking` and `prior` (the gold labels' mix: the trivial answer). Another combination replaces the default only
+when its cross-validated score on the user's metric (`accuracy` by default) beats the default's by more than SE_RULE
+standard errors of their per-item paired difference (the best of those wins), and a member alone replaces that
+combination only when it beats it the same way: a single member drops every other vote, so it must earn its
+place twice. The winner is refitted on all
 gold; its parameters are published inside auto's, with every candidate's score on every metric (`cv`).
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ensembles.aggregators.base import Aggregator, FitData, Params, pick
+from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, FitData, Params, pick
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.grouped import GroupedDawidSkene
 from ensembles.aggregators.majority import Majority
@@ -35,7 +37,10 @@ OUT_OF_FOLD = "out_of_fold"
 """Key of auto's fit holding the winner's out-of-fold posterior per gold item: what the refit calibrates on
 instead of posteriors on gold the fit saw, which look surer than they are. The refit removes it before publishing."""
 SE_RULE = 2.0
-"""Standard errors by which a candidate must beat the default to replace it."""
+"""A candidate within this many standard errors of the best is as good as the best (the one-standard-error rule)."""
+PREFERENCE = ("stacking", "grouped_dawid_skene", "dawid_skene", "weighted", "majority", "prior")
+"""Order in which candidates as good as the best are preferred: combinations first (a single member, last, drops
+every other vote), the one that learns most from gold first."""
 
 CANDIDATES: dict[str, type[Aggregator]] = {
     cls.name: cls for cls in (Stacking, Weighted, DawidSkene, GroupedDawidSkene, Majority, Prior)}
@@ -91,24 +96,24 @@ class Auto(Aggregator):
         items = sorted(oof["stacking"])
         truths = [data.gold[i] for i in items]
         weights = item_weights(truths, data.metric)
+        right = {name: [data.labels[pick(dists[i])] == t for i, t in zip(items, truths)] for name, dists in oof.items()}
+        score = {name: scores(dists, data.gold, data.labels)[data.metric] for name, dists in oof.items()}
 
-        def right(name: str) -> list[bool]:
-            return [data.labels[pick(oof[name][i])] == t for i, t in zip(items, truths)]
+        best = max(oof, key=score.__getitem__)
 
-        default = right("stacking")
-        better = {}
-        for name in oof:
-            if name == "stacking":
-                continue
-            mine = right(name)
-            gain, se = paired_gain(mine, default, weights)
-            if gain > SE_RULE * se:
-                better[name] = scores(oof[name], data.gold, data.labels)[data.metric]
-        return max(better, key=better.__getitem__) if better else "stacking"
+        def near_best(name: str) -> bool:
+            gain, se = paired_gain(right[best], right[name], weights)
+            return gain <= SE_RULE * se
+
+        preferred = [*(n for n in PREFERENCE if n in oof), *sorted((n for n in oof if n.startswith(MEMBER)),
+                                                                 key=lambda n: -score[n])]
+        return next(n for n in preferred if near_best(n))
 
     def candidate_posterior(self, name: str, votes: Sequence[Vote], labels: Sequence[str],
                             params: Params | None) -> list[float]:
-        """A candidate's posterior; a single member's is its own vote, or the default's if it did not answer."""
+        """A candidate's posterior. A single member's is its own soft vote, or for a hard vote one-coin at its
+        accuracy on gold (the default fit's `skills`; a one-hot would be a certainty no person could overrule);
+        the default's when it did not answer."""
         if not name.startswith(MEMBER):
             return self._aggs[name].combine(votes, labels, params)
         member = name[len(MEMBER):]
@@ -118,7 +123,8 @@ class Auto(Aggregator):
                 probs = vote.probs
                 if probs is not None and len(probs) == len(labels) and pick(probs) == obs:
                     return list(probs)
-                return [float(i == obs) for i in range(len(labels))]
+                skill = min(float((params or {}).get("skills", {}).get(member, DEFAULT_SKILL)), 1 - 1e-3)
+                return [skill if i == obs else (1 - skill) / (len(labels) - 1) for i in range(len(labels))]
         return self._aggs["stacking"].combine(votes, labels, params)
 
     def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:

@@ -16,10 +16,14 @@ group's mean is a less noisy copy of what its members share (measured on the dev
 others). Log-probabilities rather than probabilities: a vote of 0.99 against 0.9 is a real difference in evidence
 (measured +1 to +4 points).
 
-The class weighting follows the user's metric: none for `accuracy`, balanced for `balanced_accuracy` and
-`macro_f1`. Fitted with scikit-learn's LogisticRegression in the refit; the request path evaluates the
-published coefficients in pure Python. Members the fit did not see are ignored; without a fit (fewer than
-`min_gold` gold items, or a single class among them) the posterior is `weighted`'s default.
+Each block's weights are W_j = a_j I + D_j: an agreement weight a_j (a weighted vote) plus a full confusion
+correction D_j penalised harder, its strength chosen by cross-validation on gold (a hierarchical prior: with 60
+gold items of 4 labels and hard votes the full matrices overfit, measured 0.80 against 0.82 for this model and 0.84
+for the best member; on the local pool's soft votes both are within half a point). The class weighting follows the
+user's metric: none for `accuracy`, balanced for `balanced_accuracy` and `macro_f1`. Fitted by L-BFGS (scipy) in
+the refit; the request path evaluates the published W_j in pure Python. Members the fit did not see are ignored;
+without a fit (fewer than `min_gold` gold items, or a single class among them) the posterior is `weighted`'s
+default.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, FitData, ItemVotes, Params, softmax
 from ensembles.aggregators.confusion import shrink_skills
@@ -36,6 +41,14 @@ from ensembles.votes import Vote
 EPS = 0.01
 """Floor of a soft vote's probabilities: a label the first token's top log-probabilities missed says no less than
 this (measured: 0.01 over 0.001, +3 points on 7 intents; equal on two- and three-label sets)."""
+
+AGREEMENT_PENALTY = 1.0
+"""L2 strength on each block's agreement weight a_j (how much its vote counts for the label it favours)."""
+INTERCEPT_PENALTY = 0.01
+DEVIATION_GRID = (1.0, 5.0, 25.0)
+"""L2 strengths tried on the blocks' full confusion weights D_j, chosen by 3-fold cross-validated log-loss on gold:
+strong where gold is scarce and the votes are hard (a weighted vote), weak where members have confusions worth
+learning (7 intents)."""
 
 Block = dict[str, dict[str, float]]
 """Coefficients of one member or group: block[true label][observed label]."""
@@ -81,7 +94,6 @@ class Stacking(Aggregator):
         """Coefficients per member and look-alike group, intercepts, and each member's gold accuracy as `skills`
         (routers rank by it); None when there is too little gold."""
         import numpy as np
-        from sklearn.linear_model import LogisticRegression
 
         labels, items = data.labels, data.gold_items
         if len(items) < data.min_gold or len({data.gold[i] for i in items}) < 2:
@@ -92,23 +104,18 @@ class Stacking(Aggregator):
         group_of = {m: g for m, g in group_of.items() if g in groups}
         k = len(labels)
         x = np.asarray([features(data.votes[i], groups, members, group_of, labels) for i in items])
+        x = x.reshape(len(items), len(groups) + len(members), k)
         y = np.asarray([labels.index(data.gold[i]) for i in items])
-        weighting = None if data.metric == "accuracy" else "balanced"
-        model = LogisticRegression(C=self.C, max_iter=5000, class_weight=weighting).fit(x, y)
-        weights = np.zeros((k, x.shape[1]))
-        intercept = np.full(k, float(model.intercept_.min()) - np.log(len(items)))  # classes no gold item had
-        rows = model.coef_ if len(model.classes_) > 2 else np.vstack([-model.coef_ / 2, model.coef_ / 2])
-        bias = model.intercept_ if len(model.classes_) > 2 else np.array([-model.intercept_[0] / 2,
-                                                                          model.intercept_[0] / 2])
-        for row, cls in enumerate(model.classes_):
-            weights[cls], intercept[cls] = rows[row], bias[row]
+        weights = class_weights(y, k, data.metric)
+        strength = min(DEVIATION_GRID, key=lambda lam: held_out_loss(x, y, weights, k, lam))
+        w, intercept = fit_pooled_regression(x, y, weights, k, strength)
 
         def block(j: int) -> Block:
-            return {labels[t]: {labels[o]: float(weights[t, j * k + o]) for o in range(k)} for t in range(k)}
+            return {labels[t]: {labels[o]: float(w[j, t, o]) for o in range(k)} for t in range(k)}
 
         return {"groups": {g: block(j) for j, g in enumerate(groups)},
                 "members": {m: block(len(groups) + j) for j, m in enumerate(members)}, "group_of": group_of,
-                "intercept": {labels[t]: float(intercept[t]) for t in range(k)},
+                "intercept": {labels[t]: float(intercept[t]) for t in range(k)}, "deviation_strength": strength,
                 "skills": gold_skills(data.votes, items, data.gold)}
 
     def compiled(self, params: Params, labels: Sequence[str]) -> _Compiled:
@@ -154,6 +161,63 @@ class Stacking(Aggregator):
 
     def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         return dict((params or {}).get("skills", {}))
+
+
+def class_weights(y: Any, k: int, metric: str) -> Any:
+    """Each gold item's weight in the loss: 1 for accuracy; for the balanced metrics, n / (classes present x items
+    of its class), so that every class weighs the same (scikit-learn's "balanced")."""
+    import numpy as np
+
+    if metric == "accuracy":
+        return np.ones(len(y))
+    counts = np.bincount(y, minlength=k)
+    return len(y) / ((counts > 0).sum() * counts[y])
+
+
+def fit_pooled_regression(x: Any, y: Any, weights: Any, k: int, deviation: float) -> tuple[Any, Any]:
+    """(W of shape (blocks, k, k), intercepts) minimising the weighted log-loss of softmax(b + sum_j W_j z_j) plus
+    AGREEMENT_PENALTY/2 * sum_j a_j^2 + deviation/2 * |D|^2 + INTERCEPT_PENALTY/2 * |b|^2, with W_j = a_j I + D_j
+    (L-BFGS, scipy)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    n, blocks, _ = x.shape
+    onehot = np.eye(k)[y]
+
+    def loss(theta: Any) -> tuple[float, Any]:
+        a, d, b = theta[:blocks], theta[blocks:-k].reshape(blocks, k, k), theta[-k:]
+        logits = b + np.einsum("njk,j->nk", x, a) + np.einsum("njo,jto->nt", x, d)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        value = -(weights * np.log(np.maximum((p * onehot).sum(axis=1), 1e-300))).sum()
+        g = (p - onehot) * weights[:, None]
+        grad_a = np.einsum("nk,njk->j", g, x) + AGREEMENT_PENALTY * a
+        grad_d = np.einsum("nt,njo->jto", g, x) + deviation * d
+        grad_b = g.sum(axis=0) + INTERCEPT_PENALTY * b
+        value += AGREEMENT_PENALTY / 2 * a @ a + deviation / 2 * (d * d).sum() + INTERCEPT_PENALTY / 2 * b @ b
+        return value, np.concatenate([grad_a, grad_d.ravel(), grad_b])
+
+    theta = minimize(loss, np.zeros(blocks + blocks * k * k + k), jac=True, method="L-BFGS-B").x
+    a, d, b = theta[:blocks], theta[blocks:-k].reshape(blocks, k, k), theta[-k:]
+    return a[:, None, None] * np.eye(k)[None] + d, b
+
+
+def held_out_loss(x: Any, y: Any, weights: Any, k: int, deviation: float, folds: int = 3) -> float:
+    """The weighted log-loss of `fit_pooled_regression` on each of `folds` folds while it was held out."""
+    import numpy as np
+
+    order = np.random.RandomState(0).permutation(len(y))
+    total = 0.0
+    for f in range(folds):
+        held = order[f::folds]
+        train = np.setdiff1d(order, held)
+        w, b = fit_pooled_regression(x[train], y[train], weights[train], k, deviation)
+        logits = b + np.einsum("njo,jto->nt", x[held], w)
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        total -= float((weights[held] * log_p[np.arange(len(held)), y[held]]).sum())
+    return total
 
 
 def features(votes: Sequence[Vote], groups: Sequence[str], members: Sequence[str], group_of: Mapping[str, str],

@@ -47,7 +47,7 @@ def test_a_single_member_winner_that_did_not_answer_falls_back_to_the_combinatio
     chosen = {**params, "winner": "member:strong"}
     votes = [Vote("weak-0", "negative"), Vote("strong", None)]
     auto, stacking = get_aggregator("auto"), get_aggregator("stacking")
-    assert auto.posterior(votes, LABELS, chosen) == pytest.approx(stacking.posterior(votes, LABELS, params["params"]))
+    assert auto.combine(votes, LABELS, chosen) == pytest.approx(stacking.combine(votes, LABELS, params["params"]))
     assert auto.posterior([Vote("strong", "negative")], LABELS, chosen)[1] > 0.5
 
 
@@ -80,7 +80,9 @@ def test_members_that_know_less_than_the_label_mix_lose_to_the_prior() -> None:
     params = refit("auto", wire(votes), TOPICS, dict(list(truth.items())[:100]), 20)
     held_out = dict(list(truth.items())[100:])
     served = accuracy("auto", params, held_out, votes, labels=TOPICS)
-    assert served >= params["baseline"]["accuracy"] - 0.05 > 0.5
+    assert params["baseline"]["label"] == "a"
+    trivial = sum(t == "a" for t in held_out.values()) / len(held_out)
+    assert served >= trivial - 0.01 and trivial > 0.5
 
 
 def test_refit_publishes_auto_with_a_calibration_per_number_of_votes(with_copies: tuple) -> None:
@@ -128,7 +130,9 @@ def test_the_crowd_matches_its_good_member_and_people_lift_it_above_both(kind: s
     crowd_only = fit("auto", votes, gold, labels=TOPICS, groups=groups)
     llm = accuracy("auto", crowd_only, held_out, votes, labels=TOPICS)
     good = member_accuracy("good", held_out, votes)
-    assert llm >= good - 0.01, (crowd_only["winner"], llm, good)
+    # beside look-alikes the best possible crowd is the good member itself: three copies of a 0.72 worker never
+    # outweigh a 0.84 one, so matching it within two points (60 gold items' noise) is all there is to get
+    assert llm >= good - (0.02 if kind == "look-alikes" else 0.0), (crowd_only["winner"], llm, good)
 
     # one person's label on every non-gold item, from 40 people right 70% of the time who never labelled gold
     add_people(votes, truth, list(held_out), skill=0.7, n_people=40, seed=22, labels=TOPICS)
