@@ -26,7 +26,8 @@ POOL = ROOT / "deploy" / "local-pool.yaml"
 HELDOUT = ROOT / "gateway" / "data" / "sentiment_heldout.jsonl"
 LABELS = ["positive", "negative"]
 """The `sentiment` task's label set, in its order (soft votes are in label-set order)."""
-INTENTS = ROOT.parent / "shared" / "datasets" / "intents_bigbench.jsonl"
+INTENTS = ROOT / "tests" / "real" / "data" / "intents_sample.jsonl"
+"""30 requests of the seven intents, bundled (tests/real/data/ATTRIBUTION.md)."""
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,8 @@ def test_least_loaded_reads_the_real_vllm_queue_gauges(pool: None) -> None:
 
 def test_the_same_pool_labels_intents_through_the_task_prompt(client: OpenAI) -> None:
     """Seven intents, no per-task member list: the task names the prompt (and its variants) the workers use."""
-    rows = [json.loads(line) for line in INTENTS.read_text().splitlines() if line.strip()][::23][:30]  # all 7 intents
+    rows = [json.loads(line) for line in INTENTS.read_text().splitlines() if line.strip()]
+    assert len(rows) == 30 and len({row["label"] for row in rows}) == 7
     right = 0
     for row in rows:
         r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
