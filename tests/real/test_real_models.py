@@ -66,6 +66,27 @@ def test_every_label_is_in_the_label_set(heldout: list) -> None:
         assert len(valid) >= 3  # quorum of the local crowd
 
 
+OBVIOUS = [("Great film!", "positive"), ("I loved every minute of it.", "positive"),
+           ("Absolutely wonderful service, thank you!", "positive"),
+           ("This is the best purchase I have made all year.", "positive"),
+           ("The food was delicious and the staff were friendly.", "positive"),
+           ("Terrible service, never again.", "negative"), ("The worst movie I have ever seen.", "negative"),
+           ("It broke after one day. Total waste of money.", "negative"),
+           ("The room was dirty and the staff were rude.", "negative"), ("I hated it.", "negative")]
+"""Ten sentences nobody would label otherwise (issue 23: "Great film!" came back negative 0.891)."""
+
+
+def test_the_readmes_first_example_without_task_is_right_on_every_member(client: OpenAI) -> None:
+    """The README's first call as written (`labels` only, no `task`): every worker of the shipped pool votes (Gemma 3
+    270M has no chat template: its members' completion template serves the request) and the crowd is right."""
+    for text, gold in OBVIOUS:
+        r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": text}],
+                                           extra_body={"labels": ["positive", "negative"]})
+        votes = r.model_extra["annotation"]["votes"]
+        assert len(votes) == crowd_size() and [v for v in votes if v["error"]] == [], votes
+        assert r.choices[0].message.content == gold, (text, r.model_extra["annotation"])
+
+
 def test_vllm_honours_structured_outputs_choice(client: OpenAI) -> None:
     """Passthrough to the vLLM member: free text would be long; the choice constraint forces one option."""
     choices = ["alpha", "beta", "gamma"]
