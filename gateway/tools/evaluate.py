@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,12 @@ from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
 from ensembles.votes import Vote
 from gateway.tools import UsageError
+from gateway.tools.baseline import Baseline, most_frequent
 from gateway.tools.contribution import contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
+from gateway.tools.report import failed_calls
 
 
 async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Sequence[dict[str, Any]],
@@ -66,17 +68,20 @@ def summarize(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     pred = [r["annotation"]["label"] for r in done]
     conf = [r["annotation"]["confidence"] for r in done]
     correct = [p == g for p, g in zip(pred, gold)]
-    members: dict[str, dict[str, Any]] = defaultdict(lambda: {"pred": [], "gold": [], "cost": 0.0})
+    members: dict[str, dict[str, Any]] = defaultdict(lambda: {"pred": [], "gold": [], "cost": 0.0,
+                                                              "errors": Counter()})
     for r in done:
         for v in r["annotation"]["votes"]:
             members[v["member"]]["pred"].append(v["label"])
             members[v["member"]]["gold"].append(r["gold"])
             members[v["member"]]["cost"] += v["cost_usd"]
-    per_member = {name: {"accuracy": m.accuracy(d["pred"], d["gold"]), "answered": len(d["pred"]),
-                         "cost_per_1000": 1000 * d["cost"] / len(d["pred"]),
-                         "confusion": m.confusion(d["pred"], d["gold"], labels)} for name, d in members.items()}
+            if v["label"] is None:
+                members[v["member"]]["errors"][v.get("error") or "no label"] += 1
+    per_member = {name: member_summary(d, labels) for name, d in members.items()}
     total_cost = sum(r["cost_usd"] for r in records)
+    baseline = most_frequent(gold)
     return {
+        "baseline": {"label": baseline.label, "accuracy": baseline.accuracy} if baseline else None,
         "items": len(records), "failed": len(records) - len(done), "accuracy": m.accuracy(pred, gold),
         "macro_f1": m.macro_f1(pred, gold, labels), "ece": m.ece(conf, correct),
         "brier": m.brier([r["annotation"]["distribution"] for r in done], gold), "auroc": m.auroc(conf, correct),
@@ -86,6 +91,27 @@ def summarize(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
         "review_rate": sum(r["annotation"]["needs_review"] for r in done) / len(done) if done else 0.0,
         "cost_per_1000": 1000 * total_cost / len(records) if records else 0.0, "members": per_member,
     }
+
+
+def member_summary(d: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """One member's figures: accuracy of the answers it gave, and its failed calls apart (a refused call is not a
+    wrong answer), with the most frequent reason."""
+    answered = [(p, g) for p, g in zip(d["pred"], d["gold"]) if p is not None]
+    errors: Counter[str] = d["errors"]
+    return {"accuracy": m.accuracy([p for p, _ in answered], [g for _, g in answered]) if answered else None,
+            "answered": len(answered), "failed": sum(errors.values()),
+            "error": errors.most_common(1)[0][0] if errors else None,
+            "cost_per_1000": 1000 * d["cost"] / len(d["pred"]),
+            "confusion": m.confusion(d["pred"], d["gold"], labels)}
+
+
+def by_accuracy(members: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Members best first; those that answered nothing last."""
+    return sorted(members.items(), key=lambda kv: -(kv[1]["accuracy"] if kv[1]["accuracy"] is not None else -1))
+
+
+def failed_cell(d: dict[str, Any]) -> str:
+    return failed_calls(d["failed"], d["error"])
 
 
 def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -194,16 +220,29 @@ def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) 
     return paths
 
 
+def auroc_text(value: float, accuracy: float) -> str:
+    """AUROC of confidence, or why there is none: it ranks right answers against wrong ones, so it needs both."""
+    if not math.isnan(value):
+        return f"{value:.3f}"
+    return "- (every answer was right)" if accuracy == 1 else "- (every answer was wrong)" if accuracy == 0 else "-"
+
+
 def print_report(summary: dict[str, Any], comparison: dict[str, dict[str, float]]) -> None:
     print(f"\nitems {summary['items']} (failed {summary['failed']})  accuracy {summary['accuracy']:.3f}  "
           f"macro-F1 {summary['macro_f1']:.3f}  ECE {summary['ece']:.3f}  Brier {summary['brier']:.3f}  "
-          f"AUROC {summary['auroc']:.3f}")
+          f"AUROC {auroc_text(summary['auroc'], summary['accuracy'])}")
     print(f"mean confidence {summary['mean_confidence']:.3f}  escalated {summary['escalation_rate']:.1%}  "
           f"review {summary['review_rate']:.1%}  cost per 1,000 labels ${summary['cost_per_1000']:.5f}")
     print("accuracy at coverage: " + ", ".join(f"{c:.0%}: {a:.3f}" for c, a in summary["accuracy_at_coverage"]))
-    print("\n| member | accuracy | answered | USD per 1,000 |\n|---|---|---|---|")
-    for name, d in sorted(summary["members"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        print(f"| {name} | {d['accuracy']:.3f} | {d['answered']} | {d['cost_per_1000']:.5f} |")
+    print("\n| member | accuracy of its answers | answered | failed calls | USD per 1,000 |\n|---|---|---|---|---|")
+    for name, d in by_accuracy(summary["members"]):
+        accuracy = "-" if d["accuracy"] is None else f"{d['accuracy']:.3f}"
+        print(f"| {name} | {accuracy} | {d['answered']} | {failed_cell(d)} | {d['cost_per_1000']:.5f} |")
+    print(f"| **crowd** | **{summary['accuracy']:.3f}** | {summary['items'] - summary['failed']} | "
+          f"{summary['failed']} | {summary['cost_per_1000']:.5f} |")
+    if (baseline := summary["baseline"]) is not None:
+        print(f"| {Baseline(**baseline).describe()} | {baseline['accuracy']:.3f} | "
+              f"{summary['items'] - summary['failed']} | - | 0 |")
     if comparison:
         print("\nOffline re-aggregation of the same votes:\n| aggregator | accuracy | macro-F1 | ECE | fit s |"
               "\n|---|---|---|---|---|")
