@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from ensembles.aggregators import REGISTRY, get_aggregator, pick
 from ensembles.votes import Vote
 from gateway.tools import UsageError
 from gateway.tools.baseline import Baseline, most_frequent
-from gateway.tools.contribution import contributions, print_contributions
+from gateway.tools.contribution import Contribution, contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -143,8 +144,8 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
 
     `error_correlation`: per pair of members, the correlation of their error indicators on the items both
     answered (1: they are wrong on the same items; a crowd of such members is one member). `contribution`:
-    accuracy of `auto` without each member minus with all, fitted on the gold of the dev half (split by id)
-    with the gateway's own refit and scored on the test half.
+    accuracy of `auto` with each member minus without it (positive: it helps), with a 95% interval, fitted on the
+    gold of the dev half (split by id) with the gateway's own refit and scored on the test half.
     """
     items = {str(r["id"]): r for r in records if r["annotation"]}
     members = sorted({v["member"] for r in items.values() for v in r["annotation"]["votes"]})
@@ -158,7 +159,8 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     dev = {i: r["gold"] for i, r in items.items() if split_of(i) == "dev"}
     test = {i: r["gold"] for i, r in items.items() if split_of(i) == "test"}
     with_all, contribution = contributions({i: r["annotation"]["votes"] for i, r in items.items()}, labels, dev, test)
-    return {"error_correlation": correlation, "auto_accuracy": with_all, "contribution": contribution,
+    return {"error_correlation": correlation, "auto_accuracy": with_all,
+            "contribution": {m: {**dataclasses.asdict(c), "verdict": c.verdict} for m, c in contribution.items()},
             "gold": len(dev), "test": len(test)}
 
 
@@ -178,7 +180,8 @@ def print_diversity(mix: dict[str, Any]) -> None:
     print("\nError correlation on gold (1: wrong on the same items):\n| pair | correlation |\n|---|---|")
     for pair, value in sorted(mix["error_correlation"].items(), key=lambda kv: -(kv[1] or 0)):
         print(f"| {pair} | {'-' if value is None else f'{value:.2f}'} |")
-    print_contributions(mix["auto_accuracy"], mix["contribution"], mix["gold"], mix["test"])
+    print_contributions(mix["auto_accuracy"], {m: Contribution(**{k: v for k, v in c.items() if k != "verdict"})
+                                                for m, c in mix["contribution"].items()}, mix["gold"], mix["test"])
 
 
 def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> list[Path]:

@@ -64,7 +64,8 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path,
     assert set(mix["contribution"]) == {"e1", "e2", "e3", "e4"} and set(mix["error_correlation"]) == {
         "e1 / e2", "e1 / e3", "e1 / e4", "e2 / e3", "e2 / e4", "e3 / e4"}
     assert mix["error_correlation"]["e1 / e2"] is None, "e1 is never wrong: no correlation to speak of"
-    assert mix["contribution"]["e1"] >= mix["contribution"]["e3"], "the perfect member matters most"
+    assert mix["contribution"]["e1"]["value"] >= mix["contribution"]["e3"]["value"], "the perfect member matters most"
+    assert "positive, the crowd is more accurate with it" in printed.out  # what the sign means
     assert (out / "reliability.png").stat().st_size > 1000 and (out / "cost_accuracy.png").stat().st_size > 1000
     assert "| e1 | 1.000 |" in printed.out
     assert "| e4 | - | 0 | 30 (HTTP 400: scripted failure 400) |" in printed.out
