@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.tools import HelpFormatter
 from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.baseline import Baseline
@@ -101,7 +102,8 @@ def print_table(summary: dict, ensemble: str, aggregator: str, n: int) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="label a bundled sample with real small models on CPU, end to end")
+    p = sub.add_parser("demo", help="label a bundled sample with real small models on CPU, end to end",
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config with the pool and the ensemble "
                                                                   "(default: deploy/local-pool.yaml)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="labeled rows: CSV, JSONL or JSONL.gz with id, text, "

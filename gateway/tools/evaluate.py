@@ -21,7 +21,7 @@ from typing import Any
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, get_aggregator, pick
 from ensembles.votes import Vote
-from gateway.tools import UsageError
+from gateway.tools import HelpFormatter, UsageError, usd
 from gateway.tools.baseline import Baseline, most_frequent
 from gateway.tools.contribution import Contribution, contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
@@ -52,7 +52,7 @@ async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Seque
         right += bool(answer.annotation and answer.annotation["label"] == row["label"])
         cost += answer.cost_usd
         bar.update(1)
-        bar.set_postfix(acc=f"{right / bar.n:.3f}", cost=f"${cost:.5f}")
+        bar.set_postfix(acc=f"{right / bar.n:.3f}", cost=usd(cost))
 
     items = [(item_id, str(row["text"])) for item_id, row in zip(ids, rows)]
     try:
@@ -286,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (rows: id, text, label)")
+    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (rows: id, text, label)",
+                       description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="labeled rows: CSV, JSONL or JSONL.gz with id, text, label")
     src.add_argument("--votes", help="a previous run's annotations.jsonl: re-aggregate without calling models")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ensembles.metrics import macro_f1
-from gateway.tools import UsageError
+from gateway.tools import HelpFormatter, UsageError
 from gateway.tools.baseline import most_frequent
 from gateway.tools.datasets import read_rows
 
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="summarise the OUT file of `annotate`", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("out", help="OUT.csv or OUT.jsonl written by `crowd-gateway annotate`")
     p.add_argument("--gold-column", default="label", help="column with gold labels, if any (default: label)")
     p.add_argument("--plots", help="directory to write PNG plots into")

@@ -24,7 +24,7 @@ from ensembles.aggregators import REGISTRY, Params
 from ensembles.refit import refit
 from gateway.config import Config, Ensemble, load_config
 from gateway.errors import APIError
-from gateway.tools import UsageError
+from gateway.tools import HelpFormatter, UsageError
 from gateway.tools.baseline import most_frequent
 from gateway.tools.contribution import MIN_ITEMS, contributions, droppable, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="search an ensemble's thresholds on labeled dev data and write them",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="the gateway's YAML config (rewritten unless --output)")
     p.add_argument("--dataset", required=True, help="labeled dev data: CSV, JSONL or JSONL.gz with id, text, label")
     p.add_argument("--ensemble", required=True, help="the ensemble whose thresholds are searched")

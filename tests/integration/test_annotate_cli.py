@@ -108,6 +108,22 @@ def test_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, gatew
     assert 30 <= calls <= 30 + 3  # only the rows in flight at the kill were asked twice
 
 
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, gateway: InProcessGateway) -> None:
+    """Issue 23: Ctrl-C on annotate exited silently."""
+    write_csv(tmp_path / "in.csv", [{"id": f"c{i}", "text": f"sentence {i}"} for i in range(40)])
+    out = tmp_path / "out.csv"
+    proc = annotate(str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "slow", "--out", str(out),
+                    "--gateway", gateway.url, "--concurrency", "2", wait=False)
+    deadline = time.monotonic() + 30
+    while (not out.exists() or out.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    written = len(read_csv(out))
+    assert f"interrupted: {written}/40 rows are in {out}; run the same command to resume" in err
+
+
 def test_jsonl_with_task_and_embedded_gateway_and_failed_rows(tmp_path: Path, upstream: Upstream,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = {"members": members(upstream, MEMBERS),

@@ -12,6 +12,7 @@ import yaml
 from ensembles import metrics as m
 from gateway.cli import main
 from gateway.tools.datasets import split_of
+from gateway.tools.evaluate import auroc_text
 from tests.conftest import Upstream, free_port, member
 from tests.inprocess import InProcessGateway
 
@@ -23,6 +24,13 @@ def test_metrics_on_known_values() -> None:
     assert m.auroc([0.9, 0.8, 0.3], [True, True, False]) == 1.0
     assert m.coverage_curve([0.9, 0.5], [True, False], points=(0.5, 1.0)) == [(0.5, 1.0), (1.0, 0.5)]
     assert m.confusion(["a", None], ["a", "b"], ["a", "b"])["b"]["abstain"] == 1
+
+
+def test_auroc_says_why_it_is_undefined() -> None:
+    """Issue 23: `eval` printed `AUROC nan` when nothing was wrong."""
+    assert auroc_text(m.auroc([0.9, 0.8], [True, True]), 1.0) == "- (every answer was right)"
+    assert auroc_text(m.auroc([0.9, 0.8], [False, False]), 0.0) == "- (every answer was wrong)"
+    assert auroc_text(m.auroc([0.9, 0.3], [True, False]), 0.5) == "1.000"
 
 
 def test_split_is_stable_and_balanced() -> None:
