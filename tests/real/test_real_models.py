@@ -76,15 +76,18 @@ OBVIOUS = [("Great film!", "positive"), ("I loved every minute of it.", "positiv
 """Ten sentences nobody would label otherwise (issue 23: "Great film!" came back negative 0.891)."""
 
 
-def test_the_readmes_first_example_without_task_is_right_on_every_member(client: OpenAI) -> None:
+def test_the_readmes_first_example_without_task_is_right_on_every_member(client: OpenAI, gateway: Gateway) -> None:
     """The README's first call as written (`labels` only, no `task`): every worker of the shipped pool votes (Gemma 3
-    270M has no chat template: its members' completion template serves the request) and the crowd is right."""
+    270M has no chat template: its members' completion template serves the request), the crowd is right, and no
+    member is unhealthy for refusing calls."""
     for text, gold in OBVIOUS:
         r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": text}],
                                            extra_body={"labels": ["positive", "negative"]})
         votes = r.model_extra["annotation"]["votes"]
         assert len(votes) == crowd_size() and [v for v in votes if v["error"]] == [], votes
         assert r.choices[0].message.content == gold, (text, r.model_extra["annotation"])
+    ready = gateway.get("/readyz").json()
+    assert ready["problems"] == {} and all(ready["members"].values()), ready
 
 
 def test_vllm_honours_structured_outputs_choice(client: OpenAI) -> None:
