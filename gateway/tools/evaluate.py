@@ -160,7 +160,7 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     test = {i: r["gold"] for i, r in items.items() if split_of(i) == "test"}
     with_all, contribution = contributions({i: r["annotation"]["votes"] for i, r in items.items()}, labels, dev, test)
     return {"error_correlation": correlation, "auto_accuracy": with_all,
-            "contribution": {m: {**dataclasses.asdict(c), "verdict": c.verdict} for m, c in contribution.items()},
+            "contribution": {name: {**dataclasses.asdict(c), "verdict": c.verdict} for name, c in contribution.items()},
             "gold": len(dev), "test": len(test)}
 
 
@@ -180,8 +180,8 @@ def print_diversity(mix: dict[str, Any]) -> None:
     print("\nError correlation on gold (1: wrong on the same items):\n| pair | correlation |\n|---|---|")
     for pair, value in sorted(mix["error_correlation"].items(), key=lambda kv: -(kv[1] or 0)):
         print(f"| {pair} | {'-' if value is None else f'{value:.2f}'} |")
-    print_contributions(mix["auto_accuracy"], {m: Contribution(**{k: v for k, v in c.items() if k != "verdict"})
-                                                for m, c in mix["contribution"].items()}, mix["gold"], mix["test"])
+    print_contributions(mix["auto_accuracy"], {name: Contribution(c["value"], c["low"], c["high"], c["items"])
+                                                for name, c in mix["contribution"].items()}, mix["gold"], mix["test"])
 
 
 def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
