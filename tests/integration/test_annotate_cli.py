@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def annotate(*args: str, wait: bool = True) -> Any:
-    cmd = [str(BIN / "crowd-gateway"), "annotate", *args]
+INTERRUPTIBLE = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                                      "os.execv(sys.argv[1], sys.argv[1:])"]
+"""Runs a command with SIGINT at its default, as from a terminal: a background job (CI runs the tests as one) inherits
+SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+
+
+def annotate(*args: str, wait: bool = True, interruptible: bool = False) -> Any:
+    cmd = [*(INTERRUPTIBLE if interruptible else []), str(BIN / "crowd-gateway"), "annotate", *args]
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
@@ -114,7 +121,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, gateway: InProcessGateway) ->
     write_csv(tmp_path / "in.csv", [{"id": f"c{i}", "text": f"sentence {i}"} for i in range(rows)])
     out = tmp_path / "out.csv"
     proc = annotate(str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "slow", "--out", str(out),
-                    "--gateway", gateway.url, "--concurrency", "1", wait=False)
+                    "--gateway", gateway.url, "--concurrency", "1", wait=False, interruptible=True)
     deadline = time.monotonic() + 30
     while (not out.exists() or out.read_text().count("\n") < 3) and time.monotonic() < deadline:
         time.sleep(0.02)
