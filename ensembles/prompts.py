@@ -65,10 +65,17 @@ def render_instructions(template: Template, labels: Sequence[str]) -> str:
     return text.replace("{labels}", ", ".join(labels)).strip()
 
 
+def examples_for(template: Template, labels: Sequence[str]) -> list[Example]:
+    """The template's examples whose label is in the label set (any case): a member's own template serves any
+    label set a request sends, and an example of another label set would teach the model a label it may not give."""
+    wanted = {label.casefold() for label in labels}
+    return [example for example in template.examples if example.label.casefold() in wanted]
+
+
 def render_chat(template: Template, text: str, labels: Sequence[str]) -> list[dict[str, str]]:
     """System instructions, each example as a user/assistant turn pair, then the item as a user turn."""
     messages = [{"role": "system", "content": render_instructions(template, labels)}]
-    for example in template.examples:
+    for example in examples_for(template, labels):
         messages.append({"role": "user", "content": one_line(example.text)})
         messages.append({"role": "assistant", "content": example.label})
     messages.append({"role": "user", "content": one_line(text)})
@@ -87,7 +94,7 @@ def completion_prefix(template: Template, labels: Sequence[str]) -> str:
     """What every item's completion prompt starts with: instructions and examples (an engine's prefix cache
     keeps it; the gateway renders it once per worker and label set)."""
     parts = [render_instructions(template, labels), ""]
-    for example in template.examples:
+    for example in examples_for(template, labels):
         parts.append(f"Text: {one_line(example.text)}\nLabel: {example.label}\n")
     return "\n".join(parts) + "\n"
 

@@ -17,6 +17,11 @@ from gateway.gc_tuning import tune_for_serving
 from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
 from gateway.tools.localmodels import ModelError
 
+SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
+an ensemble of the config (fanned out to its members, their votes aggregated into one label with a calibrated
+confidence and its cost) or one member (proxied unchanged); GET /v1/models, /healthz, /readyz, /metrics; the
+annotation, Files and Batches routes. Members, ensembles and tasks come from the YAML config (--config or
+$CROWD_GATEWAY_CONFIG); keys from the variable `gateway.api_keys_env` names."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's levels; `info` (the default) shows the startup line, refits and warnings, not every request."""
 log = logging.getLogger("crowd_gateway")
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
+    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway", description=SERVE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"YAML config (default: ${CONFIG_ENV})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")

@@ -96,8 +96,9 @@ async def readyz(request: Request) -> Response:
                           "ready": len(healthy & set(e.members)) >= e.quorum} for e in state.config.ensembles}
     for name, ensemble in ensembles.items():
         metrics.child(metrics.ENSEMBLE_READY, name).set(int(ensemble["ready"]))
+    problems = {n: problem for n in names if (problem := state.upstreams.problem(n)) is not None}
     body = {"ready": store_error is None, "store": store_error or "ok", "ensembles": ensembles,
-            "members": {n: n in healthy for n in names}}
+            "members": {n: n in healthy for n in names}, "problems": problems}
     return json_response(body, status=200 if store_error is None else 503)
 
 

@@ -46,3 +46,14 @@ def test_chat_turns_alternate_examples_then_item() -> None:
         {"role": "assistant", "content": "negative"},
         {"role": "user", "content": "Meh."},
     ]
+
+
+def test_examples_of_labels_outside_the_request_label_set_are_left_out() -> None:
+    """A member's own template serves any ad-hoc label set: its examples apply only where their labels do."""
+    template = Template(prompt_style="completion", instructions="Label each text as {labels}.",
+                        examples=[Example(text="Great!", label="positive"), Example(text="Awful.", label="negative")])
+    same = render_completion(template, "Nice.", ["Positive", "Negative"])
+    assert "Text: Great!\nLabel: positive" in same and "Text: Awful.\nLabel: negative" in same
+    other = render_completion(template, "Buy now!!!", ["spam", "ham"])
+    assert other == "Label each text as spam, ham.\n\nText: Buy now!!!\nLabel:"
+    assert [m["content"] for m in render_chat(template, "Buy now!!!", ["spam", "ham"])][1:] == ["Buy now!!!"]
