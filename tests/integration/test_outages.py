@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,18 @@ NAMES = ["o1", "o2", "o3"]
 
 
 class OwnRedis:
-    """A redis-server on a port of its own, to kill, start again on the same port, stall (SIGSTOP) and resume."""
+    """A redis-server on a port of its own, to kill, start again on the same port, stall (SIGSTOP) and resume;
+    `options` are more redis-server arguments (`--appendonly yes` keeps its data across a kill)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.options = options
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(redis_argv(self.port, self.workdir), stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen([*redis_argv(self.port, self.workdir), *self.options], stdout=subprocess.DEVNULL)
         wait_redis(self.port, proc)
         return proc
 
@@ -111,36 +114,57 @@ def store_lines(log: Path, start: int) -> list[str]:
     return [line for line in text.splitlines() if "store " in line or "Traceback" in line]
 
 
-@pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("when", ["mid-batch", "after-batch"])
-def test_sigterm_with_redis_gone_exits_within_the_bound(when: str, run: int, upstream: Upstream,
-                                                       gateway_factory: Any, own_redis: OwnRedis,
-                                                       tmp_path: Path) -> None:
+def sigterm_with_redis_gone(when: str, upstream: Upstream, start: Callable[..., Gateway], redis: OwnRedis,
+                            log: Path) -> tuple[float, int | None]:
+    """Run a gateway to `when` (`mid-batch`, `after-batch`), kill Redis, make the members drop every call, send
+    SIGTERM: (seconds until the process ended, its exit code; None when it still ran BOUND_S + 10 s later)."""
     upstream.reset()
     for name in NAMES:
         upstream.script(name, answer="yes", latency_ms=80)
-    log = tmp_path / "gateway.log"
-    gw = gateway_factory(config(upstream), env={"CROWD_GATEWAY_REDIS_URL": own_redis.url}, output=log)
+    gw = start(config(upstream), env={"CROWD_GATEWAY_REDIS_URL": redis.url}, output=log)
     if when == "mid-batch":  # a refit is in flight too: it starts at the 5th item and its worker takes seconds
         batch_id = start_batch(client(gw), 200)
         wait_for("10 lines done", lambda: client(gw).batches.retrieve(batch_id).request_counts.completed >= 10)
     else:
         finish(client(gw), start_batch(client(gw), 20))
-    own_redis.kill()
+    redis.kill()
     for name in NAMES:
         upstream.script(name, drop=True)
     started = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     try:
-        code = gw.proc.wait(timeout=BOUND_S + 10)
+        code: int | None = gw.proc.wait(timeout=BOUND_S + 10)
     except subprocess.TimeoutExpired:
         gw.proc.kill()
-        raise AssertionError(f"still running {BOUND_S + 10}s after SIGTERM:\n{log.read_text()[-3000:]}") from None
-    took = time.monotonic() - started
-    print(f"{when}: exit {took:.2f}s after SIGTERM")
+        code = None
+    return time.monotonic() - started, code
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("when", ["mid-batch", "after-batch"])
+def test_sigterm_with_redis_gone_exits_within_the_bound(when: str, run: int, upstream: Upstream,
+                                                       gateway_factory: Any, own_redis: OwnRedis,
+                                                       tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    took, code = sigterm_with_redis_gone(when, upstream, gateway_factory, own_redis, log)
     text = log.read_text()
     assert took < BOUND_S and code == -signal.SIGTERM, (took, code, text[-3000:])
     assert "Application shutdown complete." in text and "left behind" not in text, text[-3000:]
+
+
+def idle_outage(gw: Gateway, redis: OwnRedis, log: Path, seconds: float) -> tuple[list[str], httpx.Response]:
+    """Kill Redis under an idle gateway for `seconds`, then start it again: (the log lines about the store from the
+    kill until the gateway saw Redis back, /readyz during the outage)."""
+    wait_for("ready", lambda: httpx.get(f"{gw.url}/readyz").status_code == 200)
+    start = log.stat().st_size
+    redis.kill()
+    began = time.monotonic()
+    wait_for("the outage to be seen", lambda: metric(gw, "crowd_gateway_store_up") == 0)
+    ready = httpx.get(f"{gw.url}/readyz")
+    time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+    redis.restart()
+    wait_for("the outage to end", lambda: metric(gw, "crowd_gateway_store_up") == 1)
+    return store_lines(log, start), ready
 
 
 def test_an_idle_outage_is_a_few_log_lines(upstream: Upstream, gateway_factory: Any, own_redis: OwnRedis,
@@ -150,17 +174,9 @@ def test_an_idle_outage_is_a_few_log_lines(upstream: Upstream, gateway_factory: 
     crowd_gateway_store_up and /readyz; it ends by itself when Redis is back."""
     log = tmp_path / "gateway.log"
     gw = gateway_factory(config(upstream), env={"CROWD_GATEWAY_REDIS_URL": own_redis.url}, output=log)
-    wait_for("ready", lambda: httpx.get(f"{gw.url}/readyz").status_code == 200)
-    start = log.stat().st_size
-    own_redis.kill()
-    began = wait_for("the outage to be seen", lambda: metric(gw, "crowd_gateway_store_up") == 0)
-    ready = httpx.get(f"{gw.url}/readyz")
+    lines, ready = idle_outage(gw, own_redis, log, 3.0)
     assert ready.status_code == 503 and "ConnectionError" in ready.json()["store"], ready.text
-    time.sleep(max(0.0, 3.0 - (time.monotonic() - began)))
-    own_redis.restart()
-    wait_for("the outage to end", lambda: metric(gw, "crowd_gateway_store_up") == 1)
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
-    lines = store_lines(log, start)
     starts = Counter(re.search(r"store unavailable \((\w[\w ]*)\)", line).group(1)
                      for line in lines if "store unavailable (" in line)
     ends = Counter(re.search(r"store available again \((\w[\w ]*)\)", line).group(1)
@@ -168,6 +184,45 @@ def test_an_idle_outage_is_a_few_log_lines(upstream: Upstream, gateway_factory: 
     assert starts and set(starts) <= {"refit", "batches", "readiness"}, lines  # whichever met it before it was known
     assert starts == ends and max(starts.values()) == 1 and len(lines) == 2 * len(starts), lines
     assert all("ConnectionError: Error 111" in line for line in lines if "unavailable" in line), lines
+
+
+@dataclass
+class ThroughOutage:
+    """What a batch went through when its store went away for a while."""
+
+    calls_until_seen: int
+    """Member calls between the outage's start and the gateway seeing it (the lines already running)."""
+    calls_while_seen: int
+    """Member calls from then until Redis was back (aim 0)."""
+    extra_calls: int
+    """Member calls beyond one per line and member over the whole batch: results thrown away (aim 0)."""
+    discarded: float
+    exactly_once: bool
+    """Every line in the output files exactly once."""
+    lines: list[str]
+    """The log lines about the store from the outage's start to the batch's end."""
+
+
+def batch_through_outage(upstream: Upstream, gw: Gateway, redis: OwnRedis, log: Path, how: str, seconds: float,
+                         n: int) -> ThroughOutage:
+    """Start a batch of `n` lines, stall (`how="stall"`, SIGSTOP) or kill Redis a fifth of the way in for
+    `seconds`, resume or restart it, and follow the batch to its end (its members scripted by the caller)."""
+    batch_id = start_batch(client(gw), n)
+    wait_for(f"{n // 5} lines done", lambda: client(gw).batches.retrieve(batch_id).request_counts.completed >= n // 5)
+    start = log.stat().st_size
+    before = member_calls(upstream)
+    began = time.monotonic()
+    redis.stall() if how == "stall" else redis.kill()
+    wait_for("the outage to be seen", lambda: metric(gw, "crowd_gateway_store_up") == 0)
+    seen = member_calls(upstream)
+    time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+    during = member_calls(upstream)
+    redis.resume() if how == "stall" else redis.restart()
+    batch = finish(client(gw), batch_id, timeout=60 + n / 20)
+    return ThroughOutage(seen - before, during - seen, member_calls(upstream) - n * len(NAMES),
+                         metric(gw, 'crowd_gateway_batch_lines_total{outcome="discarded"}'),
+                         custom_ids(client(gw), batch) == Counter({f"item-{i}": 1 for i in range(n)}),
+                         store_lines(log, start))
 
 
 def test_batch_lines_wait_out_a_stalled_store(upstream: Upstream, gateway_factory: Any, own_redis: OwnRedis,
@@ -181,28 +236,10 @@ def test_batch_lines_wait_out_a_stalled_store(upstream: Upstream, gateway_factor
     log = tmp_path / "gateway.log"
     gw = gateway_factory(config(upstream, batches={"concurrency": 4, "lease_s": 4.0, "poll_s": 0.05}),
                          env={"CROWD_GATEWAY_REDIS_URL": own_redis.url}, output=log)
-    n = 40
-    batch_id = start_batch(client(gw), n)
-    wait_for("8 lines done", lambda: client(gw).batches.retrieve(batch_id).request_counts.completed >= 8)
-    start = log.stat().st_size
-    own_redis.stall()
-    stalled_calls = member_calls(upstream)
-    wait_for("the stall to be seen", lambda: metric(gw, "crowd_gateway_store_up") == 0)
-    seen_calls = member_calls(upstream)
-    time.sleep(3)
-    during_calls = member_calls(upstream)
-    own_redis.resume()
-    batch = finish(client(gw), batch_id)
-    print(f"member calls: {seen_calls - stalled_calls} between the stall and its detection, "
-          f"{during_calls - seen_calls} after it was seen")
-    assert during_calls == seen_calls  # nothing called once the stall was seen
-    assert seen_calls - stalled_calls <= 4 * len(NAMES)  # at most the lines that were running, once each
-    assert batch.request_counts.completed == n and custom_ids(client(gw), batch) == Counter(
-        {f"item-{i}": 1 for i in range(n)})
-    assert all(upstream.calls(name)["calls"] == n for name in NAMES)  # no result thrown away, no line run twice
-    assert metric(gw, 'crowd_gateway_batch_lines_total{outcome="discarded"}') == 0
-    lines = store_lines(log, start)
-    assert not any("Traceback" in line for line in lines) and len(lines) <= 8, lines
+    seen = batch_through_outage(upstream, gw, own_redis, log, "stall", 3.0, 40)
+    assert seen.calls_while_seen == 0 and seen.calls_until_seen <= 4 * len(NAMES), seen
+    assert seen.extra_calls == 0 and seen.discarded == 0 and seen.exactly_once, seen
+    assert not any("Traceback" in line for line in seen.lines) and len(seen.lines) <= 8, seen.lines
 
 
 def test_a_stalled_redis_is_a_503_within_2s_and_completions_still_answer(upstream: Upstream, gateway_factory: Any,
