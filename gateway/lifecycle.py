@@ -50,7 +50,8 @@ def on_stop_signal(callback: Callable[[], None], timeout_s: float) -> None:
     `timeout_s` (plus WATCHDOG_GRACE_S) after that first signal.
 
     uvicorn installs its handlers with signal.signal before the app's startup and restores the previous ones when
-    it is done, so chaining onto them here is undone with them. Served from a thread (tests), there are no signals.
+    it is done, so chaining onto them here is undone with them. Served from a thread (tests, the tools' embedded
+    gateway), there are no signals to chain onto.
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -67,11 +68,12 @@ def on_stop_signal(callback: Callable[[], None], timeout_s: float) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
+        if not callable(previous):  # no server drains on this signal: its default (ending the process) stays
+            continue
 
-        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+        def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
             loop.call_soon_threadsafe(begin)  # the least a signal handler can do: the rest runs on the loop
-            if callable(previous):
-                previous(signum, frame)
+            previous(signum, frame)
 
         signal.signal(sig, handler)
 
