@@ -7,6 +7,7 @@ import copy
 import functools
 import logging
 import os
+import signal
 import sys
 import tempfile
 from importlib import metadata
@@ -80,8 +81,10 @@ def serve(args: argparse.Namespace) -> int:
     limits = config.gateway.connections
     http = functools.partial(DeadlineProtocol, header_timeout_s=limits.header_timeout_s,
                              body_timeout_s=limits.body_timeout_s)
+    # requests in flight get half the shutdown timeout; the app's stop steps the other half (gateway/lifecycle.py)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
-                  access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s)
+                  access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s,
+                  timeout_graceful_shutdown=config.gateway.shutdown_timeout_s / 2)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **common)
@@ -93,11 +96,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker_app() -> Any:
-    """The app of one of several `serve` workers (each its own process, with its own collector to set)."""
+    """The app of one of several `serve` workers (each its own process, with its own collector to set); a worker
+    whose supervisor is gone (SIGKILLed) stops as if it had been sent SIGTERM, instead of serving on as an orphan."""
     from gateway.app import create_app
+    from gateway.lifecycle import on_parent_exit
 
     app = create_app()
     tune_for_serving()
+    on_parent_exit(lambda: os.kill(os.getpid(), signal.SIGTERM))
     return app
 
 

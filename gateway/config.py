@@ -176,6 +176,9 @@ class GatewaySettings(Strict):
     """Items one tenant runs at once, over all ensembles."""
     breaker: Breaker = Breaker()
     connections: Connections = Connections()
+    shutdown_timeout_s: float = Field(20.0, gt=0)
+    """How long a stop (SIGTERM) may take, below Kubernetes' 30 s grace: requests in flight get half of it, then
+    each stop step (background work, batch leases, connections) a share of the rest (gateway/lifecycle.py)."""
 
     def api_keys(self) -> dict[str, str]:
         """Every accepted key -> its tenant; empty when authentication is off."""
@@ -200,6 +203,11 @@ class StoreSettings(Strict):
     """Redis connections per gateway process; beyond them a write waits for a free one."""
     pool_timeout_s: float = Field(10.0, gt=0)
     """How long a write waits for a free connection before the answer says `stored: false`."""
+    connect_timeout_s: float = Field(1.0, gt=0)
+    """How long connecting to Redis may take before the call fails (the store counts as unavailable)."""
+    socket_timeout_s: float = Field(1.0, gt=0)
+    """How long a Redis call may wait for its answer: a stalled Redis fails calls in this time instead of hanging
+    the store routes (503) and the completions (`stored: false`)."""
 
 
 class Grouping(Strict):

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -15,6 +14,7 @@ from gateway.errors import APIError
 from gateway.http import authorize, json_response, read_json
 from gateway.serving import OUTCOMES, execute
 from gateway.state import GatewayState
+from gateway.store.health import STORE_ERRORS
 from gateway.task import Kind
 
 router = APIRouter()
@@ -103,10 +103,13 @@ async def readyz(request: Request) -> Response:
 
 
 async def _store_error(state: GatewayState, timeout_s: float = 2.0) -> str | None:
-    """None when the vote store answers a ping in time, else what went wrong."""
+    """None when the store answers a ping in time, else what went wrong: during a known outage at once."""
+    if not state.health.up:
+        return state.health.error
     try:
         await asyncio.wait_for(state.store.ping(), timeout_s)
-    except (TimeoutError, OSError, RedisError) as exc:
+    except (TimeoutError, *STORE_ERRORS) as exc:
+        state.health.failed("readiness", exc)
         return f"{type(exc).__name__}: {exc}"
     return None
 

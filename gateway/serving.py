@@ -6,13 +6,11 @@ the answer is built; a member's body is proxied. Whatever goes wrong is an `APIE
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
 from ensembles.votes import HUMAN_PREFIX, Vote
@@ -30,11 +28,11 @@ from gateway.protocol import (
     validate_body,
 )
 from gateway.state import GatewayState
+from gateway.store.health import STORE_ERRORS
 from gateway.store.votes import ItemRecord
 from gateway.task import AnnotationTask, Kind, build_task
 from gateway.tenancy import DEFAULT, scoped
 
-log = logging.getLogger("crowd_gateway")
 
 OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 429: "overloaded",
             503: "unavailable"}
@@ -149,20 +147,22 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
     when flagged; False when they could not be.
 
     A store outage costs the record, not the answer: the label is still returned, and the answer says
-    `stored: false` (also a header, a metric and a log line), so no vote is lost silently.
+    `stored: false` (also a header and a metric; the outage's log lines count the items), so no vote is lost
+    silently. While the store is known to be down, the answer does not wait for it.
     """
     item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
                       labels=list(task.labels), text=task.text, ensemble=ensemble)
-    try:
-        await state.store.record(item, votes)
-        if outcome.needs_review:
-            distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
-            await state.store.enqueue_review({**item.wire(), "label": outcome.label,
-                                              "confidence": confidence,
-                                              "distribution": distribution, "queued_at": time.time()})
-    except (OSError, RedisError) as exc:
-        metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
-        log.error("vote store unavailable: %d votes of item %s not stored (%s: %s)", len(outcome.votes),
-                  task.item_id, type(exc).__name__, exc)
-        return False
-    return True
+    if not state.health.up:
+        state.health.skipped("votes")
+    else:
+        try:
+            await state.store.record(item, votes)
+            if outcome.needs_review:
+                distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
+                await state.store.enqueue_review({**item.wire(), "label": outcome.label, "confidence": confidence,
+                                                  "distribution": distribution, "queued_at": time.time()})
+            return True
+        except STORE_ERRORS as exc:
+            state.health.failed("votes", exc)
+    metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
+    return False
