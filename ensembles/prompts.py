@@ -27,6 +27,9 @@ class Template(BaseModel):
     instructions: str = ""
     examples: list[Example] = Field(default_factory=list)
     prompt_style: Literal["chat", "completion"] = "chat"
+    descriptions: dict[str, str] = Field(default_factory=dict)
+    """What a label means, shown under the instructions (`acq: mergers and acquisitions`): ids that say little to
+    a small model get their meaning, answers keep the ids."""
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(8, ge=1, le=4096)
 
@@ -60,9 +63,14 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def render_instructions(template: Template, labels: Sequence[str]) -> str:
-    """The template's instructions with `{labels}` replaced by the comma-separated label set."""
-    text = template.instructions or DEFAULT_INSTRUCTIONS
-    return text.replace("{labels}", ", ".join(labels)).strip()
+    """The template's instructions with `{labels}` replaced by the comma-separated label set, then one line per
+    label the template describes (`- label: description`)."""
+    text = (template.instructions or DEFAULT_INSTRUCTIONS).replace("{labels}", ", ".join(labels)).strip()
+    if not template.descriptions:
+        return text
+    meaning = {label.casefold(): what for label, what in template.descriptions.items()}
+    lines = [f"- {label}: {meaning[label.casefold()]}" for label in labels if label.casefold() in meaning]
+    return "\n".join([text, *lines])
 
 
 def examples_for(template: Template, labels: Sequence[str]) -> list[Example]:

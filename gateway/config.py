@@ -47,6 +47,13 @@ class Task(Template):
     def _labels_unique(cls, labels: list[str]) -> list[str]:
         return check_label_set(labels)
 
+    @model_validator(mode="after")
+    def _descriptions_name_labels(self) -> Task:
+        known = {label.casefold() for label in self.labels}
+        if unknown := [label for label in self.descriptions if label.casefold() not in known]:
+            raise ValueError(f"descriptions name labels the task does not have: {unknown}")
+        return self
+
 
 class Member(Strict):
     name: str

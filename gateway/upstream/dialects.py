@@ -74,6 +74,18 @@ def one_pass(member: Member, task: AnnotationTask) -> bool:
     return member.logprobs and template is not None and template.prompt_style == "completion"
 
 
+def scoring_request(member: Member, asked: dict[str, Any], labels: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """(path, body) asking a vLLM member for the log-probability of each of `labels` after the completion prompt
+    of `asked` (its one-pass request): the prompt alone and the prompt followed by each label, one forward pass
+    each, with `prompt_logprobs` (ensembles/extract.label_logprobs reads the answer). None where the dialect or a
+    chat prompt offers no such call."""
+    prompt = asked.get("prompt")
+    if member.dialect != "vllm" or not isinstance(prompt, str):
+        return None
+    return "/completions", {"model": member.model, "prompt": [prompt, *(f"{prompt} {label}" for label in labels)],
+                            "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+
+
 def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, bytes]:
     """(path under the member's base_url, JSON body) for asking `member` to label `task`."""
     path, body = request(member, task, first_token)

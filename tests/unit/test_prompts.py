@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ensembles.prompts import render_chat, render_completion
+import pytest
+
+from ensembles.prompts import render_chat, render_completion, render_instructions
 from ensembles.prompts import Example, Template
 
 LABELS = ("positive", "negative")
@@ -57,3 +59,16 @@ def test_examples_of_labels_outside_the_request_label_set_are_left_out() -> None
     other = render_completion(template, "Buy now!!!", ["spam", "ham"])
     assert other == "Label each text as spam, ham.\n\nText: Buy now!!!\nLabel:"
     assert [m["content"] for m in render_chat(template, "Buy now!!!", ["spam", "ham"])][1:] == ["Buy now!!!"]
+
+
+def test_a_task_describes_its_labels_under_the_instructions_and_answers_keep_the_ids() -> None:
+    from gateway.config import parse_config
+
+    config = parse_config({"members": [{"name": "v", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
+                           "tasks": [{"name": "t", "labels": ["acq", "earn"], "instructions": "Topic: {labels}.",
+                                      "descriptions": {"acq": "mergers and acquisitions", "EARN": "earnings"}}]})
+    text = render_instructions(config.tasks[0], ["earn", "acq"])
+    assert text == "Topic: earn, acq.\n- earn: earnings\n- acq: mergers and acquisitions"
+    with pytest.raises(ValueError, match="descriptions name labels the task does not have"):
+        parse_config({"members": [{"name": "v", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
+                      "tasks": [{"name": "t", "labels": ["a", "b"], "descriptions": {"c": "?"}}]})
