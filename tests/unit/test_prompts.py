@@ -62,13 +62,13 @@ def test_examples_of_labels_outside_the_request_label_set_are_left_out() -> None
 
 
 def test_a_task_describes_its_labels_under_the_instructions_and_answers_keep_the_ids() -> None:
-    from gateway.config import parse_config
+    from gateway.config import ConfigError, parse_config
 
     config = parse_config({"members": [{"name": "v", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
                            "tasks": [{"name": "t", "labels": ["acq", "earn"], "instructions": "Topic: {labels}.",
                                       "descriptions": {"acq": "mergers and acquisitions", "EARN": "earnings"}}]})
     text = render_instructions(config.tasks[0], ["earn", "acq"])
     assert text == "Topic: earn, acq.\n- earn: earnings\n- acq: mergers and acquisitions"
-    with pytest.raises(ValueError, match="descriptions name labels the task does not have"):
+    with pytest.raises(ConfigError, match="descriptions name labels the task does not have"):
         parse_config({"members": [{"name": "v", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
                       "tasks": [{"name": "t", "labels": ["a", "b"], "descriptions": {"c": "?"}}]})
