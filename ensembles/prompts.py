@@ -32,6 +32,9 @@ class Template(BaseModel):
     a small model get their meaning, answers keep the ids."""
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(8, ge=1, le=4096)
+    max_text_chars: int | None = Field(None, ge=1)
+    """The item's text is cut to this many characters (at a word) in the prompt: a long document costs prompt tokens
+    in proportion, may not fit a small model's context, and its beginning (a headline, a lead) carries its topic."""
 
 
 class Variant(BaseModel):
@@ -86,7 +89,7 @@ def render_chat(template: Template, text: str, labels: Sequence[str]) -> list[di
     for example in examples_for(template, labels):
         messages.append({"role": "user", "content": one_line(example.text)})
         messages.append({"role": "assistant", "content": example.label})
-    messages.append({"role": "user", "content": one_line(text)})
+    messages.append({"role": "user", "content": one_line(cut(text, template.max_text_chars))})
     return messages
 
 
@@ -95,7 +98,7 @@ def render_completion(template: Template, text: str, labels: Sequence[str]) -> s
 
     The model continues after `Label:`; the gateway constrains that continuation to the label set.
     """
-    return completion_prefix(template, labels) + completion_item(text)
+    return completion_prefix(template, labels) + completion_item(cut(text, template.max_text_chars))
 
 
 def completion_prefix(template: Template, labels: Sequence[str]) -> str:
@@ -110,6 +113,16 @@ def completion_prefix(template: Template, labels: Sequence[str]) -> str:
 def completion_item(text: str) -> str:
     """The end of a completion prompt: the item, then `Label:` for the model to continue."""
     return f"Text: {one_line(text)}\nLabel:"
+
+
+def cut(text: str, limit: int | None) -> str:
+    """`text`, or its first `limit` characters up to the last whole word, with an ellipsis."""
+    if limit is None or len(text) <= limit:
+        return text
+    head = text[:limit]
+    if not (head[-1].isspace() or text[limit].isspace()) and len(head.split()) > 1:
+        head = head.rsplit(None, 1)[0]  # the last word was cut in the middle
+    return head.rstrip() + " ..."
 
 
 def one_line(text: str) -> str:

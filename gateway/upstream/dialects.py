@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import Template, Variant, completion_item, completion_prefix, render_chat, with_variant
+from ensembles.prompts import Template, Variant, completion_item, completion_prefix, cut, render_chat, with_variant
 from gateway.config import Member
 from gateway.task import AnnotationTask
 
@@ -59,6 +59,8 @@ def _completion_prompt(template: Template, text: str, labels: tuple[str, ...]) -
         if len(_prefixes) >= _MEMO_SIZE:
             _prefixes.clear()
         found = _prefixes[key] = (template, completion_prefix(template, labels))
+    if template.max_text_chars is not None:
+        return found[1] + completion_item(cut(text, template.max_text_chars))
     if _last_item[0] is not text:
         _last_item[:] = [text, completion_item(text)]
     return found[1] + _last_item[1]

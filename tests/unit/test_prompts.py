@@ -72,3 +72,12 @@ def test_a_task_describes_its_labels_under_the_instructions_and_answers_keep_the
     with pytest.raises(ConfigError, match="descriptions name labels the task does not have"):
         parse_config({"members": [{"name": "v", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
                       "tasks": [{"name": "t", "labels": ["a", "b"], "descriptions": {"c": "?"}}]})
+
+
+def test_a_long_text_is_cut_at_a_word_in_both_prompt_styles() -> None:
+    template = Template(max_text_chars=20)
+    long = "Ad sales boost Time Warner profit\n\nQuarterly profits at US media giant"
+    assert render_completion(template, long, ["a", "b"]).endswith("Text: Ad sales boost Time ...\nLabel:")
+    assert render_chat(Template(max_text_chars=20, prompt_style="chat"), long, ["a", "b"])[-1]["content"] == \
+        "Ad sales boost Time ..."
+    assert render_completion(Template(), long, ["a", "b"]).endswith("Text: " + " ".join(long.split()) + "\nLabel:")
