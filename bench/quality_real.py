@@ -236,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     sets = args.sets.split(",")
     config = load_config(POOL)
-    groups = {member.name: member.model for member in config.members}  # what gateway/reliability.py passes
+    groups = config.fit_options()["groups"]  # what gateway/reliability.py passes
     if not args.saved:
         with running_pool(config), embedded_gateway(str(POOL)) as url:
             for name in sets:

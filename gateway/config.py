@@ -283,6 +283,12 @@ class Config(Strict):
     def task(self, name: str) -> Task | None:
         return next((t for t in self.tasks if t.name == name), None)
 
+    def fit_options(self) -> dict[str, Any]:
+        """The refit's keyword options (ensembles/refit.py) this config sets: the background refit, `tune` and the
+        benches fit alike. Members serving one model are one look-alike group."""
+        return {"min_gold": self.refit.min_gold_for_calibration, "debiased": self.refit.debias,
+                "groups": {m.name: m.model for m in self.members}, "metric": self.refit.metric}
+
 
 class ConfigError(Exception):
     """Raised with a one-line, field-naming message when a config cannot be used."""

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 from ensembles.refit import hard_triples, overlapping_items, refit
@@ -34,8 +35,7 @@ class Reliability:
         self.health = health
         self.settings = config.refit
         self.aggregators = sorted({e.aggregator for e in config.ensembles})
-        self.groups = {m.name: m.model for m in config.members}
-        """Look-alike groups for the fits: members serving one model share their mistakes."""
+        self.fit_options = config.fit_options()
         self.skipped: dict[str, dict[str, Any]] = {}
         """Schema -> why its last refit was skipped, and the setting that decides it (GET /v1/annotations/params)."""
         self.params: dict[tuple[str, str], Published] = {}
@@ -136,9 +136,8 @@ class Reliability:
             return False  # the gateway is stopping
         for name in self.aggregators:
             started = time.perf_counter()
-            params = await loop.run_in_executor(pool, refit, name, item_votes, labels, gold,
-                                                self.settings.min_gold_for_calibration, self.settings.debias,
-                                                self.groups, self.settings.metric)
+            params = await loop.run_in_executor(pool, partial(refit, name, item_votes, labels, gold,
+                                                              **self.fit_options))
             version = await self.store.publish(schema, name, params)
             log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
                      time.perf_counter() - started)

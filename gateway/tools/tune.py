@@ -102,10 +102,10 @@ def held_out(item_id: str, fraction: float) -> bool:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest()) / 2**64 < fraction
 
 
-def fit_params(ens: Ensemble, recording: Recording, labels: Sequence[str], gold: dict[str, str],
-               min_gold: int) -> Params:
+def fit_params(config: Config, ens: Ensemble, recording: Recording, labels: Sequence[str],
+               gold: dict[str, str]) -> Params:
     """The aggregator's parameters and calibration map, fitted as the gateway's refit fits them."""
-    return refit(ens.aggregator, on_the_wire(recording), labels, gold, min_gold)
+    return refit(ens.aggregator, on_the_wire(recording), labels, gold, **config.fit_options())
 
 
 def on_the_wire(recording: Recording) -> dict[str, list[dict[str, Any]]]:
@@ -284,8 +284,8 @@ async def tune(args: argparse.Namespace) -> int:
     labels = tasks[0].labels
     tuning_ids = {t.item_id for t in tuning}
     recommend_members(recording, labels, {i: g for i, g in gold.items() if i in tuning_ids}, ens.quorum)
-    params = fit_params(ens, {i: v for i, v in recording.items() if i in tuning_ids}, labels,
-                        {i: g for i, g in gold.items() if i in tuning_ids}, config.refit.min_gold_for_calibration)
+    params = fit_params(config, ens, {i: v for i, v in recording.items() if i in tuning_ids}, labels,
+                        {i: g for i, g in gold.items() if i in tuning_ids})
     settings = grid(ens)
     points = [await score(config, ens, s, tuning, gold, recording, params) for s in settings]
     front = frontier(points)
