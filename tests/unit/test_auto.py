@@ -29,7 +29,7 @@ def test_auto_scores_every_candidate_on_every_metric_and_matches_the_strong_memb
     truth, votes, params = with_copies
     assert params["gold"] == 120 and params["metric"] == "accuracy"
     assert set(params["cv"]) == {"member:strong", "member:weak-0", "member:weak-1", "member:weak-2",
-                                 "majority", "weighted", "dawid_skene", "grouped_dawid_skene", "stacking", "prior"}
+                                 "majority", "weighted", "dawid_skene", "stacking", "prior"}
     assert all(set(scores) == METRICS for scores in params["cv"].values())
     assert params["baseline"]["label"] in LABELS
     held_out = dict(list(truth.items())[120:])
