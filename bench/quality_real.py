@@ -4,8 +4,9 @@ pool (prints figures).
 Data sets (../shared/datasets): two sentiment sets (movie and product reviews), 3-class tweets, 7 intents and 5
 newswire topics (BBC articles: long texts). Every row is split by a hash of its id (gateway/tools/datasets.py):
 prompts, variants and thresholds were tuned on `dev` ids only, and every figure here is on `test` ids. Rows whose
-text is a few-shot example of the config are dropped. Gold labels come from dev ids (the first 50 of a stable
-shuffle); the test items are the first `--test` test ids of another.
+text is a few-shot example of the config are dropped. Gold labels come from dev ids (a pool of the first 150 of a
+stable shuffle; each figure at 20 or 50 gold is the mean over 10 random draws from the pool, with the spread of that
+mean); the test items are the first `--test` test ids of another.
 
 The six local workers label the gold pool and the test items once, through the gateway (ensemble `crowd`, every
 worker asked, the task's own prompt); then, for 0, 20 and 50 gold labels, each aggregator is fitted with the
@@ -53,6 +54,11 @@ SETS = {"imdb": ("uci_sentiment_imdb.jsonl", "sentiment"), "amazon": ("uci_senti
         "bbc": ("bbc_news.jsonl.gz", "topics")}
 RATED = {"vader_tweets": "vader_tweets_raters.jsonl", "vader_amazon": "vader_amazon_raters.jsonl"}
 GOLD_SIZES = (0, 20, 50)
+GOLD_POOL = 150
+"""Dev items labelled for gold; each figure at g gold is the mean over DRAWS random g-subsets of them: one draw of
+50 gold items moves a crowd's accuracy by several points (measured on dev: 0.89 to 0.94 for one method on one set),
+more than the differences a table is read for."""
+DRAWS = 10
 AGGREGATORS = ("majority", "weighted", "dawid_skene", "grouped_dawid_skene", "stacking", "auto")
 MIN_GOLD = 20
 OUT = ROOT / "out" / "quality"
@@ -88,6 +94,23 @@ def collect(url: str, rows: Sequence[dict[str, Any]], task: str, labels: Sequenc
     return votes, cost
 
 
+def draws(pool: Sequence[Sequence[str]], size: int, salt: str) -> list[dict[str, str]]:
+    """DRAWS seeded random subsets of `size` gold items from the pool (one empty set for 0 gold)."""
+    if size == 0:
+        return [{}]
+    return [dict(random.Random(f"{salt}:{size}:{d}").sample([tuple(x) for x in pool], size)) for d in range(DRAWS)]
+
+
+def mean_score(name: str, votes: ItemVotes, labels: Sequence[str], golds: Sequence[Mapping[str, str]],
+               test: Mapping[str, str], groups: Mapping[str, str]) -> tuple[float, float, float]:
+    """(mean accuracy, twice its standard error over the draws, mean ECE) of `score` over the gold draws."""
+    runs = [score(name, votes, labels, gold, test, groups) for gold in golds]
+    acc = [a for a, _ in runs]
+    mean = sum(acc) / len(acc)
+    spread = 2 * (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1) / len(acc)) ** 0.5 if len(acc) > 1 else 0.0
+    return mean, spread, sum(e for _, e in runs) / len(runs)
+
+
 def score(name: str, votes: ItemVotes, labels: Sequence[str], gold: Mapping[str, str], test: Mapping[str, str],
           groups: Mapping[str, str]) -> tuple[float, float]:
     """(accuracy, ECE) of one aggregator on the test items, fitted on every item's votes and `gold`."""
@@ -111,7 +134,7 @@ def members_alone(votes: ItemVotes, test: Mapping[str, str]) -> dict[str, float]
 
 
 def baseline(gold: Mapping[str, str], test: Mapping[str, str], labels: Sequence[str]) -> tuple[str, float]:
-    """The most frequent gold label and its accuracy on the test items (answered for every item)."""
+    """The most frequent label of the gold pool and its accuracy on the test items (answered for every item)."""
     label = max(labels, key=lambda x: sum(g == x for g in gold.values()))
     return label, sum(t == label for t in test.values()) / len(test)
 
@@ -124,7 +147,7 @@ def collect_set(url: str, config: Config, name: str, n_test: int) -> None:
     labels = list(task.labels)
     shots = few_shot_texts(config)
     rows = [r for r in load_dataset(DATASETS / file) if not is_example(r["text"], shots) and r["label"] in labels]
-    gold_pool = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], name)[:max(GOLD_SIZES)]
+    gold_pool = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], name)[:GOLD_POOL]
     test_rows = ordered([r for r in rows if split_of(str(r["id"])) == "test"], name)[:n_test]
     votes, cost = collect(url, gold_pool + test_rows, task_name, labels)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -140,7 +163,7 @@ def report_set(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
     alone = members_alone(votes, test)
     best_name, best = max(alone.items(), key=lambda kv: kv[1])
     trivial_label, trivial = baseline(dict(gold_pool), test, labels)
-    results = {g: {a: score(a, votes, labels, dict(gold_pool[:g]), test, groups) for a in AGGREGATORS}
+    results = {g: {a: mean_score(a, votes, labels, draws(gold_pool, g, name), test, groups) for a in AGGREGATORS}
                for g in GOLD_SIZES}
     print(f"\n### {name} ({saved['task']}, {len(labels)} labels): {len(test)} test items, "
           f"USD {1000 * saved['cost']:.4f} per 1,000 labels\n")
@@ -153,17 +176,18 @@ def report_set(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
               + " | ".join(f"{acc:.3f}" for _ in GOLD_SIZES) + " | - | - |")
     for a in AGGREGATORS:
         row = results[max(GOLD_SIZES)][a]
-        print(f"| {'**crowd: auto**' if a == 'auto' else a} | " + " | ".join(f"{results[g][a][0]:.3f}" for g in GOLD_SIZES)
-              + f" | {row[1]:.3f} | {100 * (row[0] - best):+.1f} pts |")
-    crowd, ece = results[max(GOLD_SIZES)]["auto"]
+        cells = [f"{r[0]:.3f}" + (f" ± {r[1]:.3f}" if r[1] else "") for r in (results[g][a] for g in GOLD_SIZES)]
+        print(f"| {'**crowd: auto**' if a == 'auto' else a} | " + " | ".join(cells)
+              + f" | {row[2]:.3f} | {100 * (row[0] - best):+.1f} pts |")
+    crowd, spread, ece = results[max(GOLD_SIZES)]["auto"]
     return {"set": name, "labels": len(labels), "test": len(test), "best": best, "best_name": best_name,
-            "trivial": trivial, "crowd": crowd, "ece": ece}
+            "trivial": trivial, "crowd": crowd, "spread": spread, "ece": ece}
 
 
 def collect_people(url: str, name: str, n_test: int) -> None:
     """One real human label per test item (VADER raters) and the LLM votes, saved to OUT for `report_people`."""
     rows = ordered(load_dataset(DATASETS / RATED[name]), name)
-    gold_rows = [r for r in rows if split_of(str(r["id"])) == "dev"][:max(GOLD_SIZES)]
+    gold_rows = [r for r in rows if split_of(str(r["id"])) == "dev"][:GOLD_POOL]
     test_rows = [r for r in rows if split_of(str(r["id"])) == "test"][:n_test]
     truth, human = {}, {}
     for row in gold_rows + test_rows:
@@ -195,34 +219,35 @@ def report_people(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
                    for item, vs in votes.items()}
     people = sum(human[item][1] == t for item, t in test.items()) / len(test)
     llm = members_alone(votes, test)
-    print(f"\n### LLM + one human label per item: {name}, {len(test)} test items, {len(gold)} gold "
-          f"(truth = the other raters' mean)\n")
+    print(f"\n### LLM + one human label per item: {name}, {len(test)} test items, {max(GOLD_SIZES)} gold (mean of "
+          f"{DRAWS} draws from {len(gold)}; truth = the other raters' mean)\n")
     print("| | accuracy | ECE |\n|---|---|---|")
     for member, acc in sorted(llm.items(), key=lambda kv: -kv[1]):
         print(f"| {member} | {acc:.3f} | - |")
     print(f"| people alone (one label per item, 40 annotators) | {people:.3f} | - |")
     out = {"set": name, "people": people, "best": max(llm.values())}
+    golds = draws(saved["gold"], max(GOLD_SIZES), name)
     for a in ("stacking", "auto"):
-        acc, ece = score(a, votes, labels, gold, test, groups)
-        both, both_ece = score(a, with_people, labels, gold, test, groups)
-        print(f"| LLM crowd, {a} | {acc:.3f} | {ece:.3f} |")
-        print(f"| LLM crowd + people, {a} | {both:.3f} | {both_ece:.3f} |")
+        acc, spread, ece = mean_score(a, votes, labels, golds, test, groups)
+        both, both_spread, both_ece = mean_score(a, with_people, labels, golds, test, groups)
+        print(f"| LLM crowd, {a} | {acc:.3f} ± {spread:.3f} | {ece:.3f} |")
+        print(f"| LLM crowd + people, {a} | {both:.3f} ± {both_spread:.3f} | {both_ece:.3f} |")
         if a == "auto":
-            out.update(crowd=acc, both=both)
+            out.update(crowd=acc, both=both, spread=both_spread)
     return out
 
 
 def summary(sets: Sequence[dict[str, Any]], rated: Sequence[dict[str, Any]]) -> None:
-    print("\n### Summary, 50 gold, test ids\n")
+    print(f"\n### Summary, 50 gold (mean of {DRAWS} draws ± twice its standard error), test ids\n")
     print("| set | labels | test items | most frequent label | best member | crowd (auto) | crowd - best | ECE |")
     print("|---|---|---|---|---|---|---|---|")
     for s in sets:
         print(f"| {s['set']} | {s['labels']} | {s['test']} | {s['trivial']:.3f} | {s['best']:.3f} ({s['best_name']}) | "
-              f"**{s['crowd']:.3f}** | {100 * (s['crowd'] - s['best']):+.1f} pts | {s['ece']:.3f} |")
+              f"**{s['crowd']:.3f}** ± {s['spread']:.3f} | {100 * (s['crowd'] - s['best']):+.1f} pts | {s['ece']:.3f} |")
     if rated:
         print("\n| set | people alone | LLM crowd (auto) | LLM + people | gain over the better |\n|---|---|---|---|---|")
         for r in rated:
-            print(f"| {r['set']} | {r['people']:.3f} | {r['crowd']:.3f} | **{r['both']:.3f}** | "
+            print(f"| {r['set']} | {r['people']:.3f} | {r['crowd']:.3f} | **{r['both']:.3f}** ± {r['spread']:.3f} | "
                   f"{100 * (r['both'] - max(r['people'], r['crowd'])):+.1f} pts |")
 
 
