@@ -243,6 +243,10 @@ class Refit(Strict):
     every_items: int = Field(50, ge=1)
     every_s: float = Field(60.0, gt=0)
     min_items: int = Field(20, ge=1)
+    max_items: int = Field(10_000, ge=100)
+    """Items a refit reads besides every gold item and every item people labelled: half the newest, half drawn at
+    random from the older ones (gateway/store/sampling.py), so a refit costs the same at 10,000 items and at a
+    million."""
     min_gold_for_calibration: int = Field(20, ge=2)
     debias: bool = True
     """Divide each member's label bias out of its soft votes (ensembles/debias.py); off for heavily skewed labels."""

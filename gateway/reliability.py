@@ -1,11 +1,14 @@
 """Member reliability, learned online: the request path reads the latest parameters from memory;
 a background loop refits them from stored votes and publishes them through the store.
 
-Why this split: a refit (crowd-kit EM) takes seconds, so it runs in a worker process, every N new
-items or T seconds, under a store lease so one replica refits a schema at a time. Every replica
-polls the store's cheap version counter and reloads parameters only when they changed. While the
-store is down the loop waits for it (gateway/store/health.py logs the outage); once the gateway
-stops, no worker process starts and the one running is ended.
+Why this split: a refit (crowd-kit EM) takes seconds, so it runs in a worker process, on a bounded sample of
+the stored votes (gateway/store/sampling.py: its cost does not grow with the job), every N new items or T
+seconds. Replicas share the decision: the count of new items and the time of the last refit live in the store,
+and a store lease lets one replica refit a schema at a time, after checking again that it is still due, so no
+refit is repeated by another replica. Every replica polls the store's cheap version counter every `poll_s`, in a
+task of its own that a running refit does not hold up, and reloads parameters only when they changed. While the
+store is down both loops wait for it (gateway/store/health.py logs the outage); once the gateway stops, no worker
+process starts and the one running is ended.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Any
@@ -40,11 +44,11 @@ class Reliability:
         """Schema -> why its last refit was skipped, and the setting that decides it (GET /v1/annotations/params)."""
         self.params: dict[tuple[str, str], Published] = {}
         self.version = -1
-        self.started = time.monotonic()
-        self.last_fit: dict[str, float] = {}
-        self.pending: dict[str, int] = {}
+        self.started = time.time()
+        """Wall clock, as the store's time of a schema's last refit (every replica's): the age of a schema never
+        refitted counts from here."""
         self._pool: ProcessPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
     def get(self, schema: str, aggregator: str) -> dict[str, Any] | None:
@@ -63,15 +67,16 @@ class Reliability:
 
     async def start(self) -> None:
         await self.refresh()  # a store that cannot be reached at startup stops it, with the error named
-        self._task = asyncio.create_task(self._loop(), name="reliability-refit")
+        self._tasks = [asyncio.create_task(self._every_poll(self.refit_due), name="reliability-refit"),
+                       asyncio.create_task(self._every_poll(self._poll), name="reliability-poll")]
 
     async def stop(self) -> None:
-        """Stop refitting for good: the loop is cancelled, a refit in progress is abandoned with its worker
+        """Stop refitting for good: the loops are cancelled, a refit in progress is abandoned with its worker
         process, and none starts afterwards (a refit request then refits nothing)."""
         self._stopped = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._pool:
             end_workers(self._pool)
             self._pool = None
@@ -83,51 +88,58 @@ class Reliability:
                                              initializer=exit_with_parent)
         return self._pool
 
-    async def _loop(self) -> None:
+    async def _poll(self) -> None:
+        await self.refresh()
+        metrics.REVIEW_QUEUE.set(await self.store.review_count())
+
+    async def _every_poll(self, step: Callable[[], Awaitable[object]]) -> None:
+        """Run `step` every `poll_s` while the store is up, whatever it raises (an outage is the refit's, once)."""
         while True:
             await self.health.wait_up()
             try:
-                await self.refresh()
-                await self.refit_due()
-                metrics.REVIEW_QUEUE.set(await self.store.review_count())
+                await step()
             except STORE_ERRORS as exc:
                 self.health.failed("refit", exc)
             except Exception:  # a failing refit must never take the gateway down; retried next poll
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # an error raised while being cancelled must not keep the loop alive
-                log.exception("reliability refit loop failed; retrying")
+                log.exception("reliability loop %s failed; retrying", step.__name__)
             await asyncio.sleep(self.settings.poll_s)
+
+    def _due(self, new: int, last: float | None) -> bool:
+        """Enough new items, or some and the last refit (any replica's) is `every_s` old."""
+        age = time.time() - (last if last is not None else self.started)
+        return new >= self.settings.every_items or (new > 0 and age >= self.settings.every_s)
 
     async def refit_due(self, force: bool = False) -> list[str]:
         """Refit every schema whose new items or age call for it; returns the schemas refitted."""
         done = []
         for schema, labels in (await self.store.schemas()).items():
-            self.pending[schema] = self.pending.get(schema, 0) + await self.store.take_new_items(schema)
-            age = time.monotonic() - self.last_fit.get(schema, self.started)
-            due = self.pending[schema] >= self.settings.every_items or (self.pending[schema] and
-                                                                       age >= self.settings.every_s)
+            if not (force or self._due(*await self.store.pending(schema))):
+                continue
             lock = f"refit:{schema}"
-            if (force or due) and await self.store.try_lock(lock, ttl_s=300):
-                try:
+            if not await self.store.try_lock(lock, ttl_s=300):
+                continue  # another replica is refitting it
+            try:  # due again under the lease: another replica may have refitted it since the first look
+                if force or self._due(*await self.store.pending(schema)):
+                    await self.store.take_new_items(schema, time.time())
                     if await self.refit_schema(schema, labels):
                         done.append(schema)
-                finally:  # hand the lease back; when the store cannot take it, it expires
-                    with contextlib.suppress(*STORE_ERRORS):
-                        await self.store.unlock(lock)
-                self.pending[schema] = 0
-                self.last_fit[schema] = time.monotonic()
+            finally:  # hand the lease back; when the store cannot take it, it expires
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self.store.unlock(lock)
         if done:
             await self.refresh()
         return done
 
     async def refit_schema(self, schema: str, labels: list[str]) -> bool:
-        item_votes = await self.store.item_votes(schema)
-        triples = hard_triples(item_votes)
+        sample = await self.store.fit_votes(schema, self.settings.max_items)
+        triples = hard_triples(sample.votes)
         if (overlap := overlapping_items(triples)) < self.settings.min_items:
             # cold start: the posterior stays majority-like until enough items overlap
             self.skipped[schema] = {"reason": f"{overlap} items have two or more votes; a fit needs "
                                               f"{self.settings.min_items}", "setting": "refit.min_items",
-                                    "items": len(item_votes), "items_with_two_votes": overlap}
+                                    "items": sample.stored_items, "items_with_two_votes": overlap}
             return False
         self.skipped.pop(schema, None)
         gold = await self.store.gold(schema)
@@ -136,9 +148,10 @@ class Reliability:
             return False  # the gateway is stopping
         for name in self.aggregators:
             started = time.perf_counter()
-            params = await loop.run_in_executor(pool, partial(refit, name, item_votes, labels, gold,
+            params = await loop.run_in_executor(pool, partial(refit, name, sample.votes, labels, gold,
                                                               **self.fit_options))
+            params["fitted_on"]["stored_items"] = sample.stored_items
             version = await self.store.publish(schema, name, params)
-            log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
-                     time.perf_counter() - started)
+            log.info("refit %s/%s v%d on %d votes of %d items (%d stored) in %.2fs", schema, name, version,
+                     len(triples), len(sample.votes), sample.stored_items, time.perf_counter() - started)
         return True

@@ -18,6 +18,7 @@ from ensembles.aggregators.base import Triple
 from ensembles.refit import hard_triples
 from ensembles.votes import HUMAN_PREFIX
 from gateway.store.locks import MemoryLocks
+from gateway.store.sampling import FitVotes, sample_positions
 from gateway.tenancy import DEFAULT, owns
 
 Source = Literal["gold", "human"]
@@ -56,6 +57,11 @@ class VoteStore(ABC):
     async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
         """Every vote of a schema by item, soft votes included (human labels as members `human:<who>`)."""
 
+    @abstractmethod
+    async def fit_votes(self, schema: str, max_items: int) -> FitVotes:
+        """What a refit reads (gateway/store/sampling.py): the votes of every gold item and every item people
+        labelled, and of at most `max_items` others, without reading the rest; items without votes left out."""
+
     async def triples(self, schema: str) -> list[Triple]:
         """Every valid hard vote of a schema, the unit crowd-kit fits on."""
         return hard_triples(await self.item_votes(schema))
@@ -72,8 +78,13 @@ class VoteStore(ABC):
         """Schema -> label set, for every schema that has votes."""
 
     @abstractmethod
-    async def take_new_items(self, schema: str) -> int:
-        """How many new items arrived since the last call for this schema (and reset that count)."""
+    async def pending(self, schema: str) -> tuple[int, float | None]:
+        """(new items since the schema's last refit began, when it began in wall-clock seconds, None if never):
+        shared by every replica, so they agree on when a refit is due."""
+
+    @abstractmethod
+    async def take_new_items(self, schema: str, now: float) -> int:
+        """A refit of the schema begins at `now`: its new items, and the count reset."""
 
     @abstractmethod
     async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:
@@ -124,8 +135,14 @@ class MemoryVoteStore(VoteStore):
         self.items: dict[str, ItemRecord] = {}
         self.votes: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         """Item id -> member -> its latest vote: re-asking an item replaces votes, never stacks them."""
+        self.order: dict[str, list[str]] = defaultdict(list)
+        """Schema -> its item ids in arrival order from `head[schema]` on (the expired ones before it)."""
+        self.head: dict[str, int] = defaultdict(int)
+        self.people: dict[str, dict[str, None]] = defaultdict(dict)
+        """Schema -> the items people labelled (insertion-ordered set)."""
         self.gold_labels: dict[str, dict[str, str]] = defaultdict(dict)
         self.new: dict[str, int] = defaultdict(int)
+        self.refitted: dict[str, float] = {}
         self.params: dict[tuple[str, str], Published] = {}
         self.version = 0
         self.queue: dict[str, dict[str, Any]] = {}
@@ -141,30 +158,58 @@ class MemoryVoteStore(VoteStore):
                 break
             del self.items[oldest.item_id]
             self.votes.pop(oldest.item_id, None)
+            self.people[oldest.schema].pop(oldest.item_id, None)
+            self._advance(oldest.schema)
+
+    def _advance(self, schema: str) -> None:
+        """Move the schema's head past expired items; compact its order once most of it is expired."""
+        order, head = self.order[schema], self.head[schema]
+        while head < len(order) and order[head] not in self.items:
+            head += 1
+        if head > 1024 and 2 * head > len(order):
+            del order[:head]
+            head = 0
+        self.head[schema] = head
+
+    def _add(self, item: ItemRecord) -> None:
+        self.items[item.item_id] = item
+        self.order[item.schema].append(item.item_id)
+        self.label_sets[item.schema] = item.labels
 
     async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
-        if item.item_id not in self.items:
+        if item.item_id in self.items:
+            self.items[item.item_id] = item
+        else:
             self.new[item.schema] += 1
             self._expire()
-        self.items[item.item_id] = item
-        self.label_sets[item.schema] = item.labels
+            self._add(item)
         self.votes[item.item_id].update((v["member"], v) for v in votes)
+        if any(v["member"].startswith(HUMAN_PREFIX) for v in votes):
+            self.people[item.schema][item.item_id] = None
 
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
         rec = self.items.get(item_id)
         return (rec, list(self.votes[item_id].values())) if rec else None
 
     async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
-        return {i: list(self.votes[i].values()) for i, rec in self.items.items() if rec.schema == schema}
+        return {i: list(self.votes[i].values()) for i in self.order[schema][self.head[schema]:] if i in self.items}
+
+    async def fit_votes(self, schema: str, max_items: int) -> FitVotes:
+        order, head = self.order[schema], self.head[schema]
+        recent, older = sample_positions(schema, len(order) - head, max_items)
+        chosen = dict.fromkeys([*self.gold_labels[schema], *self.people[schema],
+                                *(order[head + p] for p in older), *(order[head + p] for p in recent)])
+        votes = {i: list(self.votes[i].values()) for i in chosen if i in self.items and self.votes.get(i)}
+        return FitVotes(votes, len(order) - head)
 
     async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
         if item.item_id not in self.items:
-            self.items[item.item_id] = item
-            self.label_sets[item.schema] = item.labels
+            self._add(item)
         if source == "gold":
             self.gold_labels[item.schema][item.item_id] = label
         else:
             self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
+            self.people[item.schema][item.item_id] = None
             self.new[item.schema] += 1
 
     async def gold(self, schema: str) -> dict[str, str]:
@@ -173,7 +218,11 @@ class MemoryVoteStore(VoteStore):
     async def schemas(self) -> dict[str, list[str]]:
         return dict(self.label_sets)
 
-    async def take_new_items(self, schema: str) -> int:
+    async def pending(self, schema: str) -> tuple[int, float | None]:
+        return self.new.get(schema, 0), self.refitted.get(schema)
+
+    async def take_new_items(self, schema: str, now: float) -> int:
+        self.refitted[schema] = now
         return self.new.pop(schema, 0)
 
     async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:

@@ -3,7 +3,8 @@
 Keys (prefix `cg:`): `item:{h}` the item record and `item:{h}:votes` its votes, one per member, the
 latest replacing an earlier one (both expire after the retention; `h` is a hash of the item id, so
 no client-chosen id can name another item's keys), `schema:{s}:items` a sorted set of item ids by time (trimmed to the
-retention), `schemas` label sets, `new` items since the last refit, `gold:{s}` gold labels,
+retention), `schema:{s}:people` the ids of items people labelled, `schemas` label sets, `new` items since the last
+refit and `refitted` when it began, `gold:{s}` gold labels,
 `params`/`params:versions`/`params:version` published parameters, `review` and `review:order`
 the review queue, `lock:{name}` refit leases.
 """
@@ -16,18 +17,23 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.store.locks import RedisLocks
-from gateway.tenancy import DEFAULT, owns
 from ensembles.votes import HUMAN_PREFIX
+from gateway.store.locks import RedisLocks
+from gateway.store.sampling import FitVotes, sample_positions
 from gateway.store.votes import ItemRecord, Published, Source, VoteStore
+from gateway.tenancy import DEFAULT, owns
 
 _RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
 local added = redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
 if added == 1 then redis.call('HINCRBY', KEYS[5], ARGV[4], 1) end
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+if ARGV[7] == '1' then
+  redis.call('SADD', KEYS[6], ARGV[3])
+  redis.call('EXPIRE', KEYS[6], ARGV[6])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[6]))
 return added
 """
@@ -35,7 +41,14 @@ return added
 _TAKE = """
 local n = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return tonumber(n or '0')
+"""
+
+_AT_RANKS = """
+local out = {}
+for i = 1, #ARGV do out[i] = redis.call('ZRANGE', KEYS[1], ARGV[i], ARGV[i])[1] or false end
+return out
 """
 
 _PUBLISH = """
@@ -57,6 +70,7 @@ class RedisVoteStore(VoteStore):
         self._record = client.register_script(_RECORD)
         self._take = client.register_script(_TAKE)
         self._publish = client.register_script(_PUBLISH)
+        self._at_ranks = client.register_script(_AT_RANKS)
 
     def _k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
@@ -65,11 +79,13 @@ class RedisVoteStore(VoteStore):
         return self._k("item", hashlib.blake2b(item_id.encode(), digest_size=16).hexdigest(), *parts)
 
     async def record(self, item: ItemRecord, votes: list[dict[str, Any]]) -> None:
+        people = any(v["member"].startswith(HUMAN_PREFIX) for v in votes)
         await self._record(
             keys=[self._item(item.item_id), self._item(item.item_id, "votes"),
-                  self._k("schema", item.schema, "items"), self._k("schemas"), self._k("new")],
+                  self._k("schema", item.schema, "items"), self._k("schemas"), self._k("new"),
+                  self._k("schema", item.schema, "people")],
             args=[orjson.dumps(item.wire()), item.created, item.item_id, item.schema, orjson.dumps(item.labels),
-                  self.ttl, *(part for v in votes for part in (v["member"], orjson.dumps(v)))])
+                  self.ttl, int(people), *(part for v in votes for part in (v["member"], orjson.dumps(v)))])
 
     async def item(self, item_id: str) -> tuple[ItemRecord, list[dict[str, Any]]] | None:
         async with self.r.pipeline(transaction=False) as pipe:
@@ -81,7 +97,28 @@ class RedisVoteStore(VoteStore):
         return ItemRecord(**orjson.loads(raw)), [orjson.loads(v) for v in votes]
 
     async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
-        items = [i.decode() for i in await self.r.zrange(self._k("schema", schema, "items"), 0, -1)]
+        return await self._votes([i.decode() for i in await self.r.zrange(self._k("schema", schema, "items"), 0, -1)])
+
+    async def fit_votes(self, schema: str, max_items: int) -> FitVotes:
+        index, people_key = self._k("schema", schema, "items"), self._k("schema", schema, "people")
+        total = int(await self.r.zcard(index))
+        if not total:
+            return FitVotes({}, 0)
+        recent, older = sample_positions(schema, total, max_items)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hkeys(self._k("gold", schema))
+            pipe.smembers(people_key)
+            pipe.zrange(index, -len(recent), -1)
+            gold, people, newest = await pipe.execute()
+        sampled = await self._at_ranks(keys=[index], args=older) if older else []
+        chosen = dict.fromkeys(i.decode() for i in [*sorted(gold), *sorted(people), *sampled, *newest] if i)
+        votes = await self._votes(list(chosen))
+        if stale := [i for i in people if not votes.get(i.decode())]:  # their items expired
+            await self.r.srem(people_key, *stale)
+        return FitVotes({i: v for i, v in votes.items() if v}, total)
+
+    async def _votes(self, items: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each item's votes, read in pipelines of 500."""
         out: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(items), 500):
             chunk = items[start:start + 500]
@@ -111,8 +148,15 @@ class RedisVoteStore(VoteStore):
         raw = await self.r.hgetall(self._k("schemas"))
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
-    async def take_new_items(self, schema: str) -> int:
-        return int(await self._take(keys=[self._k("new")], args=[schema]))
+    async def pending(self, schema: str) -> tuple[int, float | None]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self._k("new"), schema)
+            pipe.hget(self._k("refitted"), schema)
+            new, refitted = await pipe.execute()
+        return int(new or 0), None if refitted is None else float(refitted)
+
+    async def take_new_items(self, schema: str, now: float) -> int:
+        return int(await self._take(keys=[self._k("new"), self._k("refitted")], args=[schema, now]))
 
     async def publish(self, schema: str, aggregator: str, params: dict[str, Any]) -> int:
         return int(await self._publish(

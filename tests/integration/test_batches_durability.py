@@ -36,10 +36,11 @@ def db_url(redis_url: str, db: int) -> str:
     return url
 
 
-def start_batch(client: OpenAI, n: int) -> str:
+def start_batch(client: OpenAI, n: int, first: int = 0) -> str:
+    """A batch of `n` lines, items `item-{first}` on."""
     lines = [{"custom_id": f"item-{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": "crowd", "labels": ["yes", "no"], "item_id": f"item-{i}",
-                       "messages": [{"role": "user", "content": f"sentence {i}"}]}} for i in range(n)]
+                       "messages": [{"role": "user", "content": f"sentence {i}"}]}} for i in range(first, first + n)]
     raw = "\n".join(json.dumps(line) for line in lines).encode()
     file = client.files.create(file=("items.jsonl", io.BytesIO(raw)), purpose="batch")
     return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h").id

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.store.sampling import sample_positions
 from gateway.store.votes import ItemRecord, MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
 
@@ -51,7 +52,9 @@ def test_votes_roundtrip_and_triples(store: Any) -> None:
         assert sorted(await s.triples("sentiment")) == [("it-1", "a", "positive"), ("it-1", "c", "negative"),
                                                        ("it-2", "a", "negative")]
         assert await s.schemas() == {"sentiment": LABELS}
-        assert await s.take_new_items("sentiment") == 2 and await s.take_new_items("sentiment") == 0
+        assert await s.pending("sentiment") == (2, None)
+        assert await s.take_new_items("sentiment", 1000.0) == 2 and await s.take_new_items("sentiment", 1001.0) == 0
+        assert await s.pending("sentiment") == (0, 1001.0)
     run(store, scenario)
 
 
@@ -109,6 +112,39 @@ def test_retention_drops_old_items(store: Any) -> None:
         await s.record(old, [{"member": "a", "label": "positive"}])
         await s.record(item(1), [{"member": "a", "label": "negative"}])
         assert [t[0] for t in await s.triples("sentiment")] == ["it-1"]
+    run(store, scenario)
+
+
+def test_a_refit_reads_gold_people_and_a_seeded_sample_of_the_rest(store: Any) -> None:
+    async def scenario(s: VoteStore) -> None:
+        for i in range(30):
+            await s.record(item(i), [{"member": "a", "label": "positive"}, {"member": "b", "label": "negative"}])
+        await s.record(item(99, schema="other"), [{"member": "a", "label": "positive"}])
+        await s.add_label(item(3), "negative", "gold", "qa")
+        await s.add_label(item(4), "positive", "human", "ann")
+        assert (await s.fit_votes("sentiment", 100)).votes == await s.item_votes("sentiment")  # small: everything
+        recent, older = sample_positions("sentiment", 30, 10)
+        sample = await s.fit_votes("sentiment", 10)
+        assert sample.stored_items == 30 and set(sample.votes) == {f"it-{i}" for i in [3, 4, *recent, *older]}
+        assert len(recent) == len(older) == 5 and list(recent) == [25, 26, 27, 28, 29]
+        assert {v["member"] for v in sample.votes["it-4"]} == {"a", "b", "human:ann"}
+        assert (await s.fit_votes("sentiment", 10)).votes == sample.votes  # seeded: the same votes, the same sample
+    run(store, scenario)
+
+
+def test_an_expired_item_leaves_the_refit_sample(store: Any) -> None:
+    async def scenario(s: VoteStore) -> None:
+        if isinstance(s, MemoryVoteStore):
+            s.retention_s = 3600
+        else:
+            s.ttl = 3600
+        old = ItemRecord("old", "sentiment", LABELS, "t", "crowd", created=time.time() - 10_000)
+        await s.record(old, [{"member": "human:ann", "label": "positive"}])
+        if not isinstance(s, MemoryVoteStore):
+            await s.r.delete(s._item("old", "votes"))  # what Redis' expiry does to a key older than the retention
+        await s.record(item(1), [{"member": "a", "label": "negative"}])
+        sample = await s.fit_votes("sentiment", 100)
+        assert list(sample.votes) == ["it-1"] and sample.stored_items == 1
     run(store, scenario)
 
 

@@ -119,4 +119,4 @@ def test_a_refit_loop_stops_though_its_lease_cannot_be_handed_back(monkeypatch: 
         return reliability
 
     reliability = asyncio.run(scenario())
-    assert reliability._task is not None and reliability._task.done() and reliability._pool is None
+    assert reliability._tasks and all(t.done() for t in reliability._tasks) and reliability._pool is None
