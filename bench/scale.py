@@ -110,10 +110,10 @@ async def grow(store: VoteStore, job: Job, start: int, end: int, concurrency: in
         await asyncio.gather(*(one(i) for i in range(first, min(first + concurrency, end))))
 
 
-def children() -> set[int]:
-    """This process's child processes (the refit worker, redis-server, multiprocessing's helpers)."""
+def children(pid: int) -> set[int]:
+    """The child processes of `pid` (a gateway's refit worker, multiprocessing's helpers; here redis-server too)."""
     pids: set[int] = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+    for task in Path(f"/proc/{pid}/task").iterdir():
         pids.update(int(p) for p in (task / "children").read_text().split())
     return pids
 
@@ -135,7 +135,7 @@ class Row:
 async def measure(rel: Reliability, store_name: str, mode: str, items: int, refits: int, poll_s: float,
                   redis_pid: int | None) -> Row:
     """`refits` refits back to back, `poll_s` apart, as the refit loop runs them while a job outruns it."""
-    workers = children() - {redis_pid}
+    workers = children(os.getpid()) - {redis_pid}
     started, gateway0 = time.perf_counter(), time.process_time()
     worker0 = sum(cpu_seconds(p) for p in workers)
     redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0

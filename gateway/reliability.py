@@ -49,6 +49,7 @@ class Reliability:
         refitted counts from here."""
         self._pool: ProcessPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._refreshing = asyncio.Lock()
         self._stopped = False
 
     def get(self, schema: str, aggregator: str) -> dict[str, Any] | None:
@@ -61,9 +62,10 @@ class Reliability:
         return found.version if found else 0
 
     async def refresh(self) -> None:
-        version = await self.store.published_version()
-        if version != self.version:
-            self.version, self.params = await self.store.published()
+        async with self._refreshing:  # the poll and a refit's end: one at a time, so an older read never lands last
+            version = await self.store.published_version()
+            if version != self.version:
+                self.version, self.params = await self.store.published()
 
     async def start(self) -> None:
         await self.refresh()  # a store that cannot be reached at startup stops it, with the error named
