@@ -92,21 +92,33 @@ def start_gateway(config_path: Path, env: dict[str, str]) -> tuple[subprocess.Po
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run_batch(url: str, pid: int, ensemble: str, task: str, items: list[str], timeout: float) -> tuple[float, float]:
-    """(items/s, gateway CPU ms per item) of one batch, timed from creation to `completed`."""
-    client = OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("CROWD_GATEWAY_API_KEY", "unused"))
+def upload_lines(client: OpenAI, ensemble: str, task: str, items: list[str]) -> str:
+    """A batch input file of one line per item (custom and item id `i<n>`); returns its file id."""
     lines = [json.dumps({"custom_id": f"i{i}", "method": "POST", "url": "/v1/chat/completions",
                          "body": {"model": ensemble, "task": task, "item_id": f"i{i}",
                                   "messages": [{"role": "user", "content": text}]}}) for i, text in enumerate(items)]
-    file = client.files.create(file=("bench.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch")
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return client.files.create(file=("bench.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch").id
+
+
+def finish_batch(client: OpenAI, file_id: str, timeout: float) -> tuple[Any, float]:
+    """(the finished batch, seconds from its creation until it finished)."""
+    t0 = time.perf_counter()
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     while batch.status not in ("completed", "failed", "cancelled"):
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError(f"batch still {batch.status} after {timeout}s: {batch.request_counts}")
         time.sleep(0.2)
         batch = client.batches.retrieve(batch.id)
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    return batch, time.perf_counter() - t0
+
+
+def run_batch(url: str, pid: int, ensemble: str, task: str, items: list[str], timeout: float) -> tuple[float, float]:
+    """(items/s, gateway CPU ms per item) of one batch, timed from creation to `completed`."""
+    client = OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("CROWD_GATEWAY_API_KEY", "unused"))
+    file_id = upload_lines(client, ensemble, task, items)
+    cpu0 = cpu_seconds(pid)
+    batch, elapsed = finish_batch(client, file_id, timeout)
+    cpu = cpu_seconds(pid) - cpu0
     counts = batch.request_counts
     if counts is not None and counts.failed:
         print(f"  warning: {counts.failed} of {counts.total} lines failed", file=sys.stderr)

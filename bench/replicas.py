@@ -16,8 +16,6 @@ Run: flock /tmp/crowd-heavy.lock .venv/bin/python bench/replicas.py [--lines 100
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import re
 import statistics
@@ -28,14 +26,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import httpx
-from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.batch import cpu_seconds, fake_config, script_members, texts  # noqa: E402
+from bench.batch import cpu_seconds, fake_config, finish_batch, script_members, texts, upload_lines  # noqa: E402
 from bench.scale import children  # noqa: E402
 from tests.conftest import Gateway, free_port, redis_argv, start_gateway, stop, wait_http, wait_redis  # noqa: E402
 from tests.integration.test_batches_durability import custom_ids, lines_run  # noqa: E402
@@ -71,21 +67,6 @@ class Versions(threading.Thread):
         return [self.everywhere[v] - t for v, t in self.first.items() if v in self.everywhere]
 
 
-def run_batch(client: OpenAI, lines: int, timeout_s: float) -> tuple[Any, float]:
-    rows = [json.dumps({"custom_id": f"i{i}", "method": "POST", "url": "/v1/chat/completions",
-                        "body": {"model": "crowd", "task": "sentiment", "item_id": f"i{i}",
-                                 "messages": [{"role": "user", "content": text}]}}) for i, text in enumerate(texts(lines))]
-    file = client.files.create(file=("job.jsonl", io.BytesIO("\n".join(rows).encode())), purpose="batch")
-    started = time.perf_counter()
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
-    while batch.status not in ("completed", "failed", "cancelled"):
-        if time.perf_counter() - started > timeout_s:
-            raise TimeoutError(f"batch still {batch.status} after {timeout_s}s: {batch.request_counts}")
-        time.sleep(0.5)
-        batch = client.batches.retrieve(batch.id)
-    return batch, time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=100_000)
@@ -117,7 +98,9 @@ def main() -> None:
             cpu0 = {p.pid: cpu_seconds(p.pid) for p in [*started, *(g.proc for g in replicas)]}
             versions = Versions(replicas, args.sample_s)
             versions.start()
-            batch, elapsed = run_batch(replicas[0].openai(), args.lines, args.timeout)
+            first = replicas[0].openai()
+            batch, elapsed = finish_batch(first, upload_lines(first, "crowd", "sentiment", texts(args.lines)),
+                                          args.timeout)
             time.sleep(3 * poll_s)  # the last refit's version reaches every replica
             versions.done.set()
             versions.join()
