@@ -26,6 +26,7 @@ from gateway.errors import (
     handle_unexpected,
 )
 from gateway.feedback import router as feedback_router
+from gateway.loop_gate import GATE
 from gateway.protocol import document_routes
 from gateway.requestid import RequestIdMiddleware
 from gateway.routes import HOT_ROUTES, router
@@ -35,6 +36,7 @@ from gateway.state import GatewayState
 def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
+    GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
     batches = Batches.build(state)
 
     @asynccontextmanager

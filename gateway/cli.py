@@ -76,7 +76,8 @@ def serve(args: argparse.Namespace) -> int:
     http = functools.partial(DeadlineProtocol, header_timeout_s=limits.header_timeout_s,
                              body_timeout_s=limits.body_timeout_s)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
-                  access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s)
+                  access_log=args.access_log, loop="gateway.listener:GreedyLoop", http=http,
+                  timeout_keep_alive=limits.keep_alive_s)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **common)

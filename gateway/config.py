@@ -174,6 +174,9 @@ class GatewaySettings(Strict):
     """Items an ensemble runs at once; beyond it, requests are refused at once with 429 and Retry-After."""
     max_items_in_flight_per_key: int = Field(256, ge=1)
     """Items one tenant runs at once, over all ensembles."""
+    max_loop_lag_ms: float = Field(50.0, gt=0)
+    """How late the event loop may run: completion requests in progress are limited to what keeps it within
+    this, and the excess is refused at once with 429 (gateway/loop_gate.py; `crowd-gateway serve` only)."""
     breaker: Breaker = Breaker()
     connections: Connections = Connections()
 

@@ -60,8 +60,10 @@ BATCH_IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines runn
                         multiprocess_mode="livesum")
 VOTES_NOT_STORED = Counter("crowd_gateway_votes_not_stored", "Votes of answered items that the store could not "
                            "keep (the answer said stored: false)", ["ensemble"])
-ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429 because too "
-                            "many items were in flight, by ensemble and limit (ensemble, key)", ["ensemble", "limit"])
+ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429, by ensemble "
+                            "('-' before the body was read) and limit: ensemble or key (items in flight), members "
+                            "(their queues past the deadline), gateway (its event loop running late)",
+                            ["ensemble", "limit"])
 ENSEMBLE_READY = Gauge("crowd_gateway_ensemble_ready", "1 when at least quorum members of the ensemble passed "
                        "their health check at the last /readyz, else 0", ["ensemble"], multiprocess_mode="max")
 MEMBER_HEALTHY = Gauge("crowd_gateway_member_healthy", "1 when the member passed its health check at the last "

@@ -53,7 +53,7 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
     try:
         validate_body(body, kind)
         if model in state.annotators:
-            with state.admission.admit(model, tenant):
+            with state.admission.admit(state.annotators[model].ensemble, tenant, by_capacity=not job):
                 response, waited = await _annotate(state, model, body, kind, tenant, job)
             route = "ensemble"
         elif model in state.members:

@@ -51,5 +51,4 @@ class GatewayState:
                             else MemoryVoteStore(retention_s))
         return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
                    api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config),
-                   admission=Admission(config.gateway.max_items_in_flight,
-                                       config.gateway.max_items_in_flight_per_key))
+                   admission=Admission(config.gateway, upstreams))

@@ -276,8 +276,9 @@ class Upstreams:
         client.stats.in_flight += 1
         try:
             async with client.slots:
+                begun = time.perf_counter()  # the member's latency, not the gateway's queue in front of it
                 reply = await self._post_with_retries(client, path, body, deadline)
-            client.stats.answered(time.perf_counter() - started)
+            client.stats.answered(time.perf_counter() - begun)
             outcome = "ok" if reply.status < 400 else "error"
             if reply.status >= 500 or reply.status == 429:  # an overloaded member is a failing one, for a while
                 client.breaker.failure()
