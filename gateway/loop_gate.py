@@ -33,7 +33,7 @@ within a second and does not overshoot by more than a few percent per probe."""
 
 
 class LoopGate:
-    __slots__ = ("max_lag_s", "active", "limit", "lag_s", "_running", "_idle_since")
+    __slots__ = ("max_lag_s", "active", "limit", "lag_s", "_running", "_idle_since", "_cpu")
 
     def __init__(self, max_lag_s: float = 0.05) -> None:
         self.max_lag_s = max_lag_s
@@ -44,6 +44,7 @@ class LoopGate:
         """How late the last probe fired (0 while idle)."""
         self._running = False
         self._idle_since = 0.0
+        self._cpu = 0.0
 
     def admit(self) -> bool:
         """Take a request (counted until `leave`), or False when the loop is too busy for another."""
@@ -61,10 +62,15 @@ class LoopGate:
         self.active -= 1
 
     def _schedule(self) -> None:
+        self._cpu = time.process_time()
         asyncio.get_running_loop().call_later(PERIOD_S, self._probe, time.perf_counter() + PERIOD_S)
 
     def _probe(self, due: float) -> None:
-        self.lag_s = lag = max(time.perf_counter() - due, 0.0)
+        """How late this probe fired, less the time the process was not running at all (another process had the
+        CPU, or a container's CPU quota ran out): only the lag of the gateway's own work says it took too much."""
+        late = time.perf_counter() - due
+        descheduled = PERIOD_S + late - (time.process_time() - self._cpu)
+        self.lag_s = lag = max(late - max(descheduled, 0.0), 0.0)
         if lag > self.max_lag_s:
             self.limit = max(MIN_LIMIT, min(self.limit, self.active) * DECREASE)
         elif lag < self.max_lag_s / 2 and self.active >= self.limit - 1:
