@@ -54,6 +54,9 @@ class Member(Strict):
     model: str
     dialect: Literal["vllm", "llamacpp", "openai", "litellm"] = "vllm"
     timeout_s: float = Field(30.0, gt=0)
+    max_stream_s: float = Field(600.0, gt=0)
+    """A passthrough stream from this member is cut after this long in all (an error event ends it for the client);
+    `timeout_s` bounds each wait for its next bytes."""
     max_concurrency: int = Field(64, ge=1)
     retries: int = Field(2, ge=0, le=10)
     price: Price = Price()

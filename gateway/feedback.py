@@ -18,8 +18,8 @@ from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
-from gateway.errors import APIError, bad_request
-from gateway.http import authorize, json_response, read_json
+from gateway.errors import APIError, bad_request, named
+from gateway.http import authorize, int_param, json_response, read_json
 from gateway.protocol import MAX_BULK, Feedback, invalid
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
@@ -72,7 +72,7 @@ async def _checked(state: GatewayState, fb: Feedback, tenant: str) -> tuple[Item
     item = await _record_for(state, fb, tenant)
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:
-        raise bad_request(f"label {fb.label!r} is not in the label set {item.labels} of item {fb.item_id!r}",
+        raise bad_request(f"label {fb.label[:200]!r} is not in the label set of item {fb.item_id!r}: {named(item.labels)}",
                           "label")
     return item, canonical
 
@@ -130,21 +130,20 @@ async def get_annotation(request: Request, item_id: str) -> Response:
 
 
 @router.get("/v1/review")
-async def list_review(request: Request, limit: int = 50, strategy: str = "queue") -> Response:
+async def list_review(request: Request, limit: str = "50", strategy: str = "queue") -> Response:
     """`strategy=queue`: the items flagged for review, oldest first. `strategy=uncertain`: the stored items
     without gold where one human or gold label would help most: smallest margin between the two most
     probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
-    if not 1 <= limit <= 1000:
-        raise bad_request("limit must be between 1 and 1000", "limit")
+    count = int_param(limit, "limit", 1, 1000)
     if strategy == "uncertain":
-        entries = await _most_uncertain(state, tenant, limit)
+        entries = await _most_uncertain(state, tenant, count)
         return json_response({"object": "list", "data": entries, "total": len(entries)})
     if strategy != "queue":
         raise bad_request("strategy must be 'queue' or 'uncertain'", "strategy")
     entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
-               for e in await state.store.reviews(limit, tenant)]
+               for e in await state.store.reviews(count, tenant)]
     total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
     return json_response({"object": "list", "data": entries, "total": total})
 
