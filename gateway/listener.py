@@ -79,5 +79,6 @@ class GreedyLoop(uvloop.Loop):  # type: ignore[misc]
                                                **kwargs)
         if sock is None:
             family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
-            sock = socket.create_server((host or "0.0.0.0", port or 0), family=family, backlog=backlog)
+            sock = socket.create_server((host or "0.0.0.0", port or 0), family=family)
+        sock.listen(backlog)  # uvicorn's workers get a socket that is bound, not yet listening
         return Listener(self, sock, protocol_factory)

@@ -9,7 +9,8 @@ adaptive concurrency limit (Envoy, Netflix concurrency-limits), with the loop's 
 cut by a fifth at each probe that finds the loop later than `max_loop_lag_ms`, raised by 5% at each
 that finds it under half that while the limit is reached, and lifted entirely after a second with nothing in progress. A burst on an
 idle gateway is admitted whole; sustained overload is refused at the limit, at once (gateway/connections.py).
-The probe runs only while requests are in progress: an idle gateway runs nothing. One per process, as the loop is.
+The probe runs only while requests are in progress (the last request to end cancels it): an idle gateway runs
+nothing, and one that answers each request within a probe period never runs it at all. One per process, as the loop is.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ within a second and does not overshoot by more than a few percent per probe."""
 
 
 class LoopGate:
-    __slots__ = ("max_lag_s", "active", "limit", "lag_s", "_running", "_idle_since", "_cpu")
+    __slots__ = ("max_lag_s", "active", "limit", "lag_s", "_probe_at", "_idle_since", "_cpu")
 
     def __init__(self, max_lag_s: float = 0.05) -> None:
         self.max_lag_s = max_lag_s
@@ -42,7 +43,7 @@ class LoopGate:
         self.limit = math.inf
         self.lag_s = 0.0
         """How late the last probe fired (0 while idle)."""
-        self._running = False
+        self._probe_at: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._cpu = 0.0
 
@@ -51,19 +52,24 @@ class LoopGate:
         if self.active >= self.limit:
             return False
         self.active += 1
-        if not self._running:
-            self._running = True
+        if self._probe_at is None:
             if time.perf_counter() - self._idle_since > IDLE_RESET_S:
                 self.limit = math.inf
             self._schedule()
         return True
 
     def leave(self) -> None:
+        """A request ended; the last one takes the probe with it, so an idle process is not woken for nothing."""
         self.active -= 1
+        if self.active == 0 and self._probe_at is not None:
+            self._probe_at.cancel()
+            self._probe_at = None
+            self.lag_s = 0.0
+            self._idle_since = time.perf_counter()
 
     def _schedule(self) -> None:
         self._cpu = time.process_time()
-        asyncio.get_running_loop().call_later(PERIOD_S, self._probe, time.perf_counter() + PERIOD_S)
+        self._probe_at = asyncio.get_running_loop().call_later(PERIOD_S, self._probe, time.perf_counter() + PERIOD_S)
 
     def _probe(self, due: float) -> None:
         """How late this probe fired, less the time the process was not running at all (another process had the
@@ -75,12 +81,7 @@ class LoopGate:
             self.limit = max(MIN_LIMIT, min(self.limit, self.active) * DECREASE)
         elif lag < self.max_lag_s / 2 and self.active >= self.limit - 1:
             self.limit *= INCREASE
-        if self.active > 0:
-            self._schedule()
-        else:
-            self._running = False
-            self.lag_s = 0.0
-            self._idle_since = time.perf_counter()
+        self._schedule()
 
 
 GATE = LoopGate()
