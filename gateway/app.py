@@ -29,7 +29,8 @@ from gateway.feedback import router as feedback_router
 from gateway.loop_gate import GATE
 from gateway.protocol import document_routes
 from gateway.requestid import RequestIdMiddleware
-from gateway.routes import HOT_ROUTES, router
+from gateway.hotpath import GatewayApp
+from gateway.routes import HOT, HOT_ROUTES, router
 from gateway.state import GatewayState
 
 
@@ -54,8 +55,9 @@ def create_app(config: Config | None = None) -> FastAPI:
             await state.store.close()
 
     # FastAPI's own OpenTelemetry hooks cost ~30 us a request; the gateway exports Prometheus metrics itself.
-    app = FastAPI(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  telemetry={"tracing": False, "metrics": False})
+    app = GatewayApp(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                     telemetry={"tracing": False, "metrics": False})
+    app.hot = HOT
     app.state.gateway = state
     app.state.batches = batches
     app.router.routes.extend(HOT_ROUTES)

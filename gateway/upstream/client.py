@@ -116,8 +116,10 @@ class ReplyTooLarge(aiohttp.ClientPayloadError):
 
 async def _bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     declared = resp.content_length
-    if declared is not None and declared > limit:
-        raise ReplyTooLarge(f"reply of {declared} bytes exceeds max_reply_bytes {limit}")
+    if declared is not None:
+        if declared > limit:
+            raise ReplyTooLarge(f"reply of {declared} bytes exceeds max_reply_bytes {limit}")
+        return await resp.read()  # aiohttp reads no more than the declared length
     chunks, size = [], 0
     async for chunk in resp.content.iter_chunked(65536):
         size += len(chunk)
