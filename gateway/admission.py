@@ -12,7 +12,9 @@ against the one bound the contract names, the ensemble's deadline:
 * the members': a call waits in the gateway for one of a member's `max_concurrency` slots, and the
   queue drains at the member's recent latency; an item is admitted only when at least `quorum`
   members could answer it within `HEADROOM` of its deadline. Nothing queues past what can be answered,
-  so the gateway's own queueing never turns into member timeouts or open breakers.
+  so the gateway's own queueing never turns into member timeouts or open breakers. An admitted item counts
+  against every member of its ensemble at once, before its calls start (a cascade that asks fewer is
+  counted as if it asked all: refused a little early rather than late).
 
 Counters are plain ints, the event loop being the only writer. Batch lines skip the member check: the
 batch worker bounds them itself and they may wait.
