@@ -17,7 +17,7 @@ from ensembles.aggregators import get_aggregator, pick
 from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
-from ensembles.votes import Vote
+from ensembles.votes import HUMAN_PREFIX, Vote
 from gateway.errors import APIError, bad_request
 from gateway.http import authorize, json_response, read_json
 from gateway.protocol import MAX_BULK, Feedback, invalid
@@ -137,7 +137,8 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     if any(v.valid for v in votes):
         dist = aggregator.posterior(votes, item.labels, params)
         best = pick(dist)
-        confidence = calibrate((params or {}).get("calibration"), dist[best], sum(v.valid for v in votes))
+        members = sum(v.valid and not v.member.startswith(HUMAN_PREFIX) for v in votes)  # as the answer counts them
+        confidence = calibrate((params or {}).get("calibration"), dist[best], members)
         aggregate = {"label": item.labels[best], "confidence": round(confidence, 6),
                      "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
                      "aggregator": aggregator.name,
