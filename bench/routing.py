@@ -253,8 +253,8 @@ def tune(config: Config, grid: dict[str, list[Strategy]], warm: Result, labels: 
     tasks = [build_task({"messages": [{"role": "user", "content": "replayed"}], "labels": list(labels),
                          "item_id": item_id}, "chat", config) for item_id in recording if not anchors(item_id)]
     ensembles = {e.name: e for e in config.ensembles}
-    params = fit_params(ensembles[FANOUT.name], recording, stored.canonical,
-                        {i: g for i, g in gold.items() if anchors(i)}, config.refit.min_gold_for_calibration)
+    params = fit_params(config, ensembles[FANOUT.name], recording, stored.canonical,
+                        {i: g for i, g in gold.items() if anchors(i)})
 
     async def scored(strategy: Strategy) -> Point:
         return await score(config, ensembles[strategy.name], {}, tasks, gold, recording, params)

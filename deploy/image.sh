@@ -121,9 +121,11 @@ build() {
   trap 'rm -rf "$work"' RETURN
   ca="$(pip_config "$work/pip.conf" /etc/ssl/certs/pip-ca.crt)"
   before="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
-  podman build --quiet --format=docker --layers --pull=never --network=host -f "$REPO/deploy/Dockerfile" \
+  echo "image: building $tag (deploy/Dockerfile; cached layers are reused, a cold build takes minutes)" >&2
+  # Each step's line goes to stderr as it starts, so a long build shows where it is.
+  podman build --format=docker --layers --pull=never --network=host -f "$REPO/deploy/Dockerfile" \
     --build-arg PYTHON_IMAGE="$base" --secret id=pip.conf,src="$work/pip.conf" \
-    --secret id=pip-ca.crt,src="$ca" -t "$tag" "$REPO" >/dev/null
+    --secret id=pip-ca.crt,src="$ca" -t "$tag" "$REPO" >&2
   after="$(podman image inspect --format '{{.Id}}' "$tag")"
   # The image this tag named before, and the layers only it used: gone, so rebuilds do not pile up.
   if [ -n "$before" ] && [ "$before" != "$after" ]; then podman rmi "$before" >/dev/null 2>&1 || true; fi

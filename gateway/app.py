@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.errors import (
     handle_unexpected,
 )
 from gateway.feedback import router as feedback_router
+from gateway.lifecycle import on_stop_signal, run_stop_steps
 from gateway.loop_gate import GATE
 from gateway.protocol import document_routes
 from gateway.requestid import RequestIdMiddleware
@@ -40,19 +42,35 @@ def create_app(config: Config | None = None) -> FastAPI:
     GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
     batches = Batches.build(state)
 
+    timeout_s = state.config.gateway.shutdown_timeout_s
+    stopping: set[asyncio.Task[None]] = set()
+
+    async def stop_background() -> None:
+        """No new work from here on: refits end (with their worker process), the batch worker claims nothing."""
+        await asyncio.gather(state.reliability.stop(), batches.worker.stop_claiming())
+
+    async def close_members() -> None:
+        await state.grouper.close()
+        await state.upstreams.close()
+
+    async def close_store() -> None:
+        await state.health.close()
+        await batches.store.close()
+        await state.store.close()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:  # a startup that fails half way still closes what it opened
             await state.upstreams.start()
             await state.reliability.start()
             await batches.start()
+            # background work stops at the stop signal, while uvicorn still drains requests (half the timeout)
+            on_stop_signal(lambda: stopping.add(asyncio.create_task(stop_background())), timeout_s)
             yield
         finally:
-            await batches.stop()
-            await state.reliability.stop()
-            await state.grouper.close()
-            await state.upstreams.close()
-            await state.store.close()
+            await run_stop_steps([("background work", stop_background), ("batch lines", batches.worker.stop),
+                                  ("member connections", close_members), ("store connections", close_store)],
+                                 timeout_s / 2)
 
     # FastAPI's own OpenTelemetry hooks cost ~30 us a request; the gateway exports Prometheus metrics itself.
     app = GatewayApp(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -7,6 +7,7 @@ import copy
 import functools
 import logging
 import os
+import signal
 import sys
 import tempfile
 from importlib import metadata
@@ -17,6 +18,11 @@ from gateway.gc_tuning import tune_for_serving
 from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
 from gateway.tools.localmodels import ModelError
 
+SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
+an ensemble of the config (fanned out to its members, their votes aggregated into one label with a calibrated
+confidence and its cost) or one member (proxied unchanged); GET /v1/models, /healthz, /readyz, /metrics; the
+annotation, Files and Batches routes. Members, ensembles and tasks come from the YAML config (--config or
+$CROWD_GATEWAY_CONFIG); keys from the variable `gateway.api_keys_env` names."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's levels; `info` (the default) shows the startup line, refits and warnings, not every request."""
 log = logging.getLogger("crowd_gateway")
@@ -75,9 +81,10 @@ def serve(args: argparse.Namespace) -> int:
     limits = config.gateway.connections
     http = functools.partial(DeadlineProtocol, header_timeout_s=limits.header_timeout_s,
                              body_timeout_s=limits.body_timeout_s)
+    # requests in flight get half the shutdown timeout; the app's stop steps the other half (gateway/lifecycle.py)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
                   access_log=args.access_log, loop="gateway.listener:GreedyLoop", http=http,
-                  timeout_keep_alive=limits.keep_alive_s)
+                  timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=config.gateway.shutdown_timeout_s / 2)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **common)
@@ -89,11 +96,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker_app() -> Any:
-    """The app of one of several `serve` workers (each its own process, with its own collector to set)."""
+    """The app of one of several `serve` workers (each its own process, with its own collector to set); a worker
+    whose supervisor is gone (SIGKILLed) stops as if it had been sent SIGTERM, instead of serving on as an orphan."""
     from gateway.app import create_app
+    from gateway.lifecycle import on_parent_exit
 
     app = create_app()
     tune_for_serving()
+    on_parent_exit(lambda: os.kill(os.getpid(), signal.SIGTERM))
     return app
 
 
@@ -102,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
+    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway", description=SERVE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"YAML config (default: ${CONFIG_ENV})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")

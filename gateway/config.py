@@ -47,6 +47,13 @@ class Task(Template):
     def _labels_unique(cls, labels: list[str]) -> list[str]:
         return check_label_set(labels)
 
+    @model_validator(mode="after")
+    def _descriptions_name_labels(self) -> Task:
+        known = {label.casefold() for label in self.labels}
+        if unknown := [label for label in self.descriptions if label.casefold() not in known]:
+            raise ValueError(f"descriptions name labels the task does not have: {unknown}")
+        return self
+
 
 class Member(Strict):
     name: str
@@ -182,6 +189,9 @@ class GatewaySettings(Strict):
     this, and the excess is refused at once with 429 (gateway/loop_gate.py; `crowd-gateway serve` only)."""
     breaker: Breaker = Breaker()
     connections: Connections = Connections()
+    shutdown_timeout_s: float = Field(20.0, gt=0)
+    """How long a stop (SIGTERM) may take, below Kubernetes' 30 s grace: requests in flight get half of it, then
+    each stop step (background work, batch leases, connections) a share of the rest (gateway/lifecycle.py)."""
 
     def api_keys(self) -> dict[str, str]:
         """Every accepted key -> its tenant; empty when authentication is off."""
@@ -206,6 +216,11 @@ class StoreSettings(Strict):
     """Redis connections per gateway process; beyond them a write waits for a free one."""
     pool_timeout_s: float = Field(10.0, gt=0)
     """How long a write waits for a free connection before the answer says `stored: false`."""
+    connect_timeout_s: float = Field(1.0, gt=0)
+    """How long connecting to Redis may take before the call fails (the store counts as unavailable)."""
+    socket_timeout_s: float = Field(1.0, gt=0)
+    """How long a Redis call may wait for its answer: a stalled Redis fails calls in this time instead of hanging
+    the store routes (503) and the completions (`stored: false`)."""
 
 
 class Grouping(Strict):
@@ -237,6 +252,8 @@ class Refit(Strict):
     min_gold_for_calibration: int = Field(20, ge=2)
     debias: bool = True
     """Divide each member's label bias out of its soft votes (ensembles/debias.py); off for heavily skewed labels."""
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = "accuracy"
+    """What a good label is to you: `auto` chooses by it on held-out gold, `stacking` weighs classes for it."""
     poll_s: float = Field(1.0, gt=0)
 
 
@@ -271,6 +288,12 @@ class Config(Strict):
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.tasks if t.name == name), None)
+
+    def fit_options(self) -> dict[str, Any]:
+        """The refit's keyword options (ensembles/refit.py) this config sets: the background refit, `tune` and the
+        benches fit alike. Members serving one model are one look-alike group."""
+        return {"min_gold": self.refit.min_gold_for_calibration, "debiased": self.refit.debias,
+                "groups": {m.name: m.model for m in self.members}, "metric": self.refit.metric}
 
 
 class ConfigError(Exception):

@@ -96,12 +96,13 @@ async def handle_request_validation(_: Request, exc: Exception) -> Response:
 
 
 async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
-    """A store outage (Redis unreachable, a socket error on the way) on any route: 503, never a traceback.
+    """A store outage (Redis unreachable or stalled, a socket error on the way) on any route: 503, never a traceback.
 
     One handler for every store route (feedback, annotations, review, refit, params, files, batches): they
-    reach the store directly, and the outage is the same for all of them. The completion routes never get
-    here: they answer without storing (`stored: false`, gateway/serving.py)."""
-    log.error("store unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    reach the store directly, and the outage is the same for all of them. It is logged once per outage
+    (gateway/store/health.py), by the request that met it first. The completion routes never get here: they
+    answer without storing (`stored: false`, gateway/serving.py)."""
+    request.app.state.gateway.health.failed("store routes", exc)
     return APIError(503, "the gateway's store is unavailable; retry later", code="store_unavailable",
                     headers={"Retry-After": "1"}).response()
 

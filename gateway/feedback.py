@@ -1,8 +1,8 @@
 """Gold and human labels in, stored annotations and the review queue out.
 
-Human labels join the crowd as members `human:<annotator>` in the next refit, so LLM and human
-labels combine; gold labels anchor Dawid-Skene and fit the calibration map. A human label on a
-queued item resolves it.
+Human labels are stored as votes of `human:<annotator>` and join every answer on their item after the LLM
+crowd's posterior (ensembles/humans.py), with a reliability the next refit learns; gold labels anchor the fits
+and their calibration. A human label on a queued item resolves it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ensembles.aggregators import get_aggregator, pick
 from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
-from ensembles.votes import Vote
+from ensembles.votes import HUMAN_PREFIX, Vote
 from gateway.errors import APIError, bad_request, named
 from gateway.http import authorize, int_param, json_response, read_json
 from gateway.protocol import MAX_BULK, Feedback, invalid
@@ -86,20 +86,37 @@ async def _store(state: GatewayState, fb: Feedback, item: ItemRecord, label: str
 
 @router.get("/v1/annotations/params")
 async def get_params(request: Request) -> Response:
-    """What the last refit published per schema and aggregator: for `auto`, the chosen aggregator and the
-    cross-validated accuracy of every candidate on gold; for all, what the fit saw."""
+    """What the last refit published per schema and aggregator: the aggregator `auto` chose, every candidate's
+    cross-validated score on every metric (`candidates`), the most-frequent-label `baseline`, the served answer's
+    held-out scores, the people's reliability model; and each schema whose refit was skipped, with the reason and
+    the setting that decides it."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
+    min_gold = state.config.refit.min_gold_for_calibration
     data = []
     for (schema, aggregator), published in sorted(state.reliability.params.items()):
         if not owns(tenant, schema):
             continue
         params = published.params
-        data.append({"schema": unscoped(tenant, schema), "aggregator": aggregator, "version": published.version,
-                     "chosen": params.get("winner", aggregator), "cv_accuracy": params.get("cv_accuracy"),
-                     "gold": params.get("gold", (params.get("fitted_on") or {}).get("gold")),
-                     "fitted_on": params.get("fitted_on"), "calibrated": "calibration" in params})
-    return json_response({"object": "list", "data": data})
+        gold = params.get("gold", (params.get("fitted_on") or {}).get("gold"))
+        entry = {"schema": unscoped(tenant, schema), "aggregator": aggregator, "version": published.version,
+                 "chosen": params.get("winner", aggregator), "metric": params.get("metric", state.config.refit.metric),
+                 "candidates": params.get("cv") or {}, "baseline": params.get("baseline"),
+                 "held_out": params.get("held_out"), "gold": gold, "fitted_on": params.get("fitted_on"),
+                 "calibrated": "crowd_temperature" in params, "people": _people(params.get("humans"))}
+        if aggregator == "auto" and not params.get("cv"):
+            entry["note"] = (f"{gold} gold items: auto scores its candidates from {min_gold} "
+                             f"(refit.min_gold_for_calibration); `weighted` serves until then")
+        data.append(entry)
+    return json_response({"object": "list", "data": data, "skipped": _skipped(state, tenant)})
+
+
+def _people(humans: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The people's reliability model in brief: method, how many people and items, the pooled matrix."""
+    if not humans:
+        return None
+    return {"method": humans["method"], "people": len(humans.get("people") or humans.get("weights") or {}),
+            "items": humans.get("items"), "pooled": humans.get("pooled")}
 
 
 @router.get("/v1/annotations/{item_id}")
@@ -120,7 +137,8 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     if any(v.valid for v in votes):
         dist = aggregator.posterior(votes, item.labels, params)
         best = pick(dist)
-        confidence = calibrate((params or {}).get("calibration"), dist[best], sum(v.valid for v in votes))
+        members = sum(v.valid and not v.member.startswith(HUMAN_PREFIX) for v in votes)  # as the answer counts them
+        confidence = calibrate((params or {}).get("calibration"), dist[best], members)
         aggregate = {"label": item.labels[best], "confidence": round(confidence, 6),
                      "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
                      "aggregator": aggregator.name,
@@ -178,4 +196,10 @@ async def refit_now(request: Request) -> Response:
     versions = {f"{unscoped(tenant, s)}/{a}": state.reliability.version_of(s, a)
                 for s in schemas for a in state.reliability.aggregators}
     return json_response({"object": "refit", "refitted": [unscoped(tenant, s) for s in schemas],
-                          "versions": versions})
+                          "versions": versions, "skipped": _skipped(state, tenant)})
+
+
+def _skipped(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's schemas whose last refit was skipped, each with its reason and the deciding setting."""
+    return [{"schema": unscoped(tenant, schema), **why} for schema, why in sorted(state.reliability.skipped.items())
+            if owns(tenant, schema)]

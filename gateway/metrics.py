@@ -72,6 +72,8 @@ CLIENT_DISCONNECTS = Counter("crowd_gateway_client_disconnects", "Requests whose
                              "body arrived")
 CONNECTION_TIMEOUTS = Counter("crowd_gateway_connection_timeouts", "Connections closed because a request's headers "
                               "or body did not arrive in time (gateway.connections)", ["stage"])
+STORE_UP = Gauge("crowd_gateway_store_up", "1 while the store (Redis) answers, 0 during an outage "
+                 "(gateway/store/health.py)", multiprocess_mode="livemin")
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

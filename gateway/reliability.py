@@ -3,31 +3,41 @@ a background loop refits them from stored votes and publishes them through the s
 
 Why this split: a refit (crowd-kit EM) takes seconds, so it runs in a worker process, every N new
 items or T seconds, under a store lease so one replica refits a schema at a time. Every replica
-polls the store's cheap version counter and reloads parameters only when they changed.
+polls the store's cheap version counter and reloads parameters only when they changed. While the
+store is down the loop waits for it (gateway/store/health.py logs the outage); once the gateway
+stops, no worker process starts and the one running is ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 from ensembles.refit import hard_triples, overlapping_items, refit
 from gateway import metrics
 from gateway.config import Config
+from gateway.lifecycle import end_workers, exit_with_parent
+from gateway.store.health import STORE_ERRORS, StoreHealth
 from gateway.store.votes import Published, VoteStore
 
 log = logging.getLogger("crowd_gateway.reliability")
 
 
 class Reliability:
-    def __init__(self, store: VoteStore, config: Config) -> None:
+    def __init__(self, store: VoteStore, config: Config, health: StoreHealth) -> None:
         self.store = store
+        self.health = health
         self.settings = config.refit
         self.aggregators = sorted({e.aggregator for e in config.ensembles})
+        self.fit_options = config.fit_options()
+        self.skipped: dict[str, dict[str, Any]] = {}
+        """Schema -> why its last refit was skipped, and the setting that decides it (GET /v1/annotations/params)."""
         self.params: dict[tuple[str, str], Published] = {}
         self.version = -1
         self.started = time.monotonic()
@@ -35,6 +45,7 @@ class Reliability:
         self.pending: dict[str, int] = {}
         self._pool: ProcessPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def get(self, schema: str, aggregator: str) -> dict[str, Any] | None:
         """Latest parameters for the request path (no I/O); None before the first fit."""
@@ -55,21 +66,35 @@ class Reliability:
         self._task = asyncio.create_task(self._loop(), name="reliability-refit")
 
     async def stop(self) -> None:
+        """Stop refitting for good: the loop is cancelled, a refit in progress is abandoned with its worker
+        process, and none starts afterwards (a refit request then refits nothing)."""
+        self._stopped = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._pool:
-            self._pool.shutdown(cancel_futures=True)
+            end_workers(self._pool)
+            self._pool = None
+
+    def _worker_pool(self) -> ProcessPoolExecutor | None:
+        """The refit worker process, started on first use (it ends with the gateway); None once stopping."""
+        if self._pool is None and not self._stopped:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=exit_with_parent)
+        return self._pool
 
     async def _loop(self) -> None:
         while True:
+            await self.health.wait_up()
             try:
                 await self.refresh()
                 await self.refit_due()
                 metrics.REVIEW_QUEUE.set(await self.store.review_count())
-            except asyncio.CancelledError:
-                raise
+            except STORE_ERRORS as exc:
+                self.health.failed("refit", exc)
             except Exception:  # a failing refit must never take the gateway down; retried next poll
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # an error raised while being cancelled must not keep the loop alive
                 log.exception("reliability refit loop failed; retrying")
             await asyncio.sleep(self.settings.poll_s)
 
@@ -86,8 +111,9 @@ class Reliability:
                 try:
                     if await self.refit_schema(schema, labels):
                         done.append(schema)
-                finally:
-                    await self.store.unlock(lock)
+                finally:  # hand the lease back; when the store cannot take it, it expires
+                    with contextlib.suppress(*STORE_ERRORS):
+                        await self.store.unlock(lock)
                 self.pending[schema] = 0
                 self.last_fit[schema] = time.monotonic()
         if done:
@@ -97,16 +123,21 @@ class Reliability:
     async def refit_schema(self, schema: str, labels: list[str]) -> bool:
         item_votes = await self.store.item_votes(schema)
         triples = hard_triples(item_votes)
-        if overlapping_items(triples) < self.settings.min_items:
-            return False  # cold start: the posterior stays majority-like until enough items overlap
+        if (overlap := overlapping_items(triples)) < self.settings.min_items:
+            # cold start: the posterior stays majority-like until enough items overlap
+            self.skipped[schema] = {"reason": f"{overlap} items have two or more votes; a fit needs "
+                                              f"{self.settings.min_items}", "setting": "refit.min_items",
+                                    "items": len(item_votes), "items_with_two_votes": overlap}
+            return False
+        self.skipped.pop(schema, None)
         gold = await self.store.gold(schema)
         loop = asyncio.get_running_loop()
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        if (pool := self._worker_pool()) is None:
+            return False  # the gateway is stopping
         for name in self.aggregators:
             started = time.perf_counter()
-            params = await loop.run_in_executor(self._pool, refit, name, item_votes, labels, gold,
-                                                self.settings.min_gold_for_calibration, self.settings.debias)
+            params = await loop.run_in_executor(pool, partial(refit, name, item_votes, labels, gold,
+                                                              **self.fit_options))
             version = await self.store.publish(schema, name, params)
             log.info("refit %s/%s v%d on %d votes in %.2fs", schema, name, version, len(triples),
                      time.perf_counter() - started)

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -16,6 +15,7 @@ from gateway.errors import APIError
 from gateway.http import authorize, json_response, read_json
 from gateway.serving import OUTCOMES, execute
 from gateway.state import GatewayState
+from gateway.store.health import STORE_ERRORS
 from gateway.task import Kind
 
 router = APIRouter()
@@ -99,16 +99,20 @@ async def readyz(request: Request) -> Response:
                           "ready": len(healthy & set(e.members)) >= e.quorum} for e in state.config.ensembles}
     for name, ensemble in ensembles.items():
         metrics.child(metrics.ENSEMBLE_READY, name).set(int(ensemble["ready"]))
+    problems = {n: problem for n in names if (problem := state.upstreams.problem(n)) is not None}
     body = {"ready": store_error is None, "store": store_error or "ok", "ensembles": ensembles,
-            "members": {n: n in healthy for n in names}}
+            "members": {n: n in healthy for n in names}, "problems": problems}
     return json_response(body, status=200 if store_error is None else 503)
 
 
 async def _store_error(state: GatewayState, timeout_s: float = 2.0) -> str | None:
-    """None when the vote store answers a ping in time, else what went wrong."""
+    """None when the store answers a ping in time, else what went wrong: during a known outage at once."""
+    if not state.health.up:
+        return state.health.error
     try:
         await asyncio.wait_for(state.store.ping(), timeout_s)
-    except (TimeoutError, OSError, RedisError) as exc:
+    except (TimeoutError, *STORE_ERRORS) as exc:
+        state.health.failed("readiness", exc)
         return f"{type(exc).__name__}: {exc}"
     return None
 

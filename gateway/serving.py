@@ -6,15 +6,14 @@ the answer is built; a member's body is proxied. Whatever goes wrong is an `APIE
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
+from ensembles.votes import HUMAN_PREFIX, Vote
 from gateway import metrics
 from gateway.annotate import Outcome
 from gateway.errors import APIError
@@ -29,11 +28,11 @@ from gateway.protocol import (
     validate_body,
 )
 from gateway.state import GatewayState
+from gateway.store.health import STORE_ERRORS
 from gateway.store.votes import ItemRecord
 from gateway.task import AnnotationTask, Kind, build_task
 from gateway.tenancy import DEFAULT, scoped
 
-log = logging.getLogger("crowd_gateway")
 
 OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 429: "overloaded",
             503: "unavailable"}
@@ -105,7 +104,9 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     task = build_task(body, kind, state.config, job)
     aggregator = annotator.aggregator.name
     schema = scoped(tenant, task.schema)
-    outcome = await annotator.run(task, state.reliability.get(schema, aggregator))
+    params = state.reliability.get(schema, aggregator)
+    people = await stored_people(state, task, tenant) if params and "humans" in params else []
+    outcome = await annotator.run(task, params, people)
     votes = [vote.wire() for vote in outcome.votes]
     annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator), votes)
     usage = usage_block(outcome)
@@ -125,26 +126,43 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     return json_response(answer, headers=headers), outcome.upstream_wait_s
 
 
+async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) -> list[Vote]:
+    """The people's labels already stored for the item (asked only where the schema has people: its published
+    parameters say so); a store that cannot answer costs them, not the answer."""
+    try:
+        found = await state.store.item(scoped(tenant, task.item_id))
+    except (OSError, RedisError) as exc:
+        log.warning("people's labels of item %s not read (%s: %s); answering without them", task.item_id,
+                    type(exc).__name__, exc)
+        return []
+    if found is None:
+        return []
+    return [Vote(member=v["member"], label=v["label"], raw=v.get("raw")) for v in found[1]
+            if v.get("label") in task.labels and v["member"].startswith(HUMAN_PREFIX)]
+
+
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
                    votes: list[dict[str, Any]], confidence: float, tenant: str) -> bool:
     """Keep the votes (on the wire, canonical: the task's `labels`) for refits and queue the item for review
     when flagged; False when they could not be.
 
     A store outage costs the record, not the answer: the label is still returned, and the answer says
-    `stored: false` (also a header, a metric and a log line), so no vote is lost silently.
+    `stored: false` (also a header and a metric; the outage's log lines count the items), so no vote is lost
+    silently. While the store is known to be down, the answer does not wait for it.
     """
     item = ItemRecord(item_id=scoped(tenant, task.item_id), schema=scoped(tenant, task.schema),
                       labels=list(task.labels), text=task.text, ensemble=ensemble)
-    try:
-        await state.store.record(item, votes)
-        if outcome.needs_review:
-            distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
-            await state.store.enqueue_review({**item.wire(), "label": outcome.label,
-                                              "confidence": confidence,
-                                              "distribution": distribution, "queued_at": time.time()})
-    except (OSError, RedisError) as exc:
-        metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
-        log.error("vote store unavailable: %d votes of item %s not stored (%s: %s)", len(outcome.votes),
-                  task.item_id, type(exc).__name__, exc)
-        return False
-    return True
+    if not state.health.up:
+        state.health.skipped("votes")
+    else:
+        try:
+            await state.store.record(item, votes)
+            if outcome.needs_review:
+                distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
+                await state.store.enqueue_review({**item.wire(), "label": outcome.label, "confidence": confidence,
+                                                  "distribution": distribution, "queued_at": time.time()})
+            return True
+        except STORE_ERRORS as exc:
+            state.health.failed("votes", exc)
+    metrics.child(metrics.VOTES_NOT_STORED, ensemble).inc(len(outcome.votes))
+    return False

@@ -11,6 +11,7 @@ from gateway.annotate import Annotator
 from gateway.config import Config, ConfigError, Member
 from gateway.reliability import Reliability
 from gateway.store import redis_client
+from gateway.store.health import StoreHealth
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
 from gateway.upstream.client import Upstreams
@@ -28,6 +29,8 @@ class GatewayState:
     api_keys: dict[str, str]
     """Accepted key -> tenant; empty when authentication is off."""
     store: VoteStore
+    health: StoreHealth
+    """Whether the store answers, shared by everything that uses it (the vote store and the batch store)."""
     reliability: Reliability
     admission: Admission
     started: int = field(default_factory=lambda: int(time.time()))
@@ -49,6 +52,7 @@ class GatewayState:
         retention_s = config.store.retention_days * 86400
         store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
                             else MemoryVoteStore(retention_s))
+        health = StoreHealth(lambda: store.ping())
         return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
-                   api_keys=config.gateway.api_keys(), store=store, reliability=Reliability(store, config),
-                   admission=Admission(config.gateway, upstreams))
+                   api_keys=config.gateway.api_keys(), store=store, health=health,
+                   reliability=Reliability(store, config, health), admission=Admission(config.gateway, upstreams))

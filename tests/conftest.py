@@ -157,15 +157,20 @@ class Gateway:
 
 
 def start_gateway(config: dict[str, Any], tmp: Path, env: dict[str, str] | None = None,
-                  workers: int = 1) -> Gateway:
-    """Run `crowd-gateway serve` as a real process on a free port with `config` written to a file."""
+                  workers: int = 1, output: Path | None = None) -> Gateway:
+    """Run `crowd-gateway serve` as a real process on a free port with `config` written to a file; its stdout and
+    stderr go to `output` when given (a test that reads the log), else to the test's own."""
     path = tmp / f"config-{free_port()}.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     full_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = output.open("ab") if output else None
     proc = subprocess.Popen([str(BIN / "crowd-gateway"), "serve", "--config", str(path), "--port", str(port),
-                             "--workers", str(workers)], env=full_env)
+                             "--workers", str(workers)], env=full_env, stdout=log,
+                            stderr=subprocess.STDOUT if log else None)
+    if log:
+        log.close()  # the process has its own copy
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     return Gateway(port, proc)
 
@@ -175,8 +180,9 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started: list[Gateway] = []
     tmp = tmp_path_factory.mktemp("gateways")
 
-    def factory(config: dict[str, Any], env: dict[str, str] | None = None, workers: int = 1) -> Gateway:
-        gw = start_gateway(config, tmp, env, workers)
+    def factory(config: dict[str, Any], env: dict[str, str] | None = None, workers: int = 1,
+                output: Path | None = None) -> Gateway:
+        gw = start_gateway(config, tmp, env, workers, output)
         started.append(gw)
         return gw
 

@@ -6,7 +6,9 @@ against the request's text), `latency_ms`, `fail` (list of statuses returned by 
 in order), `retry_after` (header sent with failures), `drop` (close the connection without an
 answer), `down` (health and /v1/models fail), `logprobs` ({token: logprob} for the first answer token;
 "answer": the answer itself at logprob -0.01, so each prompt's one-pass vote follows its keywords),
-`usage` ([prompt, completion] tokens), `cut_stream` (stream a few chunks then drop), `stream_gap_ms` (pause
+`usage` ([prompt, completion] tokens), `label_logprobs` ({label: logprob}: a completion call with
+`prompt_logprobs` is answered as vLLM does, one `prompt_logprobs` list per prompt, one entry per whitespace-led
+token; the tokens of a prompt ending in " <label>" carry that label's logprob, every other token -0.5), `cut_stream` (stream a few chunks then drop), `stream_gap_ms` (pause
 before each streamed chunk after the first; a client that leaves meanwhile counts as `cancelled`), `jitter_ms`
 (mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
 running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON value, sent verbatim
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import time
 from typing import Any
 
@@ -31,7 +34,7 @@ from aiohttp import web
 
 DEFAULT = {"answer": None, "keywords": {}, "latency_ms": 0, "fail": [], "retry_after": None, "drop": False,
            "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False, "jitter_ms": 0, "queue": None,
-           "raw": None, "stream_gap_ms": 0}
+           "raw": None, "label_logprobs": {}, "stream_gap_ms": 0}
 POLL_S = 0.005
 
 
@@ -122,9 +125,25 @@ async def completion(request: web.Request) -> web.StreamResponse:
         answers = [_answer(script, body, p) for p in (prompts if prompts is not None else [None])]
         choices = [{"index": i, "finish_reason": "stop", "logprobs": _logprobs(script, chat, a), "text": a}
                    for i, a in enumerate(answers)]
+        if body.get("prompt_logprobs") is not None:
+            for choice, prompt in zip(choices, prompts if prompts is not None else [body.get("prompt", "")]):
+                choice["prompt_logprobs"] = _prompt_logprobs(script, str(prompt))
     data = {"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
             "model": body.get("model", name), "choices": choices, "usage": usage}
     return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+def _prompt_logprobs(script: dict[str, Any], prompt: str) -> list[Any]:
+    """vLLM's `prompt_logprobs` of one prompt: None for the first token, then {token id: {logprob, rank,
+    decoded_token}}, the prompt's own token only (`prompt_logprobs: 0`)."""
+    tokens = re.findall(r"\s*\S+", prompt)
+    logprobs = [-0.5] * len(tokens)
+    for label, logprob in script["label_logprobs"].items():
+        if prompt.endswith(" " + label):
+            size = len(re.findall(r"\s*\S+", " " + label))
+            logprobs[len(tokens) - size:] = [float(logprob)] + [0.0] * (size - 1)
+    return [None, *({str(i): {"logprob": lp, "rank": 1, "decoded_token": tok}}
+                     for i, (tok, lp) in enumerate(zip(tokens[1:], logprobs[1:]), start=1))]
 
 
 async def _stream(request: web.Request, body: dict[str, Any], answer: str, usage: dict[str, int],

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from ensembles.aggregators.auto import Auto
-from ensembles.aggregators.base import Aggregator, Params, pick
+from ensembles.aggregators.base import Aggregator, FitData, Params, pick
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.glad import Glad
+from ensembles.aggregators.grouped import GroupedDawidSkene
 from ensembles.aggregators.mace import Mace
 from ensembles.aggregators.majority import Majority
 from ensembles.aggregators.one_coin import OneCoin
+from ensembles.aggregators.prior import Prior
 from ensembles.aggregators.skill_weighted import Wawa, ZeroBasedSkill
 from ensembles.aggregators.stacking import Stacking
 from ensembles.aggregators.weighted import Weighted
 
 REGISTRY: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Majority, Weighted, DawidSkene, OneCoin, Glad, Mace, Wawa, ZeroBasedSkill, Stacking, Auto)
+    cls.name: cls
+    for cls in (Majority, Weighted, DawidSkene, GroupedDawidSkene, OneCoin, Glad, Mace, Wawa, ZeroBasedSkill, Stacking,
+                Prior, Auto)
 }
 
 
@@ -26,4 +30,4 @@ def get_aggregator(name: str) -> Aggregator:
         raise KeyError(f"unknown aggregator {name!r}; known: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["Aggregator", "Params", "REGISTRY", "get_aggregator", "pick"]
+__all__ = ["Aggregator", "FitData", "Params", "REGISTRY", "get_aggregator", "pick"]

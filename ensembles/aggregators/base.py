@@ -1,23 +1,31 @@
-"""The one aggregator interface: an online posterior on the request path, a batch fit off it.
+"""The one aggregator interface: one typed fit input, an online posterior on the request path.
 
 Why split: the request path must stay a few vector operations (microseconds), while learning
-member reliability (crowd-kit's EM algorithms) takes seconds and runs in the background. An
-aggregator is a class with `posterior` (reads fitted parameters, never fits) and an optional
-`fit` that returns new parameters as plain JSON-able data, so they can be published to a store
-that several gateway replicas share.
+member reliability (crowd-kit's EM algorithms, scikit-learn) takes seconds and runs in the background.
+An aggregator is a class with `combine` (reads fitted parameters, never fits) and `fit(FitData)`, which
+returns new parameters as plain JSON-able data, so they can be published to a store that several gateway
+replicas share.
+
+What every answer goes through, whatever the aggregator (`posterior`): the LLM members' votes are
+debiased (ensembles/debias.py) and tempered (ensembles/temperature.py) with the published parameters,
+combined by the aggregator, the result is tempered as a whole to its fitted calibration, and the people's
+votes on the item join last (ensembles/humans.py). So a person's label counts under every aggregator,
+a single-member choice of `auto` included.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, ClassVar, Literal
 
-from ensembles.debias import debias, debias_items, fit_biases, label_prior
-from ensembles.temperature import fit_temperatures, temper_votes
-from ensembles.votes import Vote
+from ensembles.debias import debias
+from ensembles.humans import join
+from ensembles.temperature import temper_all
+from ensembles.votes import HUMAN_PREFIX, Vote
 
 Params = Mapping[str, Any]
 """Fitted parameters as JSON-able data (e.g. per-member skills or confusion matrices)."""
@@ -25,58 +33,91 @@ Params = Mapping[str, Any]
 Triple = tuple[str, str, str]
 """(item id, member, label): one hard vote, the unit crowd-kit fits on."""
 
+Metric = Literal["accuracy", "balanced_accuracy", "macro_f1"]
+"""What a fit that chooses (auto) or weighs classes (stacking) optimises: the user's measure of a good label."""
+
 DEFAULT_SKILL = 0.7
 """One-coin accuracy assumed for a member the fitted model has not seen (or before any fit)."""
 
 MIN_GOLD = 20
 """Fewest gold items anything is fitted on (temperatures, stacking, auto's choice) unless the refit says otherwise."""
 
-OUT_OF_FOLD = "out_of_fold"
-"""Key of `fit_params`' result holding the confidence and correctness of each gold item's posterior while that
-item was held out of the fit (`auto`'s cross-validation): what the refit calibrates on instead of posteriors
-on the gold the fit saw, which look surer than they are. The refit removes it before publishing."""
-
 ItemVotes = Mapping[str, Sequence[Vote]]
-"""Each item's valid votes, soft ones included: what `soft_fit` aggregators fit on."""
+"""Each item's valid votes, soft ones included."""
+
+_UNFITTED: Params = {}
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Everything a fit may learn from, in one place.
+
+    `votes` are the LLM members' valid votes per item, as the aggregator's `combine` will see them (debiased and
+    tempered by the refit); `humans` the people's votes per item (ensembles/humans.py fits them, after the
+    aggregator); `gold` known true labels; `groups` maps a member to its look-alike group (members serving one
+    model: their mistakes are shared, so a fit may learn the group's direction once); `metric` what a choice or
+    a class weighting optimises.
+    """
+
+    labels: tuple[str, ...]
+    votes: ItemVotes
+    gold: Mapping[str, str] = field(default_factory=dict)
+    humans: ItemVotes = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)
+    min_gold: int = MIN_GOLD
+    metric: Metric = "accuracy"
+
+    @classmethod
+    def of(cls, votes: ItemVotes | Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None,
+           **kwargs: Any) -> FitData:
+        """From item votes or hard (item, member, label) triples; human votes are split out of the item votes."""
+        if not isinstance(votes, Mapping):
+            by_item: dict[str, list[Vote]] = {}
+            for item, member, label in votes:
+                by_item.setdefault(item, []).append(Vote(member=member, label=label))
+            votes = by_item
+        llm, people = split_items(votes)
+        return cls(tuple(labels), llm, dict(gold or {}), people, **kwargs)
+
+    def with_gold(self, gold: Mapping[str, str]) -> FitData:
+        return replace(self, gold=gold)
+
+    @cached_property
+    def triples(self) -> list[Triple]:
+        """Hard (item, member, label) votes: what crowd-kit fits on."""
+        return [(item, v.member, v.label) for item, votes in self.votes.items() for v in votes if v.label is not None]
+
+    @cached_property
+    def gold_items(self) -> list[str]:
+        """Items with a gold label of the set and at least one vote, sorted."""
+        return sorted(i for i, g in self.gold.items() if g in self.labels and self.votes.get(i))
 
 
 class Aggregator(ABC):
     """Turns the votes on one item into a distribution over the label set."""
 
     name: ClassVar[str]
-    soft_fit: ClassVar[bool] = False
-    """`fit` also takes keyword `item_votes` (ItemVotes, soft votes tempered) and `min_gold`."""
     uses_gold: ClassVar[bool] = False
-    """`fit` reads `gold`; when False, the fit is the same whatever gold is given (auto fits it once)."""
+    """`fit` reads `gold`: its posteriors on gold items are scored out of fold (crossval.py), never in sample."""
 
     def posterior(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
-        """P(true label = labels[k] | votes), in label-set order; abstaining votes are ignored.
-
-        The votes are first debiased with the fit's published member biases (ensembles/debias.py)."""
-        if params and (biases := params.get("biases")):
-            votes = debias(votes, biases, labels)
-        return self.combine(votes, labels, params)
+        """P(true label = labels[k] | votes), in label-set order; abstaining votes are ignored. See the module
+        docstring for the steps; `params` is what the refit published (None before any fit)."""
+        llm, people = split(votes)
+        if params:
+            if biases := params.get("biases"):
+                llm = debias(llm, biases, labels)
+            if temperatures := params.get("temperatures"):
+                llm = temper_all(llm, temperatures)
+        return join(self.combine(llm, labels, params), people, labels, params or _UNFITTED)
 
     @abstractmethod
     def combine(self, votes: Sequence[Vote], labels: Sequence[str], params: Params | None = None) -> list[float]:
-        """`posterior` on votes already debiased: what each aggregator defines."""
+        """The LLM members' votes (already debiased and tempered) -> a distribution: what each aggregator defines."""
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None) -> Params | None:
-        """Learn parameters from (item, member, label) triples, off the request path.
-
-        `gold` maps item ids to known true labels, for the algorithms that can be anchored by
-        them. Returns None when the algorithm has nothing to learn.
-        """
+    def fit(self, data: FitData) -> Params | None:
+        """Learn parameters off the request path; None when the algorithm has nothing to learn."""
         return None
-
-    def fit_params(self, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
-                   item_votes: ItemVotes, min_gold: int = MIN_GOLD, debiased: bool = True) -> dict[str, Any]:
-        """What a refit publishes: member biases (unless `debiased` is off), per-member temperatures fitted on
-        gold, the fit on the debiased and tempered votes, vote counts."""
-        biases, triples, item_votes = debiased_votes(triples, labels, item_votes, gold, debiased)
-        temperatures = fit_temperatures(item_votes, labels, gold, min_gold)
-        fitted = fit_tempered(self, triples, labels, gold, temper_votes(item_votes, temperatures), min_gold)
-        return publishable(fitted, triples, temperatures, biases)
 
     def accuracies(self, params: Params | None, labels: Sequence[str]) -> dict[str, float]:
         """Each fitted member's probability of answering right, read from `params` (routers rank by it).
@@ -86,45 +127,29 @@ class Aggregator(ABC):
         return {}
 
 
-def fit_tempered(agg: Aggregator, triples: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str],
-                 tempered: ItemVotes, min_gold: int) -> Params | None:
-    """`agg.fit` given what it takes: soft fits get the (already tempered) votes, the others hard triples."""
-    if agg.soft_fit:
-        return agg.fit(triples, labels, gold, item_votes=tempered, min_gold=min_gold)  # type: ignore[call-arg]
-    return agg.fit(triples, labels, gold)
+def is_human(member: str) -> bool:
+    return member.startswith(HUMAN_PREFIX)
 
 
-def debiased_votes(triples: Sequence[Triple], labels: Sequence[str], item_votes: ItemVotes, gold: Mapping[str, str],
-                   enabled: bool = True) -> tuple[dict[str, list[float]], Sequence[Triple], ItemVotes]:
-    """Member biases (toward the labels' mix estimated from `gold`) and the votes as the fits should see them:
-    debiased, hard triples relabelled to match."""
-    biases = fit_biases(item_votes, len(labels), prior=label_prior(gold, labels)) if enabled else {}
-    if not biases:
-        return {}, triples, item_votes
-    debiased = debias_items(item_votes, biases, labels)
-    return biases, [(item, v.member, v.label) for item, votes in debiased.items() for v in votes
-                    if v.label is not None], debiased
+def split(votes: Sequence[Vote]) -> tuple[Sequence[Vote], list[Vote]]:
+    """(LLM members' votes, people's valid votes); the same sequence when no person voted (the usual case)."""
+    if not any(v.member.startswith(HUMAN_PREFIX) for v in votes):
+        return votes, []
+    return ([v for v in votes if not v.member.startswith(HUMAN_PREFIX)],
+            [v for v in votes if v.member.startswith(HUMAN_PREFIX) and v.label is not None])
 
 
-def publishable(fitted: Params | None, triples: Sequence[Triple], temperatures: Mapping[str, float],
-                biases: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
-    """A fit's parameters plus what every posterior reads: votes per member (shrinkage), temperatures, and
-    the member biases the votes are divided by before anything else."""
-    params = dict(fitted or {})
-    params["votes_per_member"] = dict(Counter(member for _, member, _ in triples))
-    if temperatures:
-        params["temperatures"] = dict(temperatures)
-    if biases:
-        params["biases"] = {m: list(b) for m, b in biases.items()}
-    return params
-
-
-def votes_of(triples: Sequence[Triple]) -> dict[str, list[Vote]]:
-    """Hard triples as ItemVotes, for soft fits called without soft votes."""
-    out: dict[str, list[Vote]] = {}
-    for item, member, label in triples:
-        out.setdefault(item, []).append(Vote(member=member, label=label))
-    return out
+def split_items(item_votes: ItemVotes) -> tuple[dict[str, list[Vote]], dict[str, list[Vote]]]:
+    """`split` over every item, valid votes only: (LLM votes by item, people's votes by item with any)."""
+    llm: dict[str, list[Vote]] = {}
+    people: dict[str, list[Vote]] = {}
+    for item, votes in item_votes.items():
+        mine, theirs = split([v for v in votes if v.label is not None])
+        if mine:
+            llm[item] = list(mine)
+        if theirs:
+            people[item] = theirs
+    return llm, people
 
 
 def pick(distribution: Sequence[float]) -> int:

@@ -6,12 +6,8 @@ log(sum_l p[l] * P(l | k)), its expected likelihood. Each subclass only says how
 fitted parameters into a prior and a confusion matrix per member; matrices are compiled once per
 parameter set and label order, so the request path is a few list operations per vote.
 
-Small data: each fitted matrix is shrunk toward a prior matrix. For LLM members that prior is the
-DEFAULT_SKILL one-coin matrix; human annotators (`human:<who>`), who each label a few items, are a
-crowd of their own: their matrices are pooled (vote-weighted) into one `human` matrix, itself shrunk
-toward the default, and each annotator shrinks toward that pooled matrix instead (a two-level
-hierarchical estimate, empirical-Bayes style: Kim & Ghahramani, "Bayesian Classifier Combination",
-AISTATS 2012, pool workers through community priors the same way). Unseen annotators get the pooled one.
+Small data: each fitted matrix is shrunk toward the DEFAULT_SKILL one-coin matrix. People's votes never
+reach these aggregators: they join after them (ensembles/humans.py).
 """
 
 from __future__ import annotations
@@ -19,11 +15,11 @@ from __future__ import annotations
 import math
 import operator
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, Params, softmax
-from ensembles.temperature import temper
-from ensembles.votes import HUMAN_PREFIX, Vote
+from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, FitData, Params, softmax
+from ensembles.votes import Vote
 
 Matrix = list[list[float]]
 """conf[k][l] = P(member answers labels[l] | true label is labels[k])."""
@@ -42,35 +38,15 @@ def shrink(matrix: Matrix, rows: Sequence[float], toward: Matrix) -> Matrix:
             for t, (row, n) in enumerate(zip(matrix, rows))]
 
 
-def pooled_human(matrices: Mapping[str, Matrix], rows: Mapping[str, Sequence[float]], k: int) -> Matrix | None:
-    """The humans' mean matrix, each row weighted by their votes on that class, shrunk toward the default
-    like one member's; None without humans."""
-    humans = [(mat, rows[m]) for m, mat in matrices.items() if m.startswith(HUMAN_PREFIX) and m in rows]
-    totals = [sum(n[t] for _, n in humans) for t in range(k)]
-    if not humans or sum(totals) <= 0:
-        return None
-    mean = [[sum(n[t] * mat[t][o] for mat, n in humans) / totals[t] if totals[t] > 0 else 0.0 for o in range(k)]
-            for t in range(k)]
-    return shrink(mean, totals, one_coin(DEFAULT_SKILL, k))
+def shrink_skills(skills: Mapping[str, float], counts: Mapping[str, float]) -> dict[str, float]:
+    """One-coin skills shrunk like matrices, toward DEFAULT_SKILL by each member's number of votes."""
+    return {m: (float(counts.get(m, 0)) * s + PSEUDO_VOTES * DEFAULT_SKILL) / (float(counts.get(m, 0)) + PSEUDO_VOTES)
+            for m, s in skills.items()}
 
 
-def shrink_skills(skills: Mapping[str, float], counts: Mapping[str, float]) -> tuple[dict[str, float], float | None]:
-    """One-coin skills shrunk like matrices: LLM members toward DEFAULT_SKILL, humans toward their pooled skill.
-
-    Returns the shrunk skills and the pooled human skill (None without humans), for unseen annotators.
-    """
-    humans = {m: float(counts.get(m, 0)) for m in skills if m.startswith(HUMAN_PREFIX)}
-    total = sum(humans.values())
-    pooled = None
-    if total > 0:
-        mean = sum(n * skills[m] for m, n in humans.items()) / total
-        pooled = (total * mean + PSEUDO_VOTES * DEFAULT_SKILL) / (total + PSEUDO_VOTES)
-    out = {}
-    for m, s in skills.items():
-        n = float(counts.get(m, 0))
-        toward = pooled if pooled is not None and m in humans else DEFAULT_SKILL
-        out[m] = (n * s + PSEUDO_VOTES * toward) / (n + PSEUDO_VOTES)
-    return out, pooled
+def vote_counts(data: FitData) -> dict[str, int]:
+    """Valid votes per member: what each member's matrix is shrunk by (`votes_per_member`)."""
+    return dict(Counter(member for _, member, _ in data.triples))
 
 
 def one_coin(skill: float, k: int) -> Matrix:
@@ -81,25 +57,15 @@ def one_coin(skill: float, k: int) -> Matrix:
 
 
 class Compiled:
-    """Parameters read once for one label order: log prior, per member its matrix and log matrix, the
-    matrices for unseen members (default, and pooled human), and soft-vote temperatures."""
+    """Parameters read once for one label order: log prior, per member its matrix and log matrix, the default
+    matrix for members the fit did not see."""
 
-    def __init__(self, log_prior: list[float], matrices: dict[str, Matrix], k: int, human: Matrix | None,
-                 temperatures: Mapping[str, float]) -> None:
+    def __init__(self, log_prior: list[float], matrices: dict[str, Matrix], k: int) -> None:
         self.log_prior = log_prior
         self.matrices = matrices
         self.logs = {m: _logs(mat) for m, mat in matrices.items()}
         self.default = one_coin(DEFAULT_SKILL, k)
         self.default_log = _logs(self.default)
-        self.human = human or self.default
-        self.human_log = _logs(self.human)
-        self.temperatures = temperatures
-
-    def unseen(self, member: str) -> tuple[Matrix, Matrix]:
-        """(matrix, log matrix) for a member the fit did not see."""
-        if member.startswith(HUMAN_PREFIX):
-            return self.human, self.human_log
-        return self.default, self.default_log
 
 
 def _logs(matrix: Matrix) -> Matrix:
@@ -133,17 +99,11 @@ class ConfusionAggregator(Aggregator):
             return hit[1]
         mats = self.matrices(params, labels) if params else {}
         prior = self.prior(params, labels)
-        human = None
         if params and "votes_per_member" in params:
-            k = len(labels)
-            default = one_coin(DEFAULT_SKILL, k)
             rows = self.row_votes(params, labels, prior)
-            human = pooled_human(mats, rows, k)
-            mats = {m: shrink(mat, rows.get(m, [0.0] * k),
-                              human if human is not None and m.startswith(HUMAN_PREFIX) else default)
-                    for m, mat in mats.items()}
-        compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels), human,
-                            (params or {}).get("temperatures") or {})
+            default = one_coin(DEFAULT_SKILL, len(labels))
+            mats = {m: shrink(mat, rows.get(m, [0.0] * len(labels)), default) for m, mat in mats.items()}
+        compiled = Compiled([math.log(max(p, _FLOOR)) for p in prior], mats, len(labels))
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[key] = (params, compiled)
@@ -163,21 +123,17 @@ class ConfusionAggregator(Aggregator):
         index = {label: i for i, label in enumerate(labels)}
         scores = list(c.log_prior)
         log, mul = math.log, operator.mul
-        temps = c.temperatures
         for vote in votes:
             if vote.label is None:
                 continue
             probs = vote.probs
             if probs is not None and len(probs) == k:
-                if temps and vote.member in temps:
-                    probs = temper(probs, temps[vote.member])
-                mat = c.matrices.get(vote.member) or c.unseen(vote.member)[0]
+                mat = c.matrices.get(vote.member) or c.default
                 for t in range(k):
                     scores[t] += log(max(sum(map(mul, probs, mat[t])), _FLOOR))
             else:
-                logs = c.logs.get(vote.member) or c.unseen(vote.member)[1]
+                logs = c.logs.get(vote.member) or c.default_log
                 obs = index[vote.label]
                 for t in range(k):
                     scores[t] += logs[t][obs]
         return softmax(scores)
-

@@ -5,30 +5,29 @@ Model and citation in soft_em.py; with hard votes only the fit is crowd-kit's Da
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ensembles.aggregators.base import DEFAULT_SKILL, MIN_GOLD, ItemVotes, Params, Triple, votes_of
-from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin
+from ensembles.aggregators.base import DEFAULT_SKILL, FitData, Params
+from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin, vote_counts
 
 
 class DawidSkene(ConfusionAggregator):
     name = "dawid_skene"
-    soft_fit = True
     uses_gold = True
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
-            item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
+    def fit(self, data: FitData) -> Params:
         """Prior, confusion rows (only the true classes the member was seen on) and each row's expected votes, by soft EM."""
         from ensembles.aggregators.soft_em import SEEN, fit_soft_em
 
-        model = fit_soft_em(item_votes if item_votes is not None else votes_of(votes), labels, gold)
+        labels = data.labels
+        model = fit_soft_em(data.votes, labels, data.gold)
         confusion = {member: {labels[t]: {labels[o]: float(model.confusion_[m, t, o]) for o in range(len(labels))}
                               for t in range(len(labels)) if model.mass_[m, t] > SEEN}
                      for m, member in enumerate(model.members)}
         mass = {member: {labels[t]: float(model.mass_[m, t]) for t in range(len(labels))}
                 for m, member in enumerate(model.members)}
         return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)}, "confusion": confusion,
-                "mass": mass}
+                "mass": mass, "votes_per_member": vote_counts(data)}
 
     def row_votes(self, params: Params, labels: Sequence[str], prior: Sequence[float]) -> dict[str, list[float]]:
         """The fit's expected votes per true class (`mass`), so a row seen on a sliver of an item barely counts."""

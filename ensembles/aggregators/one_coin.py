@@ -5,24 +5,23 @@ Model and citation in soft_em.py; with hard votes only the fit is crowd-kit's On
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ensembles.aggregators.base import MIN_GOLD, ItemVotes, Params, Triple, votes_of
-from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin
+from ensembles.aggregators.base import FitData, Params
+from ensembles.aggregators.confusion import ConfusionAggregator, Matrix, one_coin, vote_counts
 
 
 class OneCoin(ConfusionAggregator):
     name = "one_coin"
-    soft_fit = True
 
-    def fit(self, votes: Sequence[Triple], labels: Sequence[str], gold: Mapping[str, str] | None = None, *,
-            item_votes: ItemVotes | None = None, min_gold: int = MIN_GOLD) -> Params:
+    def fit(self, data: FitData) -> Params:
         """Prior and skills, unanchored (as crowd-kit's one-coin): gold does not enter the fit."""
         from ensembles.aggregators.soft_em import fit_soft_em
 
-        model = fit_soft_em(item_votes if item_votes is not None else votes_of(votes), labels, one_coin=True)
-        return {"prior": {label: float(p) for label, p in zip(labels, model.prior_)},
-                "skills": {member: float(model.confusion_[m, 0, 0]) for m, member in enumerate(model.members)}}
+        model = fit_soft_em(data.votes, data.labels, one_coin=True)
+        return {"prior": {label: float(p) for label, p in zip(data.labels, model.prior_)},
+                "skills": {member: float(model.confusion_[m, 0, 0]) for m, member in enumerate(model.members)},
+                "votes_per_member": vote_counts(data)}
 
     def matrices(self, params: Params, labels: Sequence[str]) -> dict[str, Matrix]:
         return {m: one_coin(float(s), len(labels)) for m, s in params.get("skills", {}).items()}

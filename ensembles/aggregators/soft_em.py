@@ -9,11 +9,7 @@ With one-hot votes this is Dawid & Skene (1979), "Maximum likelihood estimation 
 error-rates using the EM algorithm", started from majority vote as crowd-kit starts; gold items
 keep their known class in every E-step.
 
-Humans (`human:<who>`) each label a few items; left alone, EM gives each a noisy estimate that
-the LLM majority outvotes, so the truth EM learns never credits them. Inside EM, each M-step
-therefore shrinks every human's counts toward the humans' pooled confusion (PSEUDO_VOTES of it),
-itself shrunk toward DEFAULT_SKILL: a MAP step under a shared human prior, so the humans as a group
-earn their weight while each one's own record still moves its estimate.
+People's votes are not fitted here: they join after the aggregator (ensembles/humans.py).
 """
 
 from __future__ import annotations
@@ -23,9 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensembles.aggregators.base import DEFAULT_SKILL, ItemVotes
-from ensembles.aggregators.confusion import PSEUDO_VOTES
-from ensembles.votes import HUMAN_PREFIX
+from ensembles.aggregators.base import ItemVotes
 
 _FLOOR = 1e-12
 SEEN = 1e-6
@@ -70,9 +64,6 @@ def fit_soft_em(item_votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
         if gold and gold.get(item) in index:
             clamp[i] = index[gold[item]]
     fixed = clamp >= 0
-    human = np.asarray([m.startswith(HUMAN_PREFIX) for m in members], dtype=bool)
-    default = np.full((k, k), (1 - DEFAULT_SKILL) / max(k - 1, 1))
-    np.fill_diagonal(default, DEFAULT_SKILL)
 
     t = np.zeros((len(items), k))
     np.add.at(t, vi_a, x)  # majority vote (soft) as the start
@@ -82,9 +73,7 @@ def fit_soft_em(item_votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
         # M-step: expected counts of each member's answers per true class
         counts = np.zeros((len(members), k, k))
         np.add.at(counts, vm_a, t[vi_a][:, :, None] * x[:, None, :])
-        mass = counts.sum(axis=2)  # the members' own expected votes, before the human prior is added
-        if human.any():
-            counts[human] += PSEUDO_VOTES * _pooled(counts[human], default)[None]
+        mass = counts.sum(axis=2)
         if one_coin:
             skill = np.trace(counts, axis1=1, axis2=2) / np.maximum(counts.sum(axis=(1, 2)), _FLOOR)
             off = (1 - skill) / max(k - 1, 1)
@@ -107,12 +96,6 @@ def fit_soft_em(item_votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
             break
         last = loglik
     return SoftFit(members, prior, conf, mass)
-
-
-def _pooled(counts: np.ndarray, default: np.ndarray) -> np.ndarray:
-    """The humans' confusion from their summed counts, each row shrunk toward the default by PSEUDO_VOTES."""
-    total = counts.sum(axis=0)
-    return (total + PSEUDO_VOTES * default) / (total.sum(axis=1, keepdims=True) + PSEUDO_VOTES)
 
 
 def _clamped(t: np.ndarray, clamp: np.ndarray, fixed: np.ndarray) -> np.ndarray:

@@ -32,7 +32,3 @@ class Batches:
 
     async def start(self) -> None:
         await self.worker.start()
-
-    async def stop(self) -> None:
-        await self.worker.stop()
-        await self.store.close()

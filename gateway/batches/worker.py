@@ -6,6 +6,10 @@ Why a bound on lines and not on calls: member calls are already bounded by each 
 50,000 requests there, so interactive requests still get through, and it is what a replica
 leases: a replica never holds more lines than it is running. Leases are renewed every third of
 `lease_s`; the lines of a replica that dies are taken over once its leases run out.
+
+While the store is down (gateway/store/health.py) the worker claims nothing and renews nothing; a
+line that finishes meanwhile keeps its result until the store takes it, so the member calls it made
+are not thrown away. It resumes by itself when the store answers again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from gateway.batches.store import BatchStore
 from gateway.config import BatchSettings
 from gateway.errors import APIError
 from gateway.serving import execute
+from gateway.store.health import STORE_ERRORS
 from gateway.tenancy import DEFAULT
 from gateway.state import GatewayState
 
@@ -54,12 +59,14 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
 class BatchWorker:
     def __init__(self, state: GatewayState, store: BatchStore, settings: BatchSettings) -> None:
         self.state = state
+        self.health = state.health
         self.store = store
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, dict[int, asyncio.Task[None]]] = {}
         self.wake = asyncio.Event()
-        self._loops: list[asyncio.Task[None]] = []
+        self._scheduler: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -70,27 +77,45 @@ class BatchWorker:
         self.wake.set()
 
     async def start(self) -> None:
-        self._loops = [asyncio.create_task(self._schedule()), asyncio.create_task(self._renew())]
+        self._scheduler = asyncio.create_task(self._schedule(), name="batch-scheduler")
+        self._renewer = asyncio.create_task(self._renew(), name="batch-leases")
+
+    async def stop_claiming(self) -> None:
+        """Claim no more lines (the gateway is stopping); the lines in flight run on until `stop`."""
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
 
     async def stop(self) -> None:
-        """Stop taking lines; hand the unfinished ones back so a restart or a peer takes them at once."""
-        tasks = self._loops + [t for lines in self.running.values() for t in lines.values()]
+        """Stop taking lines and cancel the unfinished ones; hand their leases back so a restart or a peer takes
+        them at once, or, while the store is down, leave the leases to expire."""
+        await self.stop_claiming()
+        tasks = [t for t in (self._renewer,) if t] + [t for lines in self.running.values() for t in lines.values()]
         held = {batch_id: list(lines) for batch_id, lines in self.running.items()}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for batch_id, lines in held.items():
-            with contextlib.suppress(Exception):
+            if not self.health.up:
+                return
+            try:
                 await self.store.release(batch_id, self.id, lines)
+            except STORE_ERRORS as exc:
+                self.health.failed("batches", exc)
 
     async def _schedule(self) -> None:
         chunk = max(1, self.settings.concurrency // 8)  # claim lines in chunks: fewer store round trips per line
         while True:
             self.wake.clear()
+            await self.health.wait_up()
             try:
                 if self.in_flight <= self.settings.concurrency - chunk:
                     await self._tick()
-            except Exception:  # the store may be briefly unreachable; try again at the next poll
+            except STORE_ERRORS as exc:  # retried once the store answers again
+                self.health.failed("batches", exc)
+            except Exception:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # an error raised while being cancelled must not keep the loop alive
                 log.exception("batch scheduler step failed")
             if not self.wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -114,7 +139,8 @@ class BatchWorker:
             if (free := self.settings.concurrency - self.in_flight) > 0:
                 claimed = await self.store.claim(batch_id, rec["input_file_id"], self.id, free, self.settings.lease_s)
             for line, raw in claimed:
-                self._spawn(batch_id, line, raw, rec.get("owner", DEFAULT))
+                if line not in self.running.get(batch_id, {}):  # ours already: its lease ran out in an outage
+                    self._spawn(batch_id, line, raw, rec.get("owner", DEFAULT))
             if not claimed and rec["completed"] + rec["failed"] >= rec["total"]:
                 if await self.store.transition(batch_id, ("in_progress",), "finalizing", finalizing_at=now()):
                     self.wake.set()
@@ -135,32 +161,36 @@ class BatchWorker:
                 self.running.pop(batch_id, None)
             metrics.BATCH_IN_FLIGHT.dec()
             self.wake.set()
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("batch line %d of %s failed unexpectedly", line, batch_id, exc_info=exc)
 
         task.add_done_callback(done)
 
     async def _run(self, batch_id: str, line: int, raw: bytes, tenant: str) -> None:
         ok, result = await run_line(self.state, raw, tenant)
-        for attempt in range(3):
-            try:
-                recorded = await self.store.complete(batch_id, line, ok, result)
-                break
-            except Exception:
-                log.warning("recording line %d of %s failed (attempt %d)", line, batch_id, attempt + 1,
-                            exc_info=True)
-                await asyncio.sleep(0.2 * (attempt + 1))
-        else:
-            return  # the lease runs out and the line is run again: never lost
+        recorded = await self._record(batch_id, line, ok, result)
         metrics.child(metrics.BATCH_LINES, ("ok" if ok else "error") if recorded else "discarded").inc()
+
+    async def _record(self, batch_id: str, line: int, ok: bool, result: bytes) -> bool:
+        """Record a line's result, waiting out a store outage: the member calls it took are not thrown away. If
+        its lease ran out meanwhile and another worker ran the line too, the first result recorded is kept."""
+        while True:
+            await self.health.wait_up()
+            try:
+                return await self.store.complete(batch_id, line, ok, result)
+            except STORE_ERRORS as exc:
+                self.health.failed("batches", exc)
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
+            await self.health.wait_up()
             for batch_id, lines in list(self.running.items()):
                 try:
                     lost = await self.store.renew(batch_id, self.id, list(lines), self.settings.lease_s)
-                except Exception:
-                    log.warning("renewing leases of %s failed", batch_id, exc_info=True)
-                    continue
+                except STORE_ERRORS as exc:
+                    self.health.failed("batches", exc)
+                    break
                 if lost:
                     log.warning("%d leases of %s were lost (taken over after a stall); their results "
                                 "are recorded only if no other worker records them first", lost, batch_id)

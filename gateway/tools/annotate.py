@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.tools import UsageError
+from gateway.tools import HelpFormatter, UsageError, usd
 from gateway.tools.datasets import file_format, read_rows, row_ids
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -86,7 +86,7 @@ class Tally:
 
     def postfix(self) -> str:
         agree = self.agreement / self.answered if self.answered else 0.0
-        return (f"agree={agree:.2f} cost=${self.cost_usd:.4f} review={self.review}"
+        return (f"agree={agree:.2f} cost={usd(self.cost_usd)} review={self.review}"
                 + (f" failed={len(self.failures)}" if self.failures else ""))
 
 
@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
                                     [(item_id, str(row[args.text_column])) for item_id, row in todo], spec, answered,
                                     concurrency=args.concurrency, retries=args.retries, timeout=args.timeout,
                                     service_tier=args.service_tier))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: {len(rows) - len(todo) + tally.answered}/{len(rows)} rows are in {out}; run the same "
+              f"command to resume (rows already there are skipped)", file=sys.stderr)
+        return 130
     finally:
         bar.close()
         writer.close()
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("annotate", help="label a CSV/JSONL file through the gateway (resumable)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("input", help="INPUT.csv, INPUT.jsonl or INPUT.jsonl.gz")
     p.add_argument("--out", required=True, help="OUT.csv or OUT.jsonl (appended to; rows already in it are skipped)")
     p.add_argument("--text-column", default="text", help="column with the text to label (default: text)")
@@ -164,7 +169,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", help="gateway config: start a gateway inside this command")
     p.add_argument("--concurrency", type=int, default=16, help="rows in flight")
     p.add_argument("--api-key", default=os.environ.get("CROWD_GATEWAY_API_KEY", "unused"),
-                   help="the gateway's API key (default: $CROWD_GATEWAY_API_KEY)")
+                   help="the gateway's API key (default: $CROWD_GATEWAY_API_KEY, else 'unused')")
     p.add_argument("--retries", type=int, default=2, help="retries of a row on 429/5xx/connection errors")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--service-tier", choices=("flex", "default"), default="flex",

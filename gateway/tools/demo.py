@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.tools import HelpFormatter
 from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
-from gateway.tools.evaluate import annotate_items, summarize
+from gateway.tools.baseline import Baseline
+from gateway.tools.evaluate import annotate_items, by_accuracy, failed_cell, summarize
 from gateway.tools.pool import pool_status, running_pool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +78,8 @@ def teach(url: str, args: argparse.Namespace, labels: list[str]) -> str | None:
     aggregator = next(e.aggregator for e in load_config(args.config).ensembles if e.name == args.ensemble)
     mine = [p for p in published if p["schema"] == args.task and p["aggregator"] == aggregator]
     for p in mine:
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted((p["cv_accuracy"] or {}).items(), key=lambda kv: -kv[1]))
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(((k, v["accuracy"]) for k, v in p["candidates"].items()),
+                                                                  key=lambda kv: -kv[1]))
         print(f"refit on {p['gold']} gold items: {p['aggregator']} chose {p['chosen']}"
               + (f" (cross-validated accuracy: {scores})" if scores else ""), flush=True)
     return next((f"{p['aggregator']}: {p['chosen']}" for p in mine if p["chosen"] != p["aggregator"]), None)
@@ -85,18 +88,23 @@ def teach(url: str, args: argparse.Namespace, labels: list[str]) -> str | None:
 def print_table(summary: dict, ensemble: str, aggregator: str, n: int) -> None:
     print(f"\n{n} labeled sentences (UCI Sentiment Labelled Sentences, CC BY 4.0), ensemble '{ensemble}' "
           f"({aggregator})\n")
-    print("| worker | accuracy | answered | USD per 1,000 labels |\n|---|---|---|---|")
-    for name, d in sorted(summary["members"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        print(f"| {name} | {d['accuracy']:.3f} | {d['answered']} | {d['cost_per_1000']:.6f} |")
-    print(f"| **crowd** | **{summary['accuracy']:.3f}** | {summary['items'] - summary['failed']} | "
+    print("| worker | accuracy | answered | failed calls | USD per 1,000 labels |\n|---|---|---|---|---|")
+    for name, d in by_accuracy(summary["members"]):
+        accuracy = "-" if d["accuracy"] is None else f"{d['accuracy']:.3f}"
+        print(f"| {name} | {accuracy} | {d['answered']} | {failed_cell(d)} | {d['cost_per_1000']:.6f} |")
+    answered = summary["items"] - summary["failed"]
+    print(f"| **crowd** | **{summary['accuracy']:.3f}** | {answered} | {summary['failed']} | "
           f"{summary['cost_per_1000']:.6f} |")
+    if (baseline := summary["baseline"]) is not None:
+        print(f"| {Baseline(**baseline).describe()} | {baseline['accuracy']:.3f} | {answered} | - | 0 |")
     print(f"\nmean confidence {summary['mean_confidence']:.3f} against accuracy {summary['accuracy']:.3f} "
           f"(ECE {summary['ece']:.3f}); failed items {summary['failed']}")
     print(f"total cost ${summary['cost_per_1000'] * summary['items'] / 1000:.6f}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="label a bundled sample with real small models on CPU, end to end")
+    p = sub.add_parser("demo", help="label a bundled sample with real small models on CPU, end to end",
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config with the pool and the ensemble "
                                                                   "(default: deploy/local-pool.yaml)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="labeled rows: CSV, JSONL or JSONL.gz with id, text, "

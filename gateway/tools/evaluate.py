@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ensembles import metrics as m
-from ensembles.aggregators import REGISTRY, get_aggregator, pick
+from ensembles.aggregators import REGISTRY, FitData, get_aggregator, pick
 from ensembles.votes import Vote
-from gateway.tools import UsageError
-from gateway.tools.contribution import contributions, print_contributions
+from gateway.tools import HelpFormatter, UsageError, usd
+from gateway.tools.baseline import Baseline, most_frequent
+from gateway.tools.contribution import Contribution, contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
+from gateway.tools.report import failed_calls
 
 
 async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Sequence[dict[str, Any]],
@@ -49,7 +52,7 @@ async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Seque
         right += bool(answer.annotation and answer.annotation["label"] == row["label"])
         cost += answer.cost_usd
         bar.update(1)
-        bar.set_postfix(acc=f"{right / bar.n:.3f}", cost=f"${cost:.5f}")
+        bar.set_postfix(acc=f"{right / bar.n:.3f}", cost=usd(cost))
 
     items = [(item_id, str(row["text"])) for item_id, row in zip(ids, rows)]
     try:
@@ -66,17 +69,20 @@ def summarize(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     pred = [r["annotation"]["label"] for r in done]
     conf = [r["annotation"]["confidence"] for r in done]
     correct = [p == g for p, g in zip(pred, gold)]
-    members: dict[str, dict[str, Any]] = defaultdict(lambda: {"pred": [], "gold": [], "cost": 0.0})
+    members: dict[str, dict[str, Any]] = defaultdict(lambda: {"pred": [], "gold": [], "cost": 0.0,
+                                                              "errors": Counter()})
     for r in done:
         for v in r["annotation"]["votes"]:
             members[v["member"]]["pred"].append(v["label"])
             members[v["member"]]["gold"].append(r["gold"])
             members[v["member"]]["cost"] += v["cost_usd"]
-    per_member = {name: {"accuracy": m.accuracy(d["pred"], d["gold"]), "answered": len(d["pred"]),
-                         "cost_per_1000": 1000 * d["cost"] / len(d["pred"]),
-                         "confusion": m.confusion(d["pred"], d["gold"], labels)} for name, d in members.items()}
+            if v["label"] is None:
+                members[v["member"]]["errors"][v.get("error") or "no label"] += 1
+    per_member = {name: member_summary(d, labels) for name, d in members.items()}
     total_cost = sum(r["cost_usd"] for r in records)
+    baseline = most_frequent(gold)
     return {
+        "baseline": {"label": baseline.label, "accuracy": baseline.accuracy} if baseline else None,
         "items": len(records), "failed": len(records) - len(done), "accuracy": m.accuracy(pred, gold),
         "macro_f1": m.macro_f1(pred, gold, labels), "ece": m.ece(conf, correct),
         "brier": m.brier([r["annotation"]["distribution"] for r in done], gold), "auroc": m.auroc(conf, correct),
@@ -88,6 +94,27 @@ def summarize(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     }
 
 
+def member_summary(d: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """One member's figures: accuracy of the answers it gave, and its failed calls apart (a refused call is not a
+    wrong answer), with the most frequent reason."""
+    answered = [(p, g) for p, g in zip(d["pred"], d["gold"]) if p is not None]
+    errors: Counter[str] = d["errors"]
+    return {"accuracy": m.accuracy([p for p, _ in answered], [g for _, g in answered]) if answered else None,
+            "answered": len(answered), "failed": sum(errors.values()),
+            "error": errors.most_common(1)[0][0] if errors else None,
+            "cost_per_1000": 1000 * d["cost"] / len(d["pred"]),
+            "confusion": m.confusion(d["pred"], d["gold"], labels)}
+
+
+def by_accuracy(members: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Members best first; those that answered nothing last."""
+    return sorted(members.items(), key=lambda kv: -(kv[1]["accuracy"] if kv[1]["accuracy"] is not None else -1))
+
+
+def failed_cell(d: dict[str, Any]) -> str:
+    return failed_calls(d["failed"], d["error"])
+
+
 def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, float]]:
     """Every aggregator fitted (crowd-kit) and applied to the same stored votes; no model is called."""
     by_item = {str(r["id"]): r for r in records if r["annotation"]}
@@ -97,7 +124,7 @@ def reaggregate(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dic
     for name in REGISTRY:
         agg = get_aggregator(name)
         started = time.perf_counter()
-        params = agg.fit(triples, labels)
+        params = agg.fit(FitData.of(triples, labels))
         pred, conf, gold = [], [], []
         for i, r in by_item.items():
             votes = [Vote.from_wire(v, len(labels)) for v in r["annotation"]["votes"]]
@@ -117,8 +144,8 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
 
     `error_correlation`: per pair of members, the correlation of their error indicators on the items both
     answered (1: they are wrong on the same items; a crowd of such members is one member). `contribution`:
-    accuracy of `auto` without each member minus with all, fitted on the gold of the dev half (split by id)
-    with the gateway's own refit and scored on the test half.
+    accuracy of `auto` with each member minus without it (positive: it helps), with a 95% interval, fitted on the
+    gold of the dev half (split by id) with the gateway's own refit and scored on the test half.
     """
     items = {str(r["id"]): r for r in records if r["annotation"]}
     members = sorted({v["member"] for r in items.values() for v in r["annotation"]["votes"]})
@@ -132,7 +159,8 @@ def diversity(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[
     dev = {i: r["gold"] for i, r in items.items() if split_of(i) == "dev"}
     test = {i: r["gold"] for i, r in items.items() if split_of(i) == "test"}
     with_all, contribution = contributions({i: r["annotation"]["votes"] for i, r in items.items()}, labels, dev, test)
-    return {"error_correlation": correlation, "auto_accuracy": with_all, "contribution": contribution,
+    return {"error_correlation": correlation, "auto_accuracy": with_all,
+            "contribution": {name: {**dataclasses.asdict(c), "verdict": c.verdict} for name, c in contribution.items()},
             "gold": len(dev), "test": len(test)}
 
 
@@ -152,7 +180,8 @@ def print_diversity(mix: dict[str, Any]) -> None:
     print("\nError correlation on gold (1: wrong on the same items):\n| pair | correlation |\n|---|---|")
     for pair, value in sorted(mix["error_correlation"].items(), key=lambda kv: -(kv[1] or 0)):
         print(f"| {pair} | {'-' if value is None else f'{value:.2f}'} |")
-    print_contributions(mix["auto_accuracy"], mix["contribution"], mix["gold"], mix["test"])
+    print_contributions(mix["auto_accuracy"], {name: Contribution(c["value"], c["low"], c["high"], c["items"])
+                                                for name, c in mix["contribution"].items()}, mix["gold"], mix["test"])
 
 
 def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
@@ -194,16 +223,29 @@ def plot(summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) 
     return paths
 
 
+def auroc_text(value: float, accuracy: float) -> str:
+    """AUROC of confidence, or why there is none: it ranks right answers against wrong ones, so it needs both."""
+    if not math.isnan(value):
+        return f"{value:.3f}"
+    return "- (every answer was right)" if accuracy == 1 else "- (every answer was wrong)" if accuracy == 0 else "-"
+
+
 def print_report(summary: dict[str, Any], comparison: dict[str, dict[str, float]]) -> None:
     print(f"\nitems {summary['items']} (failed {summary['failed']})  accuracy {summary['accuracy']:.3f}  "
           f"macro-F1 {summary['macro_f1']:.3f}  ECE {summary['ece']:.3f}  Brier {summary['brier']:.3f}  "
-          f"AUROC {summary['auroc']:.3f}")
+          f"AUROC {auroc_text(summary['auroc'], summary['accuracy'])}")
     print(f"mean confidence {summary['mean_confidence']:.3f}  escalated {summary['escalation_rate']:.1%}  "
           f"review {summary['review_rate']:.1%}  cost per 1,000 labels ${summary['cost_per_1000']:.5f}")
     print("accuracy at coverage: " + ", ".join(f"{c:.0%}: {a:.3f}" for c, a in summary["accuracy_at_coverage"]))
-    print("\n| member | accuracy | answered | USD per 1,000 |\n|---|---|---|---|")
-    for name, d in sorted(summary["members"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        print(f"| {name} | {d['accuracy']:.3f} | {d['answered']} | {d['cost_per_1000']:.5f} |")
+    print("\n| member | accuracy of its answers | answered | failed calls | USD per 1,000 |\n|---|---|---|---|---|")
+    for name, d in by_accuracy(summary["members"]):
+        accuracy = "-" if d["accuracy"] is None else f"{d['accuracy']:.3f}"
+        print(f"| {name} | {accuracy} | {d['answered']} | {failed_cell(d)} | {d['cost_per_1000']:.5f} |")
+    print(f"| **crowd** | **{summary['accuracy']:.3f}** | {summary['items'] - summary['failed']} | "
+          f"{summary['failed']} | {summary['cost_per_1000']:.5f} |")
+    if (baseline := summary["baseline"]) is not None:
+        print(f"| {Baseline(**baseline).describe()} | {baseline['accuracy']:.3f} | "
+              f"{summary['items'] - summary['failed']} | - | 0 |")
     if comparison:
         print("\nOffline re-aggregation of the same votes:\n| aggregator | accuracy | macro-F1 | ECE | fit s |"
               "\n|---|---|---|---|---|")
@@ -244,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (rows: id, text, label)")
+    p = sub.add_parser("eval", help="evaluate an ensemble on labeled data (rows: id, text, label)",
+                       description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="labeled rows: CSV, JSONL or JSONL.gz with id, text, label")
     src.add_argument("--votes", help="a previous run's annotations.jsonl: re-aggregate without calling models")

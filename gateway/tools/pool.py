@@ -481,12 +481,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def add_pool_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `pool up|down|status --config FILE`; the parsed args carry `func(args) -> exit code`."""
-    pool = subparsers.add_parser("pool", help="run the config's local model servers (vLLM, llama.cpp on CPU)")
+    pool = subparsers.add_parser("pool", help="run the config's local model servers (vLLM, llama.cpp on CPU)",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = pool.add_subparsers(dest="pool_action", required=True)
     for name, text in (("up", "start the servers and wait until they are ready"),
                        ("down", "stop the servers this pool started"),
                        ("status", "show each server's state")):
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(name, help=text, description=f"crowd-gateway pool {name}: {text}.")
         action.add_argument("--config", help="YAML config with a `pool:` section (default: $CROWD_GATEWAY_CONFIG)")
         action.set_defaults(func=run_pool_command)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ensembles.metrics import macro_f1
-from gateway.tools import UsageError
+from gateway.tools import HelpFormatter, UsageError
+from gateway.tools.baseline import most_frequent
 from gateway.tools.datasets import read_rows
 
 BINS = 10
@@ -35,6 +36,8 @@ class Item:
     """member -> label (None: the member abstained or failed)."""
     vote_costs: dict[str, float]
     gold: str | None
+    errors: dict[str, str]
+    """member -> why its call failed (its votes without a label and with an error)."""
 
 
 def _flag(value: Any) -> bool:
@@ -58,7 +61,9 @@ def load_items(path: Path, gold_column: str | None) -> list[Item]:
                           cost_usd=float(row.get("crowd_cost_usd") or 0.0),
                           votes={v["member"]: v.get("label") for v in votes},
                           vote_costs={v["member"]: float(v.get("cost_usd") or 0.0) for v in votes},
-                          gold=str(gold) if gold not in (None, "") else None))
+                          gold=str(gold) if gold not in (None, "") else None,
+                          errors={v["member"]: str(v["error"]) for v in votes if v.get("label") is None
+                                  and v.get("error")}))
     return items
 
 
@@ -98,6 +103,7 @@ def summarise(items: list[Item]) -> dict[str, Any]:
         "escalated": sum(i.escalated for i in items), "needs_review": sum(i.needs_review for i in items),
         "cost_usd": sum(i.cost_usd for i in items),
         "member_cost_usd": {m: sum(i.vote_costs.get(m, 0.0) for i in items) for m in members},
+        "failed": {m: Counter(i.errors[m] for i in items if m in i.errors) for m in members},
     }
     graded = [item for item in items if item.gold is not None]
     if graded:
@@ -105,7 +111,7 @@ def summarise(items: list[Item]) -> dict[str, Any]:
         summary["gold"] = {
             "items": len(graded), "labels": Counter(gold),
             "accuracy": _share([p == g for p, g in zip(pred, gold)]),
-            "macro_f1": macro_f1(pred, gold, sorted(set(pred) | set(gold))),
+            "macro_f1": macro_f1(pred, gold, sorted(set(pred) | set(gold))), "baseline": most_frequent(gold),
             "members": {m: {"accuracy": _share([item.votes[m] == item.gold for item in graded
                                                 if item.votes.get(m) is not None]),
                             "coverage": _share([item.votes.get(m) is not None for item in graded])}
@@ -145,15 +151,30 @@ def render(s: dict[str, Any]) -> str:
                             ["pair", "agreement", "items"],
                             [[f"{a} / {b}", share, count] for (a, b), (share, count) in s["pairwise"].items()]))
         gold = s.get("gold", {}).get("members", {})
-        parts.append(_table("members", ["member", "agrees with crowd", "cost_usd", "gold accuracy", "coverage"],
+        parts.append(_table("members (gold accuracy: of the answers it gave; coverage: items it answered; a failed "
+                            "call is not a wrong answer)",
+                            ["member", "agrees with crowd", "cost_usd", "gold accuracy", "coverage", "failed calls"],
                             [[m, s["with_crowd"][m], f"{s['member_cost_usd'][m]:.6f}", gold.get(m, {}).get("accuracy"),
-                              gold.get(m, {}).get("coverage")] for m in s["members"]]))
+                              gold.get(m, {}).get("coverage"), _failed(s["failed"][m])] for m in s["members"]]))
     if "gold" in s:
         g = s["gold"]
         best = max((v["accuracy"] or 0.0 for v in g["members"].values()), default=None)
+        baseline = g["baseline"]
         parts.append(_table(f"against gold ({g['items']} items)", ["", "accuracy", "macro-F1"],
-                            [["crowd", g["accuracy"], g["macro_f1"]], ["best member", best, None]]))
+                            [["crowd", g["accuracy"], g["macro_f1"]], ["best member", best, None],
+                             [baseline.describe(), baseline.accuracy, None]]))
     return "\n".join(parts)
+
+
+def _failed(reasons: Counter[str]) -> str:
+    return failed_calls(sum(reasons.values()), reasons.most_common(1)[0][0] if reasons else None)
+
+
+def failed_calls(count: int, reason: str | None) -> str:
+    """`0`, or the count of a member's failed calls and their most frequent reason, cut short."""
+    if not count or reason is None:
+        return str(count)
+    return f"{count} ({reason if len(reason) <= 70 else reason[:69] + '…'})"
 
 
 def plot(s: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -235,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="summarise the OUT file of `annotate`", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("out", help="OUT.csv or OUT.jsonl written by `crowd-gateway annotate`")
     p.add_argument("--gold-column", default="label", help="column with gold labels, if any (default: label)")
     p.add_argument("--plots", help="directory to write PNG plots into")

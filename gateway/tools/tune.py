@@ -24,10 +24,12 @@ from ensembles.aggregators import REGISTRY, Params
 from ensembles.refit import refit
 from gateway.config import Config, Ensemble, load_config
 from gateway.errors import APIError
-from gateway.tools import UsageError
-from gateway.tools.contribution import contributions, print_contributions, unhelpful
+from gateway.tools import HelpFormatter, UsageError
+from gateway.tools.baseline import most_frequent
+from gateway.tools.contribution import MIN_ITEMS, contributions, droppable, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids
 from gateway.tools.replay import Recording, ReplayAnnotator, asked_members, record
+from gateway.tools.yaml_edit import set_key
 from gateway.task import AnnotationTask, build_task
 from routers import REGISTRY as ROUTERS
 from routers.base import TARGETS
@@ -100,10 +102,10 @@ def held_out(item_id: str, fraction: float) -> bool:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest()) / 2**64 < fraction
 
 
-def fit_params(ens: Ensemble, recording: Recording, labels: Sequence[str], gold: dict[str, str],
-               min_gold: int) -> Params:
+def fit_params(config: Config, ens: Ensemble, recording: Recording, labels: Sequence[str],
+               gold: dict[str, str]) -> Params:
     """The aggregator's parameters and calibration map, fitted as the gateway's refit fits them."""
-    return refit(ens.aggregator, on_the_wire(recording), labels, gold, min_gold)
+    return refit(ens.aggregator, on_the_wire(recording), labels, gold, **config.fit_options())
 
 
 def on_the_wire(recording: Recording) -> dict[str, list[dict[str, Any]]]:
@@ -178,21 +180,19 @@ def choose(front: Sequence[Point], target_accuracy: float | None, budget_per_1k:
 
 
 def write_config(source: Path, dest: Path, ensemble: str, setting: Setting) -> None:
-    """Write the setting into the ensemble's entry, keeping comments, order and quoting; then re-validate."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.util import load_yaml_guess_indent
+    """Write the setting into the ensemble's entry in place (one knob, one changed line: comments, quoting and
+    wrapped flow mappings kept, gateway/tools/yaml_edit.py); then re-validate."""
+    def entry(data: Any) -> Any:
+        return next(e for e in data["ensembles"] if e["name"] == ensemble)
 
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    data, sequence_indent, dash_offset = load_yaml_guess_indent(source.read_text(), yaml=yaml)
-    yaml.indent(mapping=2, sequence=sequence_indent or 4, offset=2 if dash_offset is None else dash_offset)
-    entry = next(e for e in data["ensembles"] if e["name"] == ensemble)
+    text = source.read_text()
     for path, value in setting.items():
         section, key = path.split(".")
-        entry.setdefault(section, {})[key] = value
-    with dest.open("w") as fh:
-        yaml.dump(data, fh)
+        try:
+            text = set_key(text, lambda data: entry(data)[section], key, f"{value:g}")
+        except KeyError:  # the entry has no such section yet
+            text = set_key(text, entry, section, f"{{{key}: {value:g}}}")
+    dest.write_text(text)
     load_config(dest)
 
 
@@ -219,11 +219,15 @@ def print_members(recording: Recording, gold: dict[str, str], names: Sequence[st
         valid = sum(vote.valid for _, vote in votes)
         cost = sum(vote.cost_usd for _, vote in votes)
         print(f"| {name} | {right / len(votes):.3f} | {valid}/{len(votes)} | {1000 * cost / len(votes):.6f} |")
+    baseline = most_frequent(gold[item_id] for item_id in recording)
+    if baseline is not None:
+        print(f"| {baseline.describe()} | {baseline.accuracy:.3f} | {len(recording)}/{len(recording)} | 0 |")
 
 
-def recommend_members(recording: Recording, labels: Sequence[str], gold: dict[str, str]) -> list[str]:
-    """Each member's marginal contribution to `auto` (fitted on one half of the tuning items, split by id,
-    scored on the other), and the members worth dropping: removing them loses no accuracy."""
+def recommend_members(recording: Recording, labels: Sequence[str], gold: dict[str, str], keep: int = 1) -> list[str]:
+    """Each member's marginal contribution to `auto` (fitted on one half of the tuning items, split by id, scored
+    on the other), and the members worth dropping: the crowd is measurably more accurate without them (at least
+    MIN_ITEMS scored items, an interval below zero), leaving at least `keep` members."""
     votes = on_the_wire(recording)
     fit_on = {i: g for i, g in gold.items() if not held_out(i, 0.5)}
     scored_on = {i: g for i, g in gold.items() if held_out(i, 0.5)}
@@ -231,9 +235,13 @@ def recommend_members(recording: Recording, labels: Sequence[str], gold: dict[st
         return []
     with_all, contribution = contributions(votes, labels, fit_on, scored_on)
     print_contributions(with_all, contribution, len(fit_on), len(scored_on))
-    drop = unhelpful(contribution)
+    if len(scored_on) < MIN_ITEMS:
+        print(f"no recommendation on members: {len(scored_on)} scored items are too few to tell (at least "
+              f"{MIN_ITEMS})")
+        return []
+    drop = droppable(contribution, keep)
     if drop:
-        print(f"recommendation: drop {', '.join(drop)} from the ensemble (auto is as accurate without "
+        print(f"recommendation: drop {', '.join(drop)} from the ensemble (auto is measurably more accurate without "
               f"{'it' if len(drop) == 1 else 'each of them'}, and each costs a call per item)")
     return drop
 
@@ -275,16 +283,18 @@ async def tune(args: argparse.Namespace) -> int:
     print_members(recording, gold, asked_members(ens))
     labels = tasks[0].labels
     tuning_ids = {t.item_id for t in tuning}
-    recommend_members(recording, labels, {i: g for i, g in gold.items() if i in tuning_ids})
-    params = fit_params(ens, {i: v for i, v in recording.items() if i in tuning_ids}, labels,
-                        {i: g for i, g in gold.items() if i in tuning_ids}, config.refit.min_gold_for_calibration)
+    recommend_members(recording, labels, {i: g for i, g in gold.items() if i in tuning_ids}, ens.quorum)
+    params = fit_params(config, ens, {i: v for i, v in recording.items() if i in tuning_ids}, labels,
+                        {i: g for i, g in gold.items() if i in tuning_ids})
     settings = grid(ens)
     points = [await score(config, ens, s, tuning, gold, recording, params) for s in settings]
     front = frontier(points)
     print_frontier(front, len(points), list(settings[0]))
     chosen = choose(front, args.target_accuracy, args.budget_usd_per_1k)
+    baseline = most_frequent(gold[t.item_id] for t in tuning)
     print(f"\nchosen on {len(tuning)} dev items: {describe(chosen.setting)}: accuracy {chosen.accuracy:.3f}, "
-          f"${chosen.cost_per_1k:.6f} per 1,000 labels, {chosen.calls_per_item:.2f} calls per item")
+          f"${chosen.cost_per_1k:.6f} per 1,000 labels, {chosen.calls_per_item:.2f} calls per item"
+          + (f"; {baseline.describe()}: {baseline.accuracy:.3f}" if baseline else ""))
     if holdout:
         check = await score(config, ens, chosen.setting, holdout, gold, recording, params)
         print(f"held out ({len(holdout)} items): accuracy {check.accuracy:.3f}, ${check.cost_per_1k:.6f} per "
@@ -302,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="search an ensemble's thresholds on labeled dev data and write them",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="the gateway's YAML config (rewritten unless --output)")
     p.add_argument("--dataset", required=True, help="labeled dev data: CSV, JSONL or JSONL.gz with id, text, label")
     p.add_argument("--ensemble", required=True, help="the ensemble whose thresholds are searched")

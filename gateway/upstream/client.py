@@ -31,6 +31,7 @@ from gateway.config import Breaker, Member
 from gateway.upstream.breaker import CircuitBreaker, State
 from gateway.upstream.member_stats import MemberStats
 from gateway.upstream.pricing import Pricer, pricer_for
+from gateway.upstream.rejections import Rejections
 from gateway.upstream.reply import Completion, Reply, UpstreamError, error_message, parse_completion
 from routers import MemberState
 
@@ -73,7 +74,7 @@ class _WaitRetryAfter:
     """Exponential backoff with jitter, unless the upstream said how long to wait."""
 
     def __init__(self) -> None:
-        self.backoff = wait_exponential_jitter(initial=2 * FIRST_BACKOFF_S, max=2.0, jitter=FIRST_BACKOFF_S)
+        self.backoff = wait_exponential_jitter(multiplier=2 * FIRST_BACKOFF_S, max=2.0, jitter=FIRST_BACKOFF_S)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -150,6 +151,7 @@ class MemberClient:
         self.pricer: Pricer = pricer_for(member)
         self.root = member.base_url.removesuffix("/v1")
         self.stats = MemberStats(member)
+        self.rejections = Rejections(member.name, breaker.failure_threshold, clock)
         self._gauge = metrics.child(metrics.CIRCUIT, member.name)
         self._gauge.set(0)
 
@@ -225,7 +227,7 @@ class Upstreams:
         """One completion call, read and checked; raises UpstreamError when it gives no readable answer (kind
         `http` for a status other than 200, `malformed` for a 200 whose body is not a completion)."""
         reply = await self.post(name, path, body, deadline, settle=True)
-        if (refused := self.refusal(name, reply)) is not None:
+        if (refused := self.refusal(name, path, reply)) is not None:
             raise refused
         try:
             answer = parse_completion(reply.body)
@@ -235,13 +237,22 @@ class Upstreams:
         self.settled(name, True)
         return answer
 
-    def refusal(self, name: str, reply: Reply) -> UpstreamError | None:
-        """The error of a reply posted with `settle` whose status is not 200 (another 2xx is a member failure)."""
+    def refusal(self, name: str, path: str, reply: Reply) -> UpstreamError | None:
+        """The error of a reply posted with `settle` whose status is not 200 (another 2xx is a member failure),
+        logged and counted against the member's health; None for a 200."""
+        rejections = self.clients[name].rejections
         if reply.status == 200:
+            rejections.answered(path)
             return None
         if reply.status < 300:
             self.settled(name, False)
-        return UpstreamError(name, "http", f"HTTP {reply.status}: {error_message(reply.body)}", status=reply.status)
+        message = error_message(reply.body)
+        rejections.refused(path, reply.status, message)
+        return UpstreamError(name, "http", f"HTTP {reply.status}: {message}", status=reply.status)
+
+    def problem(self, name: str) -> str | None:
+        """Why a member is unhealthy though its server answers: a kind of call it refuses every time."""
+        return self.clients[name].rejections.problem()
 
     async def get(self, name: str, path: str, timeout_s: float) -> Reply | None:
         """GET a path under the member's server root (health, /metrics); None when it cannot be reached."""
@@ -373,11 +384,11 @@ class Upstreams:
 
     async def healthy(self, name: str, timeout_s: float = 2.0) -> bool:
         """Probe a member: vLLM's health path, llama.cpp's /v1/models, an `openai` server's `{base_url}/models`
-        with the member's key (any 2xx). A `litellm` member is healthy unless its circuit is open: its
+        with the member's key (any 2xx); a member that refuses every call of a kind is not healthy (`problem`). A `litellm` member is healthy unless its circuit is open: its
         providers have no free health call, and a probe must not spend money; a dead provider opens the
         breaker after `failure_threshold` failed calls."""
         client = self.clients[name]
-        if client.publish_state() is State.OPEN:
+        if client.publish_state() is State.OPEN or client.rejections.problem() is not None:
             return False
         member = client.member
         if member.dialect == "litellm":

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import Template, Variant, completion_item, completion_prefix, render_chat, with_variant
+from ensembles.prompts import Template, Variant, completion_item, completion_prefix, cut, render_chat, with_variant
 from gateway.config import Member
 from gateway.task import AnnotationTask
 
@@ -59,6 +59,8 @@ def _completion_prompt(template: Template, text: str, labels: tuple[str, ...]) -
         if len(_prefixes) >= _MEMO_SIZE:
             _prefixes.clear()
         found = _prefixes[key] = (template, completion_prefix(template, labels))
+    if template.max_text_chars is not None:
+        return found[1] + completion_item(cut(text, template.max_text_chars))
     if _last_item[0] is not text:
         _last_item[:] = [text, completion_item(text)]
     return found[1] + _last_item[1]
@@ -72,6 +74,18 @@ def one_pass(member: Member, task: AnnotationTask) -> bool:
         return True
     template = prompt_template(member, task)
     return member.logprobs and template is not None and template.prompt_style == "completion"
+
+
+def scoring_request(member: Member, asked: dict[str, Any], labels: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """(path, body) asking a vLLM member for the log-probability of each of `labels` after the completion prompt
+    of `asked` (its one-pass request): the prompt alone and the prompt followed by each label, one forward pass
+    each, with `prompt_logprobs` (ensembles/extract.label_logprobs reads the answer). None where the dialect or a
+    chat prompt offers no such call."""
+    prompt = asked.get("prompt")
+    if member.dialect != "vllm" or not isinstance(prompt, str):
+        return None
+    return "/completions", {"model": member.model, "prompt": [prompt, *(f"{prompt} {label}" for label in labels)],
+                            "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
 
 
 def shape(member: Member, task: AnnotationTask, first_token: bool = False) -> tuple[str, bytes]:

@@ -141,7 +141,7 @@ class Grouper:
                 return
             body = orjson.dumps({**group.params, "prompt": group.prompts})
             reply = await self.upstreams.post(group.member, group.path, body, group.deadline, settle=True)
-            if (refused := self.upstreams.refusal(group.member, reply)) is not None:
+            if (refused := self.upstreams.refusal(group.member, group.path, reply)) is not None:
                 if reply.status in SPLIT_STATUSES:
                     await asyncio.gather(*(self._alone(group, i) for i in range(len(group.prompts))))
                 else:

@@ -48,6 +48,8 @@ class Completion:
     choice: Mapping[str, Any]
     prompt_tokens: int
     completion_tokens: int
+    choices: Sequence[Any] = ()
+    """Every choice of the body, unchecked beyond choices[0] (a scoring call reads one per prompt)."""
 
 
 def _object(body: bytes) -> Mapping[str, Any]:
@@ -81,7 +83,7 @@ def parse_completion(body: bytes) -> Completion:
     if not isinstance(text, str):
         raise ValueError(f"the answer is {type(text).__name__}, not a string")
     prompt, completion = usage_tokens(data.get("usage"))
-    return Completion(text, choice, prompt, completion)
+    return Completion(text, choice, prompt, completion, tuple(choices))
 
 
 def parse_grouped(body: bytes, prompts: Sequence[str]) -> list[Completion | str]:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ def kube_version() -> str:
 @functools.lru_cache(maxsize=1)
 def helm_path() -> str:
     """Install helm through deploy/tools.sh (once per machine, looked up once per session); fail loudly."""
-    proc = subprocess.run([str(TOOLS_SH), "helm"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(TOOLS_SH), "helm"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable})  # the venv's python: the wheel's npm
     path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode != 0 or not path or not os.access(path, os.X_OK):
         raise RuntimeError(

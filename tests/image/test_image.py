@@ -40,9 +40,10 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """The image id, built (or found up to date in the layer cache) by deploy/image.sh."""
-    proc = subprocess.run([str(IMAGE_SH), "build", TAG], capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, f"deploy/image.sh build failed:\n{proc.stderr[-5000:]}"
+    """The image id, built (or found up to date in the layer cache) by deploy/image.sh, whose progress goes to the
+    terminal as it happens (`make test-image` runs pytest with -s)."""
+    proc = subprocess.run([str(IMAGE_SH), "build", TAG], stdout=subprocess.PIPE, text=True, timeout=3600)
+    assert proc.returncode == 0, "deploy/image.sh build failed: its output is above"
     return proc.stdout.strip().splitlines()[-1]
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def annotate(*args: str, wait: bool = True) -> Any:
-    cmd = [str(BIN / "crowd-gateway"), "annotate", *args]
+INTERRUPTIBLE = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                                      "os.execv(sys.argv[1], sys.argv[1:])"]
+"""Runs a command with SIGINT at its default, as from a terminal: a background job (CI runs the tests as one) inherits
+SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+
+
+def annotate(*args: str, wait: bool = True, interruptible: bool = False) -> Any:
+    cmd = [*(INTERRUPTIBLE if interruptible else []), str(BIN / "crowd-gateway"), "annotate", *args]
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
@@ -106,6 +113,23 @@ def test_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, gatew
     assert sorted(r["id"] for r in final) == sorted(r["id"] for r in rows)  # each id once, the torn row gone
     calls = upstream.calls("s1")["calls"] - before
     assert 30 <= calls <= 30 + 3  # only the rows in flight at the kill were asked twice
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, gateway: InProcessGateway) -> None:
+    """Issue 23: Ctrl-C on annotate exited silently."""
+    rows = 300  # at most 10 per second: the run is far from done when the signal comes, however loaded the machine
+    write_csv(tmp_path / "in.csv", [{"id": f"c{i}", "text": f"sentence {i}"} for i in range(rows)])
+    out = tmp_path / "out.csv"
+    proc = annotate(str(tmp_path / "in.csv"), "--labels", "positive,negative", "--ensemble", "slow", "--out", str(out),
+                    "--gateway", gateway.url, "--concurrency", "1", wait=False, interruptible=True)
+    deadline = time.monotonic() + 30
+    while (not out.exists() or out.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    written = len(read_csv(out))
+    assert written < rows and f"interrupted: {written}/{rows} rows are in {out}; run the same command to resume" in err
 
 
 def test_jsonl_with_task_and_embedded_gateway_and_failed_rows(tmp_path: Path, upstream: Upstream,

@@ -51,7 +51,7 @@ def test_auto_matches_or_beats_the_best_member_on_held_out_items(upstream: Upstr
         assert fb.status_code == 200
     assert httpx.post(f"{gw.v1}/annotations/refit", timeout=120).status_code == 200
     params = {p["aggregator"]: p for p in httpx.get(f"{gw.v1}/annotations/params").json()["data"]}
-    assert params["auto"]["gold"] == len(dev) and set(params["auto"]["cv_accuracy"]) >= {"majority", "stacking"}
+    assert params["auto"]["gold"] == len(dev) and set(params["auto"]["candidates"]) >= {"majority", "stacking", "prior"}
 
     crowd_right = sum(label("crowd", t) == gold[t] for t in test) / len(test)
     vote_right = sum(label("vote", t) == gold[t] for t in test) / len(test)

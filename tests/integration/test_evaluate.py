@@ -12,6 +12,7 @@ import yaml
 from ensembles import metrics as m
 from gateway.cli import main
 from gateway.tools.datasets import split_of
+from gateway.tools.evaluate import auroc_text
 from tests.conftest import Upstream, free_port, member
 from tests.inprocess import InProcessGateway
 
@@ -23,6 +24,13 @@ def test_metrics_on_known_values() -> None:
     assert m.auroc([0.9, 0.8, 0.3], [True, True, False]) == 1.0
     assert m.coverage_curve([0.9, 0.5], [True, False], points=(0.5, 1.0)) == [(0.5, 1.0), (1.0, 0.5)]
     assert m.confusion(["a", None], ["a", "b"], ["a", "b"])["b"]["abstain"] == 1
+
+
+def test_auroc_says_why_it_is_undefined() -> None:
+    """Issue 23: `eval` printed `AUROC nan` when nothing was wrong."""
+    assert auroc_text(m.auroc([0.9, 0.8], [True, True]), 1.0) == "- (every answer was right)"
+    assert auroc_text(m.auroc([0.9, 0.8], [False, False]), 0.0) == "- (every answer was wrong)"
+    assert auroc_text(m.auroc([0.9, 0.3], [True, False]), 0.5) == "1.000"
 
 
 def test_split_is_stable_and_balanced() -> None:
@@ -38,8 +46,9 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path,
     upstream.script("e1", keywords={r["text"]: r["label"] for r in rows})
     upstream.script("e2", keywords={r["text"]: r["label"] for r in rows[:20]}, answer="positive")
     upstream.script("e3", answer="positive")
-    members = [member(upstream, n, price=(1.0, 1.0)) for n in ("e1", "e2", "e3")]
-    gw = InProcessGateway({"members": members, "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3"],
+    upstream.script("e4", fail=[400] * 30)  # refuses every call (issue 23: a base model asked for chat)
+    members = [member(upstream, n, price=(1.0, 1.0)) for n in ("e1", "e2", "e3", "e4")]
+    gw = InProcessGateway({"members": members, "ensembles": [{"name": "crowd", "members": ["e1", "e2", "e3", "e4"],
                                                               "quorum": 2}]}, port=free_port())
     request.addfinalizer(gw.close)  # served on 127.0.0.1 from this process
     data = tmp_path / "data.jsonl"
@@ -53,15 +62,22 @@ def test_eval_run_then_offline_reaggregation(upstream: Upstream, tmp_path: Path,
     assert summary["summary"]["items"] == 30 and summary["summary"]["failed"] == 0
     assert summary["summary"]["members"]["e1"]["accuracy"] == 1.0
     assert summary["summary"]["members"]["e3"]["accuracy"] == pytest.approx(20 / 30)
+    refused = summary["summary"]["members"]["e4"]
+    assert (refused["accuracy"], refused["answered"], refused["failed"]) == (None, 0, 30), "failed, not wrong"
+    assert refused["error"] == "HTTP 400: scripted failure 400"
+    assert summary["summary"]["baseline"] == {"label": "positive", "accuracy": pytest.approx(20 / 30)}
     assert summary["summary"]["cost_per_1000"] == pytest.approx(1000 * 3 * 11 / 1e6)
     assert set(summary["aggregators"]) >= {"majority", "dawid_skene", "glad", "mace", "wawa"}
     mix = summary["diversity"]
-    assert set(mix["contribution"]) == {"e1", "e2", "e3"} and set(mix["error_correlation"]) == {
-        "e1 / e2", "e1 / e3", "e2 / e3"}
+    assert set(mix["contribution"]) == {"e1", "e2", "e3", "e4"} and set(mix["error_correlation"]) == {
+        "e1 / e2", "e1 / e3", "e1 / e4", "e2 / e3", "e2 / e4", "e3 / e4"}
     assert mix["error_correlation"]["e1 / e2"] is None, "e1 is never wrong: no correlation to speak of"
-    assert mix["contribution"]["e1"] >= mix["contribution"]["e3"], "the perfect member matters most"
+    assert mix["contribution"]["e1"]["value"] >= mix["contribution"]["e3"]["value"], "the perfect member matters most"
+    assert "positive, the crowd is more accurate with it" in printed.out  # what the sign means
     assert (out / "reliability.png").stat().st_size > 1000 and (out / "cost_accuracy.png").stat().st_size > 1000
     assert "| e1 | 1.000 |" in printed.out
+    assert "| e4 | - | 0 | 30 (HTTP 400: scripted failure 400) |" in printed.out
+    assert "| always 'positive' (most frequent label) | 0.667 | 30 |" in printed.out
     again = main(["eval", "--votes", str(out / "annotations.jsonl"), "--out", str(tmp_path / "o2")])
     assert again == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["summary"] == summary["summary"]

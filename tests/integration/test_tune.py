@@ -59,10 +59,9 @@ ensembles:
       target: 0.99     # tuned
       price_weight: 1  # tuned
     escalation: {{below: 0.95, to: tune-big}}
-  # everyone, so a gateway stores every vote for its refit
-  - name: all
-    members: [tune-a, tune-b, tune-c, tune-big]
-    aggregator: dawid_skene
+  # everyone, so a gateway stores every vote for its refit (a flow mapping wrapped over lines, kept as it is)
+  - {{name: all, members: [tune-a, tune-b, tune-c, tune-big],
+     aggregator: dawid_skene}}
 """
 
 
@@ -146,6 +145,9 @@ def test_frontier_is_printed_and_monotone(by_accuracy: Run) -> None:
     accuracies = [float(r["accuracy"]) for r in rows]
     assert costs == sorted(costs) and accuracies == sorted(accuracies) and len(set(accuracies)) == len(rows)
     assert "| tune-a | 0.800 |" in by_accuracy.out  # each worker alone is reported next to the crowd
+    majority = max(LABELS, key=lambda label: sum(truth(i) == label for i in range(N_ITEMS)))
+    share = sum(truth(i) == majority for i in range(N_ITEMS)) / N_ITEMS
+    assert f"| always {majority!r} (most frequent label) | {share:.3f} |" in by_accuracy.out  # the trivial answer
 
 
 def test_config_holds_the_choice_keeps_comments_and_validates(dev: Path, by_accuracy: Run) -> None:
@@ -154,6 +156,7 @@ def test_config_holds_the_choice_keeps_comments_and_validates(dev: Path, by_accu
     changed = [line for line in difflib.ndiff(original.splitlines(), written.splitlines())
                if line.startswith(("- ", "+ "))]
     assert changed and all(re.search(r"\b(start|target|price_weight|below):", line) for line in changed), changed
+    assert len(changed) <= 2 * 4, "one changed line per tuned knob (issue 23: a wrapped flow mapping was joined)"
     assert "# tuned" in written and "# cheapest reliable workers first" in written
     crowd = next(e for e in load_config(dev / "by-accuracy.yaml").ensembles if e.name == "crowd")
     line = next(line for line in by_accuracy.out.splitlines() if line.startswith("chosen on"))

@@ -26,7 +26,8 @@ POOL = ROOT / "deploy" / "local-pool.yaml"
 HELDOUT = ROOT / "gateway" / "data" / "sentiment_heldout.jsonl"
 LABELS = ["positive", "negative"]
 """The `sentiment` task's label set, in its order (soft votes are in label-set order)."""
-INTENTS = ROOT.parent / "shared" / "datasets" / "intents_bigbench.jsonl"
+INTENTS = ROOT / "tests" / "real" / "data" / "intents_sample.jsonl"
+"""30 requests of the seven intents, bundled (tests/real/data/ATTRIBUTION.md)."""
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,30 @@ def test_every_label_is_in_the_label_set(heldout: list) -> None:
             assert vote["label"] in LABELS or (vote["label"] is None and vote["error"]), vote
         valid = [v for v in ann["votes"] if v["label"] is not None]
         assert len(valid) >= 3  # quorum of the local crowd
+
+
+OBVIOUS = [("Great film!", "positive"), ("I loved every minute of it.", "positive"),
+           ("Absolutely wonderful service, thank you!", "positive"),
+           ("This is the best purchase I have made all year.", "positive"),
+           ("The food was delicious and the staff were friendly.", "positive"),
+           ("Terrible service, never again.", "negative"), ("The worst movie I have ever seen.", "negative"),
+           ("It broke after one day. Total waste of money.", "negative"),
+           ("The room was dirty and the staff were rude.", "negative"), ("I hated it.", "negative")]
+"""Ten sentences nobody would label otherwise (issue 23: "Great film!" came back negative 0.891)."""
+
+
+def test_the_readmes_first_example_without_task_is_right_on_every_member(client: OpenAI, gateway: Gateway) -> None:
+    """The README's first call as written (`labels` only, no `task`): every worker of the shipped pool votes (Gemma 3
+    270M has no chat template: its members' completion template serves the request), the crowd is right, and no
+    member is unhealthy for refusing calls."""
+    for text, gold in OBVIOUS:
+        r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": text}],
+                                           extra_body={"labels": ["positive", "negative"]})
+        votes = r.model_extra["annotation"]["votes"]
+        assert len(votes) == crowd_size() and [v for v in votes if v["error"]] == [], votes
+        assert r.choices[0].message.content == gold, (text, r.model_extra["annotation"])
+    ready = gateway.get("/readyz").json()
+    assert ready["problems"] == {} and all(ready["members"].values()), ready
 
 
 def test_vllm_honours_structured_outputs_choice(client: OpenAI) -> None:
@@ -142,15 +167,23 @@ def test_least_loaded_reads_the_real_vllm_queue_gauges(pool: None) -> None:
 
 
 def test_the_same_pool_labels_intents_through_the_task_prompt(client: OpenAI) -> None:
-    """Seven intents, no per-task member list: the task names the prompt (and its variants) the workers use."""
-    rows = [json.loads(line) for line in INTENTS.read_text().splitlines() if line.strip()][::23][:30]  # all 7 intents
-    right = 0
+    """Seven intents, no per-task member list: the task names the prompt (and its variants) the workers use. The
+    first token's top-20 log-probabilities often miss intents: no soft vote gives one of them a 0.0 (those worth
+    it are scored with vLLM's prompt log-probabilities, the others given the truncation bound)."""
+    rows = [json.loads(line) for line in INTENTS.read_text().splitlines() if line.strip()]
+    assert len(rows) == 30 and len({row["label"] for row in rows}) == 7
+    right, soft = 0, 0
     for row in rows:
         r = client.chat.completions.create(model="crowd", messages=[{"role": "user", "content": row["text"]}],
                                            extra_body={"task": "intents", "item_id": row["id"]})
         ann = r.model_extra["annotation"]
         assert ann["label"] in json.loads(json.dumps(ann["distribution"])) and len(ann["distribution"]) == 7
+        for vote in ann["votes"]:
+            if vote["probs"] is not None:
+                soft += 1
+                assert min(vote["probs"]) > 0.0, (vote["member"], vote["probs"])
         right += ann["label"] == row["label"]
+    assert soft >= len(rows) * 3, "most votes are soft"
     print(f"\nintents, 30 items: crowd accuracy {right / len(rows):.3f} (chance 0.143)")
     assert right / len(rows) >= 0.35, "well above chance on seven intents (measured 0.50 on this sample)"
 

@@ -45,6 +45,23 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     assert len(list(parsers(build_parser()))) >= 11  # serve, annotate, report, eval, tune, demo, pool up/down/status
 
 
+def test_every_subcommand_says_what_it_does_and_annotate_shows_its_defaults() -> None:
+    """Issue 23: `serve`, `eval` and `pool --help` had no description; `annotate --help` hid its defaults."""
+    silent = [name for name, parser in parsers(build_parser()) if name != "crowd-gateway" and not parser.description]
+    assert silent == []
+    annotate = dict(parsers(build_parser()))["crowd-gateway annotate"].format_help()
+    for shown in ("(default: text)", "(default: crowd)", "(default: 16)", "(default: 2)", "(default: 120.0)"):
+        assert shown in " ".join(annotate.split()), shown
+
+
+def test_a_running_cost_at_local_prices_is_not_shown_as_zero() -> None:
+    from gateway.tools.annotate import Tally
+
+    tally = Tally()
+    tally.add({"agreement": 1.0}, 0.0000231)
+    assert "cost=$0.000023" in tally.postfix()
+
+
 def test_an_unknown_log_level_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--log-level", "loud"])

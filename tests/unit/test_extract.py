@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ensembles.extract import parse_answer, soft_vote
+from ensembles.extract import first_token, parse_answer, soft_vote
 from ensembles.votes import Vote
 
 LABELS = ["positive", "negative", "very negative"]
@@ -44,6 +44,18 @@ def test_soft_vote_from_completion_logprobs_skips_whitespace_tokens() -> None:
     choice = {"logprobs": {"tokens": [" ", "neg"], "top_logprobs": [{" ": -0.01}, {"neg": math.log(0.8),
                                                                                   "positive": math.log(0.2)}]}}
     assert soft_vote(choice, ["positive", "negative"]) == pytest.approx((0.2, 0.8))
+
+
+def test_a_label_the_top_logprobs_missed_gets_the_truncation_bound_not_zero() -> None:
+    """Top three of a 20-token list: the label none of them begins gets at most the least top probability and at
+    most the mass the top left over (here 1 - 0.95, shared by one missing label)."""
+    choice = {"logprobs": {"top_logprobs": [{" positive": math.log(0.6), " negative": math.log(0.3),
+                                             " The": math.log(0.05)}]}}
+    probs = soft_vote(choice, ["positive", "negative", "neutral"])
+    assert probs == pytest.approx((0.6 / 0.95, 0.3 / 0.95, 0.05 / 0.95))
+    found = first_token([(" positive", math.log(0.9)), (" negative", math.log(0.0999))], ["positive", "negative", "x"])
+    assert found is not None and found.missing == [2] and found.worth_scoring == []  # bound 0.0001: not worth a call
+    assert found.vote({2: 0.5})[2] == pytest.approx(0.0001 / 1.0, rel=0.01), "a score is capped at the bound"
 
 
 def test_soft_vote_absent_or_ambiguous_is_none() -> None:

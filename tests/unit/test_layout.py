@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,11 @@ def test_serving_package_loads_no_tool_dependencies() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_tests_read_nothing_outside_the_repository() -> None:
+    """A clone anywhere runs every tier: data a test needs is bundled (issue 23: the real tier read ../shared)."""
+    outside = re.compile(r"ROOT\.parent\b|parents\[[3-9]\]|\.\./shared")
+    offenders = [f"{path.relative_to(ROOT)}:{n}" for path in (ROOT / "tests").rglob("*.py") if path != Path(__file__)
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if outside.search(line)]
+    assert offenders == []

@@ -34,9 +34,9 @@ def top(*pairs: tuple[str, float]) -> dict:
 
 
 def test_the_first_token_decides_only_when_it_names_one_label() -> None:
-    probs = decisive_vote(top((" positive", math.log(0.7)), (" negative", math.log(0.2)), (" The", math.log(0.1))),
+    found = decisive_vote(top((" positive", math.log(0.7)), (" negative", math.log(0.2)), (" The", math.log(0.1))),
                           ["positive", "negative"])
-    assert probs is not None and math.isclose(probs[0], 0.7 / 0.9)
+    assert found is not None and math.isclose(found.vote()[0], 0.7 / 0.9)
     assert decisive_vote(top((" search", -0.1), (" play", -3.0)), INTENTS) is None, "two intents start with search"
     assert decisive_vote(top((" The", -0.1), (" positive", -3.0)), ["positive", "negative"]) is None
     assert decisive_vote({"logprobs": None}, ["positive", "negative"]) is None

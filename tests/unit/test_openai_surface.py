@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -189,6 +190,14 @@ def test_neutral_values_pass_and_passthrough_forwards_everything(mine: OpenAI, u
     assert {"n": 2, "logprobs": True}.items() <= upstream.calls("sa")["last"].items()
 
 
+def wait_store_up(gateway: InProcessGateway, timeout_s: float = 5.0) -> None:
+    """Until the store's probe (gateway/store/health.py) ends the outage an earlier step left."""
+    deadline = time.monotonic() + timeout_s
+    while not gateway.state.health.up:
+        assert time.monotonic() < deadline, "the store outage did not end"
+        time.sleep(0.02)
+
+
 def test_readyz_probes_openai_members_and_the_store(gateway: InProcessGateway, upstream: Upstream,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     upstream.reset()
@@ -202,33 +211,42 @@ def test_readyz_probes_openai_members_and_the_store(gateway: InProcessGateway, u
         raise RedisConnectionError("Error 111 connecting to redis:6379. Connection refused.")
 
     monkeypatch.setattr(gateway.state.store, "ping", unreachable)
-    r = gateway.get("/readyz")
-    assert r.status_code == 503 and r.json()["ready"] is False and "Connection refused" in r.json()["store"]
+    for _ in range(2):  # the first ping finds the outage, the second answer knows it
+        r = gateway.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False and "Connection refused" in r.json()["store"]
+    assert gateway.get("/metrics").text.count("crowd_gateway_store_up 0.0") == 1
+    monkeypatch.undo()
+    wait_store_up(gateway)
+    assert gateway.get("/readyz").status_code == 200
+    assert gateway.get("/metrics").text.count("crowd_gateway_store_up 1.0") == 1
 
 
-def test_store_outage_is_503_on_store_routes_and_logged_with_the_request_id(
+def test_store_outage_is_503_on_store_routes_and_logged_once_with_the_request_id(
         gateway: InProcessGateway, mine: OpenAI, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     async def down(*_: Any, **__: Any) -> Any:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(gateway.state.store, "reviews", down)
-    monkeypatch.setattr(gateway.app.state.batches.store, "list_files", down)
-    monkeypatch.setattr(gateway.app.state.batches.store, "get_file", down)
-    for call in (lambda: gateway.get("/v1/review", headers={"Authorization": "Bearer key-a"}),
-                 lambda: gateway.get("/v1/files", headers={"Authorization": "Bearer key-a"}),
-                 lambda: gateway.get("/v1/files/file-x", headers={"Authorization": "Bearer key-a"})):
-        r = call()
-        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
-        assert r.headers["x-request-id"]
-    with pytest.raises(openai.InternalServerError) as err:
-        mine.files.list()
-    assert err.value.body["code"] == "store_unavailable"
-    caplog.clear()
+    wait_store_up(gateway)
+    for target, name in ((gateway.state.store, "reviews"), (gateway.state.store, "ping"),
+                         (gateway.app.state.batches.store, "list_files"), (gateway.app.state.batches.store, "get_file")):
+        monkeypatch.setattr(target, name, down)
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.ERROR, logger="crowd_gateway"):
-        gateway.get("/v1/files", headers={"Authorization": "Bearer key-a", "x-request-id": "outage-1"})
-    assert [r.request_tag for r in caplog.records if "store unavailable" in r.getMessage()] == ["[outage-1] "]
+    with caplog.at_level(logging.INFO, logger="crowd_gateway"):
+        for path, rid in (("/v1/files", "outage-1"), ("/v1/review", "outage-2"), ("/v1/files/file-x", "outage-3")):
+            r = gateway.get(path, headers={"Authorization": "Bearer key-a", "x-request-id": rid})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+            assert r.headers["x-request-id"] == rid
+        with pytest.raises(openai.InternalServerError) as err:
+            mine.files.list()
+        assert err.value.body["code"] == "store_unavailable"
+        monkeypatch.undo()
+        wait_store_up(gateway)
+    lines = [(r.request_tag, r.getMessage()) for r in caplog.records if "store" in r.getMessage()]
+    assert len(lines) == 2, lines  # one when the outage began, one when it ended
+    assert lines[0] == ("[outage-1] ", "store unavailable (store routes): ConnectionError: Connection refused")
+    assert lines[1][0] == "" and re.fullmatch(r"store available again \(store routes\) after \d+\.\d s; "
+                                              r"4 calls failed or skipped meanwhile", lines[1][1]), lines
 
 
 def test_streamed_passthrough_counts_cost_and_cut_streams(mine: OpenAI, upstream: Upstream) -> None:

@@ -8,7 +8,7 @@ from collections import defaultdict
 import crowdkit.aggregation as ck
 import pytest
 
-from ensembles.aggregators import get_aggregator, pick
+from ensembles.aggregators import FitData, get_aggregator, pick
 from ensembles.aggregators.crowdkit_frame import frame
 from ensembles.simulation import SimulatedWorker, simulate, standard_pool
 from ensembles.votes import Vote
@@ -30,7 +30,7 @@ def votes() -> tuple[dict[str, str], list[tuple[str, str, str]]]:
 
 def online_labels(name: str, triples: list[tuple[str, str, str]]) -> dict[str, str]:
     agg = get_aggregator(name)
-    params = agg.fit(triples, LABELS)
+    params = agg.fit(FitData.of(triples, LABELS))
     by_item: dict[str, list[Vote]] = defaultdict(list)
     for item, member, label in triples:
         by_item[item].append(Vote(member=member, label=label))
@@ -66,7 +66,7 @@ def test_dawid_skene_beats_majority_on_a_skewed_pool(votes: tuple) -> None:
 def test_unseen_member_gets_the_default_one_coin_skill(votes: tuple) -> None:
     _, triples = votes
     agg = get_aggregator("dawid_skene")
-    params = agg.fit(triples, LABELS)
+    params = agg.fit(FitData.of(triples, LABELS))
     newcomer = agg.posterior([Vote("brand-new", "neutral")], LABELS, params)
     assert LABELS[pick(newcomer)] == "neutral"
 
@@ -76,7 +76,7 @@ def test_gold_anchors_dawid_skene() -> None:
     truth, triples = simulate(pool, ["positive", "negative"], n_items=200, seed=3)
     agg = get_aggregator("dawid_skene")
     gold = dict(list(truth.items())[:40])
-    params = agg.fit(triples, ["positive", "negative"], gold=gold)
+    params = agg.fit(FitData.of(triples, ["positive", "negative"], gold))
     # with gold the model learns that "flip" is reliably wrong, i.e. informative
     assert params["confusion"]["flip"]["positive"]["negative"] > 0.8
 
@@ -90,7 +90,7 @@ def test_calibration_is_fitted_on_soft_posteriors() -> None:
                             {"member": "h", "label": "positive"}] for n in range(30)}
     gold = {f"i{n}": "positive" if n % 3 else "negative" for n in range(30)}
     params = refit("weighted", item_votes, labels, gold, min_gold=20)
-    assert params["fitted_on"] == {"items": 30, "votes": 60, "gold": 30}
+    assert params["fitted_on"] == {"items": 30, "votes": 60, "gold": 30, "people": 0, "people_items": 0}
     # every item has the same soft posterior, right 2 times in 3: the map sends it to 2/3
     from ensembles.calibration import calibrate
 
@@ -112,9 +112,16 @@ def test_calibration_per_number_of_votes() -> None:
     params = refit("majority", item_votes, labels, truth, min_gold=20)
     cal = params["calibration"]
     assert set(cal["by_votes"]) == {"1", "2"}  # with all three votes in, the main map
+
+    def confidence(*said: str) -> float:
+        """What the request path answers: the posterior's top probability, calibrated for the number of votes."""
+        dist = get_aggregator("majority").posterior([Vote(m, x) for m, x in zip("abc", said)], labels, params)
+        return calibrate(cal, max(dist), len(said))
+
     # one vote: majority says 1.0, but a 0.7-accurate member is right about 70% of the time
-    assert calibrate(cal, 1.0, 1) == pytest.approx(0.7, abs=0.06)
+    assert confidence("positive") == pytest.approx(0.7, abs=0.06)
     # three agreeing votes: 0.343 / (0.343 + 0.027) = 0.93
-    assert calibrate(cal, 1.0, 3) == pytest.approx(0.93, abs=0.05)
-    assert calibrate(cal, 1.0) == calibrate(cal, 1.0, 3), "the main map is fitted on every vote of an item"
-    assert calibrate(cal, 1.0, 7) == calibrate(cal, 1.0), "no map for that count: the main map"
+    assert confidence("positive", "positive", "positive") == pytest.approx(0.93, abs=0.05)
+    # two against one: 0.147 / (0.147 + 0.063) = 0.7
+    assert confidence("positive", "positive", "negative") == pytest.approx(0.7, abs=0.06)
+    assert calibrate(cal, 0.8, 7) == calibrate(cal, 0.8), "no map for that count: the main map"

@@ -86,8 +86,23 @@ def test_a_file_that_is_not_an_out_file_is_refused(tmp_path: Path, capsys: pytes
 def test_member_accuracy_counts_only_the_rows_it_answered() -> None:
     """Issue 14: a member asked on 19 of 300 rows, right on all 19, was shown 19/300 = 0.063."""
     items = [Item(label="a", confidence=0.9, needs_review=False, escalated=False, cost_usd=0.0,
-                  votes={"often": "a", **({"rare": "a"} if n < 19 else {})}, vote_costs={}, gold="a")
+                  votes={"often": "a", **({"rare": "a"} if n < 19 else {})}, vote_costs={}, gold="a", errors={})
              for n in range(300)]
     members = summarise(items)["gold"]["members"]
     assert members["rare"] == {"accuracy": 1.0, "coverage": pytest.approx(19 / 300)}
     assert members["often"] == {"accuracy": 1.0, "coverage": 1.0}
+
+
+def test_failed_calls_are_shown_apart_from_wrong_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23: a member whose every call was refused showed coverage 0.000 without a reason."""
+    refused = {"member": "base", "label": None, "error": "HTTP 400: no chat template", "cost_usd": 0.0}
+    rows = [{"id": str(n), "label": "a", "crowd_label": "a", "crowd_confidence": 0.9,
+             "crowd_votes": [{"member": "smol", "label": "a", "cost_usd": 0.0}, refused]} for n in range(4)]
+    out = tmp_path / "out.jsonl"
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    base = next(line for line in printed.splitlines() if line.split()[:2] == ["base", "-"])
+    assert base.split()[:5] == ["base", "-", "0.000000", "-", "0.000"]  # no agreement, no accuracy, no coverage
+    assert base.endswith("4 (HTTP 400: no chat template)")  # ... and why
+    assert "always 'a' (most frequent label)     1.000" in printed

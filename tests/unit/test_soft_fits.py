@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ensembles.aggregators import get_aggregator
+from ensembles.aggregators import FitData, get_aggregator
 from ensembles.refit import refit
 from ensembles.temperature import fit_temperatures, temper
 from ensembles.votes import Vote
@@ -17,8 +17,8 @@ def test_dawid_skene_counts_a_soft_vote_as_its_expected_answers() -> None:
     votes = {f"i{n}": [Vote("unsure", "positive", probs=(0.7, 0.3)), Vote("sure", "positive")] for n in range(30)}
     gold = {item: "positive" for item in votes}
     ds = get_aggregator("dawid_skene")
-    soft = ds.fit(triples(votes), LABELS, gold, item_votes=votes)
-    hard = ds.fit(triples(votes), LABELS, gold)
+    soft = ds.fit(FitData.of(votes, LABELS, gold))
+    hard = ds.fit(FitData.of(triples(votes), LABELS, gold))
     assert soft["confusion"]["unsure"]["positive"]["positive"] == pytest.approx(0.7)
     assert hard["confusion"]["unsure"]["positive"]["positive"] == pytest.approx(1.0)
 

@@ -1,4 +1,4 @@
-"""Stacking learns how much a block of look-alike members is worth, from gold."""
+"""Stacking learns how much a block of look-alike members is worth, from gold, and learns a block once."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from ensembles.votes import Vote
 from tests.unit.crowds import LABELS, accuracy, crowd, fit, member_accuracy
 
 POOL = [SimulatedWorker("strong", 0.85), SimulatedWorker("weak", 0.65)]
+BLOCK = {f"weak-{c}": "weak-model" for c in range(3)}
 
 
-def vote_weight(params: dict, member: str) -> float:
-    """How far one vote for `positive` rather than `negative` moves logit(positive) - logit(negative)."""
-    c = params["coef"][member]
-    return (c["positive"]["positive"] - c["negative"]["positive"]) - (c["positive"]["negative"] - c["negative"]["negative"])
+def vote_weight(block: dict) -> float:
+    """How far one block's coefficients move logit(positive) - logit(negative) per unit of its `positive` evidence."""
+    return (block["positive"]["positive"] - block["negative"]["positive"]) - (
+        block["positive"]["negative"] - block["negative"]["negative"])
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,21 @@ def copies() -> tuple:
 def test_a_block_of_three_copies_weighs_about_one_member(copies: tuple) -> None:
     *_, params = copies
     truth, votes = crowd(POOL, 1500, seed=1)  # the same crowd with the weak member once
-    single = vote_weight(fit("stacking", votes, truth), "weak")
-    block = [vote_weight(params, f"weak-{c}") for c in range(3)]
+    single = vote_weight(fit("stacking", votes, truth)["members"]["weak"])
+    block = [vote_weight(params["members"][f"weak-{c}"]) for c in range(3)]
     assert single > 0.5
     assert sum(block) == pytest.approx(single, rel=0.25)
     assert max(block) < 0.5 * single
+
+
+def test_a_known_look_alike_group_and_its_members_weigh_about_one_member(copies: tuple) -> None:
+    truth, votes, *_ = copies
+    params = fit("stacking", votes, truth, groups=BLOCK)
+    assert set(params["groups"]) == {"weak-model"} and params["group_of"] == BLOCK
+    once, votes_once = crowd(POOL, 1500, seed=1)  # the same crowd with the weak member once
+    single = vote_weight(fit("stacking", votes_once, once)["members"]["weak"])
+    block = vote_weight(params["groups"]["weak-model"]) + sum(vote_weight(params["members"][m]) for m in BLOCK)
+    assert block == pytest.approx(single, rel=0.25)
 
 
 def test_stacking_beats_majority_and_matches_the_best_member_on_held_out_items(copies: tuple) -> None:
@@ -55,5 +66,5 @@ def test_without_params_stacking_is_weighted_and_ignores_members_it_never_saw(co
 def test_too_little_gold_means_no_coefficients() -> None:
     truth, votes = crowd(POOL, 100, seed=3)
     gold = dict(list(truth.items())[:19])
-    assert "coef" not in fit("stacking", votes, gold, min_gold=20)
-    assert "coef" in fit("stacking", votes, gold, min_gold=19)
+    assert "members" not in fit("stacking", votes, gold, min_gold=20)
+    assert "members" in fit("stacking", votes, gold, min_gold=19)

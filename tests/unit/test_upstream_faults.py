@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ def gateway_config(upstream: Upstream) -> dict[str, Any]:
     dead = {"name": "dead", "base_url": "http://127.0.0.1:9/v1", "model": "dead", "timeout_s": 1, "retries": 0}
     return {
         "gateway": {"breaker": {"failure_threshold": 3, "reset_after_s": RESET_AFTER_S}},
-        "members": [member(upstream, n, timeout_s=2) for n in ("a", "b", "slow", "down2", "dropper", "brk")]
+        "members": [member(upstream, n, timeout_s=2) for n in ("a", "b", "slow", "down2", "dropper", "brk", "base")]
         + [member(upstream, "flaky", timeout_s=2, retries=2), dead],
         "ensembles": [
             {"name": "withdead", "members": ["a", "b", "dead"], "quorum": 2},
@@ -29,6 +30,7 @@ def gateway_config(upstream: Upstream) -> dict[str, Any]:
             {"name": "deadline", "members": ["a", "b", "slow"], "quorum": 2, "deadline_s": 0.5},
             {"name": "retry", "members": ["flaky"], "quorum": 1},
             {"name": "breaker", "members": ["brk"], "quorum": 1},
+            {"name": "nochat", "members": ["a", "b", "base"], "quorum": 2},
         ],
     }
 
@@ -97,3 +99,26 @@ def test_circuit_opens_then_recovers(client: OpenAI, upstream: Upstream, gateway
     r = ask(client, "breaker")  # the half-open probe succeeds and closes the circuit
     assert r.choices[0].message.content == "positive"
     assert 'crowd_gateway_circuit_state{member="brk"} 0.0' in gateway.get("/metrics").text
+
+
+def test_a_member_refusing_every_call_of_a_kind_is_logged_once_and_unhealthy(
+        client: OpenAI, upstream: Upstream, gateway: InProcessGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 23: a base model without a chat template answers each chat call with 400; the votes of the others still
+    meet the quorum. The refusals are one log line (member, path, the upstream's message), and the member is
+    unhealthy in /readyz (with the reason) and in crowd_gateway_member_healthy, though its server's probe passes."""
+    upstream.script("a", answer="positive")
+    upstream.script("b", answer="positive")
+    upstream.script("base", fail=[400] * 8)
+    assert gateway.get("/readyz").json()["members"]["base"] is True
+    with caplog.at_level(logging.WARNING, logger="crowd_gateway.upstream"):
+        for _ in range(8):
+            ann = ask(client, "nochat").model_extra["annotation"]
+            assert ann["label"] == "positive"
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refused == ["member base refused a call to /chat/completions: HTTP 400: scripted failure 400"], refused
+    ready = gateway.get("/readyz").json()
+    assert ready["members"]["base"] is False and ready["members"]["a"] is True
+    assert ready["problems"] == {"base": "refused its last 8 calls to /chat/completions (HTTP 400: scripted failure 400)"}
+    assert "crowd_gateway_member_healthy{member=\"base\"} 0.0" in gateway.get("/metrics").text
+    ask(client, "nochat")  # the member answers again: healthy again
+    assert gateway.get("/readyz").json()["members"]["base"] is True
