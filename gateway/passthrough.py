@@ -107,7 +107,7 @@ async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, 
         outcome = "timeout"
         limit = upstreams.member(name).max_stream_s
         yield _error_event(name, f"the stream passed the member's max_stream_s of {limit:g}s")
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # the client left: while we waited on the member, or at a yield
         outcome = "cancelled"
         raise
     finally:
