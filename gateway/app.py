@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.feedback import router as feedback_router
 from gateway.lifecycle import on_stop_signal, run_stop_steps
 from gateway.protocol import document_routes
+from gateway.quality import declare
 from gateway.requestid import RequestIdMiddleware
 from gateway.routes import HOT_ROUTES, router
 from gateway.state import GatewayState
@@ -37,6 +38,7 @@ from gateway.state import GatewayState
 def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
+    declare(state.config)
     batches = Batches.build(state)
 
     timeout_s = state.config.gateway.shutdown_timeout_s
