@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from xml.sax.saxutils import quoteattr
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from gateway.tools import UsageError
 
@@ -61,11 +62,63 @@ class Format(Protocol):
         """The people's labels in the tool's export at `path`."""
 
 
-def _read_json(path: Path) -> Any:
+Parsed = TypeVar("Parsed")
+
+
+def _read(path: Path, shape: type[Parsed], what: str) -> Parsed:
+    """The export at `path` as `shape` (the parts of the tool's format this module reads; the rest is ignored):
+    a file that is not one is a one-line error naming where."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return TypeAdapter(shape).validate_json(path.read_bytes())
+    except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        raise UsageError(f"{path} is not {what}: {where}: {err['msg']}") from None
+
+
+class _Data(BaseModel):
+    item_id: str
+
+
+class _Result(BaseModel):
+    from_name: str = ""
+    value: dict[str, Any] = {}
+
+    @property
+    def choice(self) -> str | None:
+        """The one label chosen in the review's question, else None (another control, or several choices)."""
+        choices = self.value.get("choices") if self.from_name == QUESTION else None
+        return choices[0] if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], str) else None
+
+
+class _Annotation(BaseModel):
+    completed_by: int | str | dict[str, Any] | None = None
+    was_cancelled: bool = False
+    result: list[_Result] = []
+
+    @property
+    def annotator(self) -> str:
+        who = self.completed_by
+        return f"label-studio:{who.get('email') or who.get('id') if isinstance(who, dict) else who}"
+
+
+class _Task(BaseModel):
+    data: _Data
+    annotations: list[_Annotation] = []
+
+
+class _Response(BaseModel):
+    value: Any
+    user_id: str
+    status: Literal["submitted", "draft", "discarded"] = "submitted"
+    """Argilla's JSON writer leaves the status out."""
+
+
+class _Record(BaseModel):
+    id: str
+    responses: dict[str, list[_Response]] = Field(default_factory=dict)
 
 
 class LabelStudio:
@@ -92,26 +145,10 @@ class LabelStudio:
         return task
 
     def human_labels(self, path: Path) -> list[HumanLabel]:
-        tasks = _read_json(path)
-        if not isinstance(tasks, list):
-            raise UsageError(f"{path}: a Label Studio JSON export is a list of tasks")
-        return [label for task in tasks for label in self._labels(path, task)]
-
-    @staticmethod
-    def _labels(path: Path, task: Any) -> Iterator[HumanLabel]:
-        item_id = task.get("data", {}).get("item_id") if isinstance(task, dict) else None
-        if not isinstance(item_id, str):
-            raise UsageError(f"{path}: a task without data.item_id: export the project that "
-                             f"`crowd-gateway review export` made")
-        for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
-                continue
-            who = annotation.get("completed_by")
-            who = who.get("email") or who.get("id") if isinstance(who, dict) else who
-            for result in annotation.get("result") or []:
-                choices = result.get("value", {}).get("choices") if result.get("from_name") == QUESTION else None
-                if isinstance(choices, list) and len(choices) == 1:
-                    yield HumanLabel(item_id, choices[0], f"label-studio:{who}")
+        tasks = _read(path, list[_Task], "a Label Studio JSON export of the project `review export` made")
+        return [HumanLabel(task.data.item_id, result.choice, annotation.annotator)
+                for task in tasks for annotation in task.annotations if not annotation.was_cancelled
+                for result in annotation.result if result.choice is not None]
 
 
 def _metadata_name(prefix: str, name: str) -> str:
@@ -166,13 +203,10 @@ class Argilla:
                 "suggestions": suggestions, "responses": {}, "vectors": {}, "status": "pending", "_server_id": None}
 
     def human_labels(self, path: Path) -> list[HumanLabel]:
-        records = _read_json(path / "records.json" if path.is_dir() else path)
-        if not isinstance(records, list):
-            raise UsageError(f"{path}: Argilla's records.json is a list of records")
-        return [HumanLabel(record["id"], response["value"], f"argilla:{response['user_id']}")
-                for record in records if isinstance(record, dict) and isinstance(record.get("id"), str)
-                for response in (record.get("responses") or {}).get(QUESTION, [])
-                if response.get("status", "submitted") == "submitted" and isinstance(response.get("value"), str)]
+        records = _read(path / "records.json" if path.is_dir() else path, list[_Record], "Argilla's records.json")
+        return [HumanLabel(record.id, response.value, f"argilla:{response.user_id}") for record in records
+                for response in record.responses.get(QUESTION, [])
+                if response.status == "submitted" and isinstance(response.value, str)]
 
 
 FORMATS: dict[str, Format] = {"label-studio": LabelStudio(), "argilla": Argilla()}

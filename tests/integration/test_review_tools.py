@@ -160,7 +160,13 @@ def test_bad_exports_and_an_unreachable_gateway_are_one_line_errors(
     not_a_list = tmp_path / "export.json"
     not_a_list.write_text('{"tasks": []}')
     assert cli(gateway, "import", "--format", "label-studio", str(not_a_list)) == 2
-    assert "a Label Studio JSON export is a list of tasks" in capsys.readouterr().err
+    assert "export.json is not a Label Studio JSON export of the project `review export` made" in (
+        capsys.readouterr().err)
+    no_id = tmp_path / "no-id.json"
+    no_id.write_text(json.dumps([{"data": {"text": "hello"}, "annotations": [{"result": "oops"}]}]))
+    assert cli(gateway, "import", "--format", "label-studio", str(no_id)) == 2
+    assert "no-id.json is not a Label Studio JSON export of the project `review export` made: 0.data.item_id: " \
+           "Field required" in capsys.readouterr().err
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps([{"data": {"item_id": "nobody-asked"}, "annotations": [
         {"completed_by": 1, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["positive"]}}]}]}]))
