@@ -61,7 +61,7 @@ def fetch_queue(client: Any, strategy: str, limit: int) -> list[ReviewItem]:
 def export(args: argparse.Namespace) -> int:
     items = fetch_queue(_client(args), args.strategy, args.limit)
     if not items:
-        print("the review queue is empty: nothing written")
+        print(f"no items to review (--strategy {args.strategy}): nothing written")
         return 0
     out = Path(args.out)
     by_schema: dict[str, list[ReviewItem]] = {}
