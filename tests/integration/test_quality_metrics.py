@@ -26,8 +26,8 @@ QUALITY = ("crowd_gateway_gold_answers", "crowd_gateway_gold_confidence", "crowd
 
 
 def script_upstream(upstream: Upstream) -> None:
-    """m1 is always right, m2 always says positive (right on half), m3 is wrong on the last two items."""
-    upstream.script("m1", keywords=TRUTH)
+    """m1 is always right (soft votes), m2 always says positive (right on half), m3 is wrong on the last two."""
+    upstream.script("m1", keywords=TRUTH, logprobs="answer")
     upstream.script("m2", answer="positive")
     upstream.script("m3", keywords={t: (g if i < 6 else FLIP[g]) for i, (t, g) in enumerate(TRUTH.items())})
 
@@ -67,7 +67,10 @@ def test_gold_checks_members_and_the_crowd_once(client: OpenAI, gateway: Any, tm
     assert total(found, "crowd_gateway_gold_votes_total", member="m1", outcome="right") == 8
     assert total(found, "crowd_gateway_gold_votes_total", member="m2", outcome="right") == 4
     assert total(found, "crowd_gateway_gold_votes_total", member="m3", outcome="wrong") == 2
-    assert total(found, "crowd_gateway_gold_vote_confidence_total", member="m1", bin="0.9") == 8.0  # hard votes
+    soft = [v["probs"][LABELS.index(v["label"])] for a in answers.values() for v in a["votes"] if v["member"] == "m1"]
+    assert len(soft) == 8 and all(0.9 < p < 1 for p in soft)  # m1 states the probability of its label
+    assert abs(total(found, "crowd_gateway_gold_vote_confidence_total", member="m1", bin="0.9") - sum(soft)) < 1e-5
+    assert total(found, "crowd_gateway_gold_vote_confidence_total", member="m2", bin="0.9") == 8.0  # hard votes
     right = sum(a["label"] == TRUTH[t] for t, a in answers.items())
     assert right == 7 and total(found, "crowd_gateway_gold_answers_total", outcome="right") == right
     assert total(found, "crowd_gateway_gold_answers_total") == 8
