@@ -105,7 +105,7 @@ def check_gold(state: GatewayState, item: ItemRecord, votes: Sequence[Vote], gol
     index = {label: k for k, label in enumerate(item.labels)}
     for vote in votes:
         if vote.label is not None and vote.member in members:
-            stated = vote.probs[index[vote.label]] if vote.probs else 1.0  # a hard vote claims certainty
+            stated = vote.probs[index[vote.label]] if vote.probs and vote.label in index else 1.0  # hard: certain
             _observe(metrics.GOLD_VOTES, metrics.GOLD_VOTE_CONFIDENCE, (item.ensemble, vote.member), stated,
                      vote.label == gold)
 
