@@ -30,6 +30,7 @@ from gateway.feedback import router as feedback_router
 from gateway.lifecycle import on_stop_signal, run_stop_steps
 from gateway.loop_gate import GATE
 from gateway.protocol import document_routes
+from gateway.quality import declare
 from gateway.requestid import RequestIdMiddleware
 from gateway.hotpath import GatewayApp
 from gateway.routes import HOT, HOT_ROUTES, router
@@ -40,6 +41,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
     GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
+    declare(state.config)
     batches = Batches.build(state)
 
     timeout_s = state.config.gateway.shutdown_timeout_s

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
 from gateway.gc_tuning import tune_for_serving
-from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
+from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, review, tune
 from gateway.tools.localmodels import ModelError
 
 SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate.add_parser(sub)
     report.add_parser(sub)
+    review.add_parser(sub)
     evaluate.add_parser(sub)
     tune.add_parser(sub)
     demo.add_parser(sub)

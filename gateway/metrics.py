@@ -74,6 +74,20 @@ CONNECTION_TIMEOUTS = Counter("crowd_gateway_connection_timeouts", "Connections 
                               "or body did not arrive in time (gateway.connections)", ["stage"])
 STORE_UP = Gauge("crowd_gateway_store_up", "1 while the store (Redis) answers, 0 during an outage "
                  "(gateway/store/health.py)", multiprocess_mode="livemin")
+REVIEWS = Counter("crowd_gateway_reviews", "Answered items flagged for human review (review.below)", ["ensemble"])
+VOTES = Counter("crowd_gateway_votes", "Members' valid votes on answered items, by whether they agree with the answer "
+                "(outcome agree, disagree)", ["ensemble", "member", "outcome"])
+GOLD_ANSWERS = Counter("crowd_gateway_gold_answers", "The crowd's answers checked against a gold label when it "
+                       "arrived, by confidence bin (lower edge) and outcome (right, wrong)",
+                       ["ensemble", "bin", "outcome"])
+GOLD_CONFIDENCE = Counter("crowd_gateway_gold_confidence", "Sum of the confidence the crowd stated on the answers "
+                          "checked against gold, by confidence bin: with gold_answers, the calibration error",
+                          ["ensemble", "bin"])
+GOLD_VOTES = Counter("crowd_gateway_gold_votes", "Members' votes checked against a gold label, by the probability "
+                     "the member gave its label (bin; a hard vote 1.0) and outcome (right, wrong)",
+                     ["ensemble", "member", "bin", "outcome"])
+GOLD_VOTE_CONFIDENCE = Counter("crowd_gateway_gold_vote_confidence", "Sum of the probability members gave their "
+                               "label on votes checked against gold, by bin", ["ensemble", "member", "bin"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

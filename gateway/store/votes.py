@@ -61,8 +61,9 @@ class VoteStore(ABC):
         return hard_triples(await self.item_votes(schema))
 
     @abstractmethod
-    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
-        """A gold label (kept apart, for anchoring and calibration) or a human vote on the item."""
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> bool:
+        """A gold label (kept apart, for anchoring and calibration) or a human vote on the item; True when it is
+        the item's first gold label (the quality metrics check each item against gold once)."""
 
     @abstractmethod
     async def gold(self, schema: str) -> dict[str, str]: ...
@@ -157,15 +158,17 @@ class MemoryVoteStore(VoteStore):
     async def item_votes(self, schema: str) -> dict[str, list[dict[str, Any]]]:
         return {i: list(self.votes[i].values()) for i, rec in self.items.items() if rec.schema == schema}
 
-    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> bool:
         if item.item_id not in self.items:
             self.items[item.item_id] = item
             self.label_sets[item.schema] = item.labels
         if source == "gold":
+            first = item.item_id not in self.gold_labels[item.schema]
             self.gold_labels[item.schema][item.item_id] = label
-        else:
-            self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
-            self.new[item.schema] += 1
+            return first
+        self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
+        self.new[item.schema] += 1
+        return False
 
     async def gold(self, schema: str) -> dict[str, str]:
         return dict(self.gold_labels[schema])
