@@ -16,7 +16,7 @@ from starlette.responses import Response
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
-from ensembles.votes import HUMAN_PREFIX, Vote
+from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request, named
 from gateway.http import authorize, int_param, json_response, read_json
 from gateway.protocol import MAX_BULK, Feedback, invalid
