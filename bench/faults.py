@@ -15,10 +15,12 @@ client is an async httpx client on 127.0.0.1; every loop is bounded in requests 
                 requests with unique item ids: answers with `annotation.stored` false, and LOST votes:
                 votes of answers that said `stored: true` but are not in GET /v1/annotations/{item_id}
                 afterwards (aim 0).
-  overload      members with 100 ms latency and max_concurrency = the admission limit. Capacity is
-                measured first with a closed loop at the admission limit, then an open loop sends 5x
-                capacity for a few seconds: goodput (200s per second, aim >= 80% of capacity), share of
-                429s, p99 latency of the 200s, breakers opened (aim none), and one request right after.
+  overload      issue 20's two shapes: members that take 1 s a call with max_concurrency 8, and fast members
+                behind a gateway whose own CPU is the bottleneck. Capacity is measured first with a closed
+                loop, then an open loop (aiohttp, new connections as needed, 15 s client timeout) sends 5x
+                capacity for 8 s: goodput (200s per second, aim >= 80% of capacity), share and latency of
+                the 429s (aim: milliseconds), latency of the 200s, client timeouts, breakers opened (aim
+                none), and one request right after.
   hostile       a few hundred bad bodies and queries (invalid JSON, 8,001 labels with a duplicate,
                 json_schema as a string or list, a text part of 5, temperature "hot", a message without
                 content, /v1/batches?limit=² or huge): 5xx answers (aim 0), bodies that are not
@@ -32,8 +34,9 @@ client is an async httpx client on 127.0.0.1; every loop is bounded in requests 
                 log lines and tracebacks they cost (aim: one short line per body-less drop, no traceback),
                 /healthz right after, the normal client's 5xx (aim 0) and p99.
 
-Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/faults.py   (from the repository or worktree root;
-     PYTHONPATH makes this checkout's gateway code the one the gateway processes run)
+Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/faults.py [SCENARIO ...]   (from the repository or
+     worktree root; PYTHONPATH makes this checkout's gateway code the one the gateway processes run; SCENARIO
+     names rows to run, e.g. `overload_members overload_cpu`)
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.overhead import cpu_seconds  # noqa: E402
 from tests.conftest import free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
 from tests.integration.test_faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
 
@@ -73,12 +78,10 @@ RETRY_HINTS = ["garbage", "1.5s", "nan", "120"]
 PER_HINT = 30
 DEADLINE_429_S = 3.0
 BURSTS = (150, 300, 400)
-OVERLOAD_LIMIT = 6
-"""Admission limit and each overload member's max_concurrency: capacity is about this / latency."""
-OVERLOAD_LATENCY_MS = 100
 OVERLOAD_FACTOR = 5
-CAPACITY_S = 3.0
-BURST_S = 3.0
+CAPACITY_S = 4.0
+BURST_S = 8.0
+CLIENT_TIMEOUT_S = 15.0
 HOSTILE_ROUNDS = 30
 CONCURRENCY = 8
 """In-flight requests of the closed loops of the odd, 429 and hostile rows."""
@@ -127,14 +130,18 @@ def pinned(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = Non
 
 
 @contextmanager
-def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A `crowd-gateway serve` process on CPU 0 serving `config`; yields its base URL and stops it after."""
+def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | None = None,
+            started: list[int] | None = None) -> Iterator[str]:
+    """A `crowd-gateway serve` process on CPU 0 serving `config`; yields its base URL and stops it after.
+    `started` receives its pid."""
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**config, "gateway": {"api_keys_env": None, **config.get("gateway", {})}}))
     port = free_port()
     proc = pinned([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config", str(path), "--port",
                    str(port)], GATEWAY_CPU, tmp / f"{name}.log",
                   env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})})
+    if started is not None:
+        started.append(proc.pid)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         yield f"http://127.0.0.1:{port}"
@@ -326,30 +333,84 @@ def redis_bursts(up: Upstream, tmp: Path) -> Row:
                + "; ".join(per_burst))
 
 
-def overload(up: Upstream, tmp: Path) -> Row:
+@dataclass
+class Shape:
+    """One overload shape: who is the bottleneck, the config that makes it so, and the request sent."""
+
+    area: str
+    config: dict[str, Any]
+    body: dict[str, Any]
+    capacity_concurrency: int
+    """In-flight requests of the closed loop that measures capacity: enough to keep the bottleneck busy."""
+    what: str
+
+
+def member_bound(up: Upstream) -> Shape:
+    """Issue 20's first shape: members that take 1 s per call with max_concurrency 8 (capacity ~7.7 items/s)."""
     names = HEALTHY[:3]
     for name in names:
-        up.script(name, answer="positive", latency_ms=OVERLOAD_LATENCY_MS)
-    config = {"gateway": {"max_items_in_flight": OVERLOAD_LIMIT},
-              "members": [up.member(n, max_concurrency=OVERLOAD_LIMIT) for n in names],
-              "ensembles": [{"name": "slow", "members": names, "quorum": 2, "deadline_s": 3}]}
-    body = label_body("slow")
-    with gateway(config, tmp, "overload") as url:
+        up.script(name, answer="positive", latency_ms=1000)
+    config = {"members": [up.member(n, max_concurrency=8) for n in names],
+              "ensembles": [{"name": "slow", "members": names, "quorum": 2, "deadline_s": 5}]}
+    return Shape("overload at 5x, members' capacity", config, label_body("slow"), 8,
+                 "3 members x 1 s, max_concurrency 8, quorum 2, deadline 5 s")
+
+
+def cpu_bound(up: Upstream) -> Shape:
+    """Issue 20's second shape: fast members, the gateway's own CPU is the bottleneck (~200 items/s on a core)."""
+    names = [f"c{i}" for i in range(8)]
+    labels = [f"topic-{i}" for i in range(200)]
+    for name in names:
+        up.script(name, answer=labels[0])
+    config = {"members": [up.member(n, max_concurrency=256) for n in names],
+              "ensembles": [{"name": "heavy", "members": names, "quorum": 2, "deadline_s": 10,
+                             "aggregator": "weighted"}]}
+    body = {"model": "heavy", "labels": labels, "messages": [{"role": "user", "content": "a long review " * 500}]}
+    return Shape("overload at 5x, gateway CPU", config, body, 128,
+                 "8 fast members, 200 labels, 7 KB text, weighted")
+
+
+async def timed_post(http: aiohttp.ClientSession, url: str, payload: bytes) -> Answer:
+    """One request; a client timeout or a dropped connection is status 0."""
+    started = time.perf_counter()
+    try:
+        async with http.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+            return Answer(resp.status, time.perf_counter() - started, None)
+    except (TimeoutError, aiohttp.ClientError):
+        return Answer(0, time.perf_counter() - started, None)
+
+
+async def capacity_of(http: aiohttp.ClientSession, url: str, payload: bytes, concurrency: int) -> float:
+    """200s per second of a closed loop with `concurrency` requests in flight for CAPACITY_S."""
+    served = 0
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal served
+        while time.perf_counter() - started < CAPACITY_S:
+            answer = await timed_post(http, url, payload)
+            served += answer.status == 200  # after the await: `served += await ...` loses updates
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return served / (time.perf_counter() - started)
+
+
+def overload(up: Upstream, tmp: Path, shape: Shape) -> Row:
+    """Capacity first (closed loop), then OVERLOAD_FACTOR x capacity open loop for BURST_S, fresh connections
+    allowed as a client's pool would open them, a client timeout of CLIENT_TIMEOUT_S."""
+    pids: list[int] = []
+    with gateway(shape.config, tmp, "overload", started=pids) as url:
+        target = f"{url}/v1/chat/completions"
+        payload = json.dumps(shape.body).encode()
+        cpu: list[float] = []
+
         async def run() -> tuple[float, list[Answer], float, Answer, float]:
-            async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=None)) as http:
-                for _ in range(OVERLOAD_LIMIT):
-                    await send(http, "POST", "/v1/chat/completions", json=body)  # warm connections
-                served = 0
-                started = time.perf_counter()
-
-                async def worker() -> None:
-                    nonlocal served
-                    while time.perf_counter() - started < CAPACITY_S:
-                        answer = await send(http, "POST", "/v1/chat/completions", json=body)
-                        served += answer.status == 200  # after the await: `served += await ...` loses updates
-
-                await asyncio.gather(*(worker() for _ in range(OVERLOAD_LIMIT)))
-                capacity = served / (time.perf_counter() - started)
+            timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
+                cpu.append(cpu_seconds(pids[0]))
+                capacity = await capacity_of(http, target, payload, shape.capacity_concurrency)
+                cpu.append(cpu_seconds(pids[0]))
                 rate = OVERLOAD_FACTOR * capacity
                 tasks: list[asyncio.Task[Answer]] = []
                 started = time.perf_counter()
@@ -357,27 +418,36 @@ def overload(up: Upstream, tmp: Path) -> Row:
                     delay = started + i / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    tasks.append(asyncio.create_task(send(http, "POST", "/v1/chat/completions", json=body)))
+                    tasks.append(asyncio.create_task(timed_post(http, target, payload)))
                 offered = len(tasks) / (time.perf_counter() - started)
-                answers = list(await asyncio.wait_for(asyncio.gather(*tasks), ROW_BUDGET_S))
+                answers = list(await asyncio.gather(*tasks))
                 window = time.perf_counter() - started
-                after = await send(http, "POST", "/v1/chat/completions", json=body)
+                cpu.append(cpu_seconds(pids[0]))
+                after = await timed_post(http, target, payload)
                 return capacity, answers, window, after, offered
 
         capacity, answers, window, after, offered = asyncio.run(run())
         states = circuit_states(url)
-    good = [a for a in answers if a.status == 200]
+    good = [a.seconds for a in answers if a.status == 200]
+    refused = [a.seconds for a in answers if a.status == 429]
+    opened = sorted(n for n, state in states.items() if state != 0)
     goodput = len(good) / window
-    opened = sorted(n for n in names if states.get(n) != 0)
-    refused = sum(a.status == 429 for a in answers)
-    return Row("overload at 5x capacity", len(answers), fivexx(answers), "-",
-               f"goodput {goodput / capacity:.0%} of capacity, 429 {refused / len(answers):.0%}, "
-               f"p99 of 200s {p99([a.seconds for a in good]) * 1000:.0f} ms, breakers opened: "
-               f"{', '.join(opened) or 'none'}, next request {after.status} in {after.seconds * 1000:.0f} ms",
-               f"3 members x {OVERLOAD_LATENCY_MS} ms, max_concurrency and max_items_in_flight {OVERLOAD_LIMIT}: "
-               f"capacity {capacity:.1f}/s (closed loop, {OVERLOAD_LIMIT} in flight, {CAPACITY_S:g} s); open loop "
-               f"offered {offered:.0f}/s for {BURST_S:g} s, statuses {statuses(answers)}, "
-               f"goodput {goodput:.1f}/s over {window:.2f} s until the last answer")
+    per_item = [(cpu[1] - cpu[0]) / (capacity * CAPACITY_S) * 1000, (cpu[2] - cpu[1]) / max(len(good), 1) * 1000]
+    return Row(shape.area, len(answers), fivexx(answers), "-",
+               f"goodput {goodput / capacity:.0%} of capacity, {len(refused) / len(answers):.0%} refused with 429 "
+               f"(p50 {ms(refused, 50)} / p99 {ms(refused, 99)} ms), 200s p50 {ms(good, 50)} / p99 {ms(good, 99)} ms, "
+               f"{sum(a.status == 0 for a in answers)} client timeouts, breakers opened: {', '.join(opened) or 'none'}, "
+               f"next request {after.status} in {after.seconds * 1000:.0f} ms",
+               f"{shape.what}: capacity {capacity:.1f}/s (closed loop, {shape.capacity_concurrency} in flight, "
+               f"{CAPACITY_S:g} s); open loop offered {offered:.0f}/s for {BURST_S:g} s, statuses {statuses(answers)}, "
+               f"goodput {goodput:.1f}/s over {window:.2f} s until the last answer; gateway CPU per answered item "
+               f"{per_item[0]:.2f} ms at capacity, {per_item[1]:.2f} ms under overload (refusals included)")
+
+
+def ms(seconds: list[float], percentile: int) -> str:
+    if not seconds:
+        return "-"
+    return f"{(statistics.median(seconds) if percentile == 50 else p99(seconds)) * 1000:.0f}"
 
 
 def hostile_requests() -> list[tuple[str, str, str, dict[str, Any] | None, bytes | None]]:
@@ -567,11 +637,21 @@ def disconnects(up: Upstream, tmp: Path) -> Row:
                f"statuses {statuses(served)}")
 
 
+def overload_members(up: Upstream, tmp: Path) -> Row:
+    return overload(up, tmp, member_bound(up))
+
+
+def overload_cpu(up: Upstream, tmp: Path) -> Row:
+    return overload(up, tmp, cpu_bound(up))
+
+
 def encoded(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
 def main() -> None:
+    only = set(sys.argv[1:])
+    """Rows to run, by scenario name (e.g. `overload_members overload_cpu`); none: all."""
     os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="crowd-faults-"))
     port = free_port()
@@ -582,10 +662,13 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
         up = Upstream(f"http://127.0.0.1:{port}")
-        for scenario in (odd_replies, bad_retry_after, redis_bursts, overload, hostile, slow_connections,
-                         disconnects):
+        scenarios = {f.__name__: f for f in (odd_replies, bad_retry_after, redis_bursts, overload_members,
+                                             overload_cpu, hostile, slow_connections, disconnects)}
+        for name, scenario in scenarios.items():
+            if only and name not in only:
+                continue
             up.http.post("/_reset").raise_for_status()
-            print(f"running {scenario.__name__} ...", file=sys.stderr)
+            print(f"running {name} ...", file=sys.stderr)
             rows.append(scenario(up, tmp))
         up.http.close()
     finally:

@@ -59,7 +59,7 @@ def parse_answer(raw: str | None, labels: Sequence[str]) -> tuple[str | None, st
     if len(prefixed) == 1:
         return prefixed[0], None
     snippet = raw.strip()[:60]
-    return None, f"answer {snippet!r} matches no label of {list(labels)}"
+    return None, f"answer {snippet!r} matches no label"  # the label set is the request's: not repeated per vote
 
 
 def _from_json(text: str) -> str:

@@ -60,10 +60,10 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
     labels = tuple(labels)
     parsed = {item: [Vote.from_wire(v, len(labels)) for v in votes if v.get("label") is not None]
               for item, votes in item_votes.items()}
-    llm, people = split_items(parsed)
+    raw, people = split_items(parsed)
     gold = {i: g for i, g in gold.items() if g in labels}
-    biases = fit_biases(llm, len(labels), prior=label_prior(gold, labels)) if debiased else {}
-    llm = debias_items(llm, biases, labels) if biases else llm
+    biases = fit_biases(raw, len(labels), prior=label_prior(gold, labels)) if debiased else {}
+    llm = debias_items(raw, biases, labels) if biases else raw
     temperatures = fit_temperatures(llm, labels, gold, min_gold)
     data = FitData(labels, temper_items(llm, temperatures), gold, people, dict(groups or {}), min_gold, metric)
     params: dict[str, Any] = dict(agg.fit(data) or {})
@@ -89,7 +89,7 @@ def refit(aggregator: str, item_votes: Mapping[str, Sequence[Mapping[str, Any]]]
     if len(final) >= min_gold:
         params["calibration"] = fit_calibration([max(d) for d in final.values()],
                                                 [labels[pick(d)] == gold[i] for i, d in final.items()])
-        if by_votes := partial_calibrations(agg, parsed, labels, gold, params, min_gold):
+        if by_votes := partial_calibrations(agg, raw, people, labels, gold, params, min_gold):
             params["calibration"]["by_votes"] = by_votes
         params["held_out"] = scores(final, gold, labels)
     params["fitted_on"] = {"items": len(parsed), "votes": len(data.triples), "gold": len(held_out),
@@ -115,10 +115,11 @@ def _baseline(gold: Mapping[str, str], labels: Sequence[str]) -> dict[str, Any]:
     return {"label": best, "accuracy": counts[best] / len(gold)}
 
 
-def partial_calibrations(agg: Aggregator, by_item: Mapping[str, Sequence[Vote]], labels: Sequence[str],
-                         gold: Mapping[str, str], params: Mapping[str, Any], min_gold: int) -> dict[str, Any]:
-    """A calibration map per number of votes k below an item's full count, from a random k-subset of each gold
-    item's votes.
+def partial_calibrations(agg: Aggregator, by_item: Mapping[str, Sequence[Vote]], people: Mapping[str, Sequence[Vote]],
+                         labels: Sequence[str], gold: Mapping[str, str], params: Mapping[str, Any],
+                         min_gold: int) -> dict[str, Any]:
+    """A calibration map per number of members' votes k below an item's full count, from a random k-subset of each
+    gold item's members' votes (with the item's people's votes, which are counted apart, as the request path does).
 
     What a cascade sees after k answers; seeded by item id, so a refit on the same votes is stable. With every
     vote in, the main map applies (fitted out of fold, which these maps cannot be).
@@ -132,7 +133,7 @@ def partial_calibrations(agg: Aggregator, by_item: Mapping[str, Sequence[Vote]],
             if len(votes) < k:
                 continue
             subset = random.Random(f"{item}:{k}").sample(list(votes), k)
-            dist = agg.posterior(subset, labels, params)
+            dist = agg.posterior([*subset, *people.get(item, ())], labels, params)
             best = pick(dist)
             confidences.append(dist[best])
             correct.append(labels[best] == truth)

@@ -41,9 +41,10 @@ class Vote:
 
     def wire(self) -> dict[str, Any]:
         """The vote as it appears in the response's `annotation.votes`."""
-        # by hand, not dataclasses.asdict: its recursive deep copy was a quarter of a batch line's CPU
+        # by hand, not dataclasses.asdict: its recursive deep copy was a quarter of a batch line's CPU; a probability
+        # under 5e-7 keeps its digits, so that rounding never turns a label's small probability into a 0.0
         return {"member": self.member, "label": self.label, "raw": self.raw,
-                "probs": None if self.probs is None else [round(p, 6) for p in self.probs],
+                "probs": None if self.probs is None else [round(p, 6) if p >= 5e-7 else p for p in self.probs],
                 "latency_ms": round(self.latency_ms, 3), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 12),
                 "error": self.error}

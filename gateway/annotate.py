@@ -26,7 +26,7 @@ from ensembles.votes import Vote
 from gateway import metrics
 from gateway.config import Ensemble, Member
 from gateway.upstream.dialects import one_pass, request, scoring_request
-from gateway.errors import APIError
+from gateway.errors import APIError, named
 from gateway.upstream.queue_depth import QueueDepths
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
@@ -114,7 +114,7 @@ class Annotator:
         metrics.child(metrics.STOPS, ens.name, reason).inc()
         metrics.child(metrics.CALLS_PER_ITEM, ens.name).observe(item.calls)
         metrics.child(metrics.ITEM_COST, ens.name).observe(sum(v.cost_usd for v in item.votes))
-        self._check_quorum(item.votes + skipped, reason)
+        self._check_quorum(item.votes + skipped, reason, task.labels)
         return Outcome(label=task.label_set.best(item.distribution), distribution=item.distribution,
                        confidence=item.confidence, votes=item.votes + skipped + item.people,
                        upstream_wait_s=time.perf_counter() - started, escalated=escalated,
@@ -165,13 +165,15 @@ class Annotator:
         self._aggregate(item)
         return "escalated", votes[0].valid
 
-    def _check_quorum(self, votes: Sequence[Vote], reason: StopReason) -> None:
+    def _check_quorum(self, votes: Sequence[Vote], reason: StopReason, labels: Sequence[str]) -> None:
         ens = self.ensemble
         valid = sum(v.valid for v in votes)
         if valid >= ens.quorum:
             return
         failed = {v.member: v.error for v in votes if not v.valid}
         detail = "; ".join(f"{m}: {e}" for m, e in failed.items()) or "none were asked"
+        if any(v.raw is not None for v in votes if not v.valid):  # answers outside the set: name it once
+            detail += f"; the labels: {named(labels)}"
         if reason == "budget":
             detail += f"; asking more would pass the per-item cap of ${ens.routing.max_cost_usd:g}"
         raise APIError(503, f"ensemble {ens.name!r} got {valid} valid votes, quorum is {ens.quorum}. "

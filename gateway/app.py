@@ -28,15 +28,20 @@ from gateway.errors import (
 )
 from gateway.feedback import router as feedback_router
 from gateway.lifecycle import on_stop_signal, run_stop_steps
+from gateway.loop_gate import GATE
 from gateway.protocol import document_routes
+from gateway.quality import declare
 from gateway.requestid import RequestIdMiddleware
-from gateway.routes import HOT_ROUTES, router
+from gateway.hotpath import GatewayApp
+from gateway.routes import HOT, HOT_ROUTES, router
 from gateway.state import GatewayState
 
 
 def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
+    GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
+    declare(state.config)
     batches = Batches.build(state)
 
     timeout_s = state.config.gateway.shutdown_timeout_s
@@ -70,8 +75,9 @@ def create_app(config: Config | None = None) -> FastAPI:
                                  timeout_s / 2)
 
     # FastAPI's own OpenTelemetry hooks cost ~30 us a request; the gateway exports Prometheus metrics itself.
-    app = FastAPI(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  telemetry={"tracing": False, "metrics": False})
+    app = GatewayApp(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                     telemetry={"tracing": False, "metrics": False})
+    app.hot = HOT
     app.state.gateway = state
     app.state.batches = batches
     app.router.routes.extend(HOT_ROUTES)

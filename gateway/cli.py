@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
 from gateway.gc_tuning import tune_for_serving
-from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, tune
+from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, review, tune
 from gateway.tools.localmodels import ModelError
 
 SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
@@ -83,8 +83,8 @@ def serve(args: argparse.Namespace) -> int:
                              body_timeout_s=limits.body_timeout_s)
     # requests in flight get half the shutdown timeout; the app's stop steps the other half (gateway/lifecycle.py)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
-                  access_log=args.access_log, loop="uvloop", http=http, timeout_keep_alive=limits.keep_alive_s,
-                  timeout_graceful_shutdown=config.gateway.shutdown_timeout_s / 2)
+                  access_log=args.access_log, loop="gateway.listener:GreedyLoop", http=http,
+                  timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=config.gateway.shutdown_timeout_s / 2)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
         uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **common)
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate.add_parser(sub)
     report.add_parser(sub)
+    review.add_parser(sub)
     evaluate.add_parser(sub)
     tune.add_parser(sub)
     demo.add_parser(sub)

@@ -61,6 +61,9 @@ class Member(Strict):
     model: str
     dialect: Literal["vllm", "llamacpp", "openai", "litellm"] = "vllm"
     timeout_s: float = Field(30.0, gt=0)
+    max_stream_s: float = Field(600.0, gt=0)
+    """A passthrough stream from this member is cut after this long in all (an error event ends it for the client);
+    `timeout_s` bounds each wait for its next bytes."""
     max_concurrency: int = Field(64, ge=1)
     retries: int = Field(2, ge=0, le=10)
     price: Price = Price()
@@ -181,6 +184,9 @@ class GatewaySettings(Strict):
     """Items an ensemble runs at once; beyond it, requests are refused at once with 429 and Retry-After."""
     max_items_in_flight_per_key: int = Field(256, ge=1)
     """Items one tenant runs at once, over all ensembles."""
+    max_loop_lag_ms: float = Field(50.0, gt=0)
+    """How late the event loop may run: completion requests in progress are limited to what keeps it within
+    this, and the excess is refused at once with 429 (gateway/loop_gate.py; `crowd-gateway serve` only)."""
     breaker: Breaker = Breaker()
     connections: Connections = Connections()
     shutdown_timeout_s: float = Field(20.0, gt=0)

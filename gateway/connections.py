@@ -9,19 +9,28 @@ request on a kept-alive one), its body `body_timeout_s` after its headers. Past 
 after a 408 in OpenAI's error shape when a request had begun and no answer has started. Total deadlines, not gaps
 between reads: a byte every few seconds does not extend them. `cli.serve` installs it with the settings of
 `gateway.connections`.
+
+It is also where the gateway's own overload is refused: past the number of completion requests that keeps
+the event loop within `gateway.max_loop_lag_ms` (gateway/loop_gate.py), a completion request is answered 429
+from here, before any task or app runs and without reading its body, so a refusal costs a few percent of an
+answer and the CPU stays with the work already admitted (gateway/admission.py has the rest of admission).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any, Literal
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import metrics
 from gateway.errors import DEADLINE_PASSED, APIError
+from gateway.loop_gate import GATE
+from gateway.requestid import request_id
 
 Stage = Literal["idle", "headers", "body"]
 """What a connection was waiting for when its deadline passed: a first request, a request's headers, its body."""
@@ -68,6 +77,27 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                 self.timeout_keep_alive_handler)
 
+    def _start_asgi_task(self, cycle: Any, app: ASGIApp) -> None:
+        """A completion request runs counted by the loop gate, or is refused at once when the gate is full."""
+        scope = cycle.scope
+        if scope["method"] == "POST" and scope["path"] in COMPLETION_PATHS:
+            if not GATE.admit():
+                self._refuse(cycle)
+                return
+            app = partial(_counted, app)
+        super()._start_asgi_task(cycle, app)
+
+    def _refuse(self, cycle: Any) -> None:
+        """Answer 429 at once; uvicorn drops the body as it arrives, and keeps the connection when it may."""
+        metrics.child(metrics.ADMISSION_REFUSED, "-", "gateway").inc()
+        metrics.child(metrics.REQUESTS, "-", "overloaded").inc()
+        cycle.response_started = cycle.response_complete = True
+        self.transport.write(_overloaded(request_id(cycle.scope["headers"]), cycle.keep_alive))
+        if cycle.keep_alive:
+            self.on_response_complete()
+        else:
+            self.transport.close()
+
     def _arm(self, stage: Stage, seconds: float) -> None:
         self._disarm()
         self._stage = stage
@@ -101,6 +131,27 @@ class DeadlineProtocol(HttpToolsProtocol):
         what = "sent no request" if stage == "idle" else f"did not send its request {stage}"
         log.info("closed a connection from %s: it %s within %gs (gateway.connections)", _peer(self.client), what,
                  seconds)
+
+
+COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+"""What the loop-lag gate refuses: the work. Health, metrics, files and feedback are always answered."""
+RETRY_AFTER_S = 1
+
+
+async def _counted(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    try:
+        await app(scope, receive, send)
+    finally:
+        GATE.leave()
+
+
+def _overloaded(rid: bytes, keep_alive: bool) -> bytes:
+    body = orjson.dumps(APIError(429, f"overloaded: the gateway is running {GATE.active} requests and its event loop "
+                                      f"is {GATE.lag_s * 1000:.0f} ms late; retry after {RETRY_AFTER_S}s",
+                                 code="overloaded").body())
+    head = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"retry-after: %d\r\nx-request-id: %s\r\n" % (len(body), RETRY_AFTER_S, rid))
+    return head + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n") + body
 
 
 def _timeout_response(stage: Stage, seconds: float) -> bytes:

@@ -7,6 +7,7 @@ handlers turn it (and anything unexpected) into the body the OpenAI SDK knows ho
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -58,6 +59,16 @@ class APIError(Exception):
     def response(self) -> Response:
         return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json",
                         headers=self.headers)
+
+
+NAMED_LABELS = 20
+"""Labels an error message names at most: a label set may have 1,000 labels of 200 characters."""
+
+
+def named(labels: Sequence[str]) -> str:
+    """A label set for an error message, capped: the first NAMED_LABELS and how many more."""
+    shown = ", ".join(repr(label) for label in labels[:NAMED_LABELS])
+    return shown if len(labels) <= NAMED_LABELS else f"{shown} and {len(labels) - NAMED_LABELS} more"
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:

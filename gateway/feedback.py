@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from ensembles.aggregators import get_aggregator, pick
-from ensembles.calibration import calibrate
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
-from gateway.errors import APIError, bad_request
-from gateway.http import authorize, json_response, read_json
+from gateway.errors import APIError, bad_request, named
+from gateway.http import authorize, int_param, json_response, read_json
 from gateway.protocol import MAX_BULK, Feedback, invalid
+from gateway.quality import check_gold, current_answer
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
@@ -29,21 +29,22 @@ from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 router = APIRouter()
 
 
-async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> ItemRecord:
-    """The tenant's stored item, or a new record when the item has not been annotated yet (needs `task` or `labels`)."""
+async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, list[dict[str, Any]]]:
+    """The tenant's stored item and its votes, or a new record without votes when the item has not been annotated
+    yet (needs `task` or `labels`)."""
     item_id = scoped(tenant, fb.item_id)
     found = await state.store.item(item_id)
     if found is not None:
-        return found[0]
+        return found
     if fb.task is not None:
         task = state.config.task(fb.task)
         if task is None:
             raise APIError(400, f"unknown task {fb.task!r}", param="task", code="task_not_found")
-        return ItemRecord(item_id, scoped(tenant, task.name), list(task.labels), "", "")
+        return ItemRecord(item_id, scoped(tenant, task.name), list(task.labels), "", ""), []
     if fb.labels is not None:
         labels = LabelSet.adhoc(checked_labels(fb.labels, "labels", state.config.gateway.max_labels,
                                                state.config.gateway.max_label_chars)).canonical
-        return ItemRecord(item_id, scoped(tenant, schema_for_labels(labels)), list(labels), "", "")
+        return ItemRecord(item_id, scoped(tenant, schema_for_labels(labels)), list(labels), "", ""), []
     raise APIError(404, f"item {fb.item_id!r} has no stored votes: send `task` or `labels` with its label",
                    param="item_id", code="item_not_found")
 
@@ -63,22 +64,28 @@ async def post_feedback(request: Request) -> Response:
     except ValidationError as exc:
         raise invalid(exc) from None
     checked = [await _checked(state, fb, tenant) for fb in feedback]
-    answers = [await _store(state, fb, item, label, tenant) for fb, (item, label) in zip(feedback, checked)]
+    answers = [await _store(state, fb, found, label, tenant) for fb, (found, label) in zip(feedback, checked)]
     return json_response({"object": "list", "data": answers} if lines is not None else answers[0])
 
 
-async def _checked(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, str]:
-    """The item a label is for and the label as its schema stores it (canonical); a 400/404 names the bad one."""
-    item = await _record_for(state, fb, tenant)
+async def _checked(state: GatewayState, fb: Feedback,
+                   tenant: str) -> tuple[tuple[ItemRecord, list[dict[str, Any]]], str]:
+    """The item a label is for (with its votes) and the label as its schema stores it (canonical); a 400/404
+    names the bad one."""
+    found = await _record_for(state, fb, tenant)
+    item = found[0]
     canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
     if canonical is None:
-        raise bad_request(f"label {fb.label!r} is not in the label set {item.labels} of item {fb.item_id!r}",
+        raise bad_request(f"label {fb.label[:200]!r} is not in the label set of item {fb.item_id!r}: {named(item.labels)}",
                           "label")
-    return item, canonical
+    return found, canonical
 
 
-async def _store(state: GatewayState, fb: Feedback, item: ItemRecord, label: str, tenant: str) -> dict[str, Any]:
-    await state.store.add_label(item, label, fb.source, fb.annotator)
+async def _store(state: GatewayState, fb: Feedback, found: tuple[ItemRecord, list[dict[str, Any]]], label: str,
+                 tenant: str) -> dict[str, Any]:
+    item, raw_votes = found
+    if await state.store.add_label(item, label, fb.source, fb.annotator) and raw_votes:
+        check_gold(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes], label)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
     return {"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
             "label": label, "source": fb.source, "resolved_review": resolved}
@@ -128,40 +135,31 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     if found is None:
         raise APIError(404, f"no stored annotation for item {item_id!r}", param="item_id", code="item_not_found")
     item, raw_votes = found
-    ensemble = next((e for e in state.config.ensembles if e.name == item.ensemble), None)
-    aggregator = get_aggregator(ensemble.aggregator if ensemble else "majority")
-    params = state.reliability.get(item.schema, aggregator.name)
-    votes = [Vote.from_wire(v, len(item.labels)) for v in raw_votes]
+    answer = current_answer(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes])
     gold = (await state.store.gold(item.schema)).get(item.item_id)
-    aggregate = None
-    if any(v.valid for v in votes):
-        dist = aggregator.posterior(votes, item.labels, params)
-        best = pick(dist)
-        confidence = calibrate((params or {}).get("calibration"), dist[best], sum(v.valid for v in votes))
-        aggregate = {"label": item.labels[best], "confidence": round(confidence, 6),
-                     "distribution": {label: round(p, 6) for label, p in zip(item.labels, dist)},
-                     "aggregator": aggregator.name,
-                     "params_version": state.reliability.version_of(item.schema, aggregator.name)}
+    aggregate = None if answer is None else {
+        "label": answer.label, "confidence": round(answer.confidence, 6),
+        "distribution": {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)},
+        "aggregator": answer.aggregator, "params_version": answer.params_version}
     shown = {**item.wire(), "item_id": item_id, "schema": unscoped(tenant, item.schema)}
     return json_response({"object": "annotation", **shown, "gold": gold, "votes": raw_votes, "aggregate": aggregate})
 
 
 @router.get("/v1/review")
-async def list_review(request: Request, limit: int = 50, strategy: str = "queue") -> Response:
+async def list_review(request: Request, limit: str = "50", strategy: str = "queue") -> Response:
     """`strategy=queue`: the items flagged for review, oldest first. `strategy=uncertain`: the stored items
     without gold where one human or gold label would help most: smallest margin between the two most
     probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
-    if not 1 <= limit <= 1000:
-        raise bad_request("limit must be between 1 and 1000", "limit")
+    count = int_param(limit, "limit", 1, 1000)
     if strategy == "uncertain":
-        entries = await _most_uncertain(state, tenant, limit)
+        entries = await _most_uncertain(state, tenant, count)
         return json_response({"object": "list", "data": entries, "total": len(entries)})
     if strategy != "queue":
         raise bad_request("strategy must be 'queue' or 'uncertain'", "strategy")
     entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
-               for e in await state.store.reviews(limit, tenant)]
+               for e in await state.store.reviews(count, tenant)]
     total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
     return json_response({"object": "list", "data": entries, "total": total})
 

@@ -60,8 +60,10 @@ BATCH_IN_FLIGHT = Gauge("crowd_gateway_batch_lines_in_flight", "Batch lines runn
                         multiprocess_mode="livesum")
 VOTES_NOT_STORED = Counter("crowd_gateway_votes_not_stored", "Votes of answered items that the store could not "
                            "keep (the answer said stored: false)", ["ensemble"])
-ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429 because too "
-                            "many items were in flight, by ensemble and limit (ensemble, key)", ["ensemble", "limit"])
+ADMISSION_REFUSED = Counter("crowd_gateway_admission_refused", "Requests refused at once with 429, by ensemble "
+                            "('-' before the body was read) and limit: ensemble or key (items in flight), members "
+                            "(their queues past the deadline), gateway (its event loop running late)",
+                            ["ensemble", "limit"])
 ENSEMBLE_READY = Gauge("crowd_gateway_ensemble_ready", "1 when at least quorum members of the ensemble passed "
                        "their health check at the last /readyz, else 0", ["ensemble"], multiprocess_mode="max")
 MEMBER_HEALTHY = Gauge("crowd_gateway_member_healthy", "1 when the member passed its health check at the last "
@@ -72,6 +74,20 @@ CONNECTION_TIMEOUTS = Counter("crowd_gateway_connection_timeouts", "Connections 
                               "or body did not arrive in time (gateway.connections)", ["stage"])
 STORE_UP = Gauge("crowd_gateway_store_up", "1 while the store (Redis) answers, 0 during an outage "
                  "(gateway/store/health.py)", multiprocess_mode="livemin")
+REVIEWS = Counter("crowd_gateway_reviews", "Answered items flagged for human review (review.below)", ["ensemble"])
+VOTES = Counter("crowd_gateway_votes", "Members' valid votes on answered items, by whether they agree with the answer "
+                "(outcome agree, disagree)", ["ensemble", "member", "outcome"])
+GOLD_ANSWERS = Counter("crowd_gateway_gold_answers", "The crowd's answers checked against a gold label when it "
+                       "arrived, by confidence bin (lower edge) and outcome (right, wrong)",
+                       ["ensemble", "bin", "outcome"])
+GOLD_CONFIDENCE = Counter("crowd_gateway_gold_confidence", "Sum of the confidence the crowd stated on the answers "
+                          "checked against gold, by confidence bin: with gold_answers, the calibration error",
+                          ["ensemble", "bin"])
+GOLD_VOTES = Counter("crowd_gateway_gold_votes", "Members' votes checked against a gold label, by the probability "
+                     "the member gave its label (bin; a hard vote 1.0) and outcome (right, wrong)",
+                     ["ensemble", "member", "bin", "outcome"])
+GOLD_VOTE_CONFIDENCE = Counter("crowd_gateway_gold_vote_confidence", "Sum of the probability members gave their "
+                               "label on votes checked against gold, by bin", ["ensemble", "member", "bin"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

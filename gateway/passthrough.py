@@ -9,6 +9,7 @@ vLLM with `--enable-force-include-usage`); without one it is counted at cost 0.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.config import Member
 from gateway.errors import APIError
 from gateway.upstream import UpstreamError, Upstreams
+from gateway.upstream.client import StreamEnd
 from gateway.upstream.reply import usage_tokens
 
 _STATUS = {"connection": 502, "timeout": 504, "circuit_open": 503}
@@ -78,7 +80,7 @@ async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: di
     if resp.status != 200:
         data = await resp.read()
         resp.release()
-        upstreams.record_stream_end(member.name, resp.status < 500, time.perf_counter() - started)
+        upstreams.record_stream_end(member.name, "ok" if resp.status < 500 else "error", time.perf_counter() - started)
         ended(False)
         return Response(data, status_code=resp.status, media_type=resp.headers.get("Content-Type"))
     return StreamingResponse(_relay(upstreams, member.name, resp, started, ended), media_type="text/event-stream",
@@ -87,23 +89,35 @@ async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: di
 
 async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float,
                  ended: Callable[[bool], None]) -> AsyncIterator[bytes]:
+    """The member's bytes as they come. A client that leaves cancels this generator (Starlette listens for the
+    disconnect): the member's connection is closed, so it stops generating for nobody."""
     tail = b""
-    ok = False
+    outcome: StreamEnd = "error"
     try:
         async for chunk in resp.content.iter_any():
             tail = (tail + chunk)[-_TAIL:]
             yield chunk
-        ok = _DONE in tail
-        if not ok:
+        if _DONE in tail:
+            outcome = "ok"
+        else:
             yield _error_event(name, "the member closed the stream before it finished")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except aiohttp.ClientError as exc:  # a read past `timeout_s` included
         yield _error_event(name, f"the member's stream was cut: {exc.__class__.__name__}")
+    except TimeoutError:
+        outcome = "timeout"
+        limit = upstreams.member(name).max_stream_s
+        yield _error_event(name, f"the stream passed the member's max_stream_s of {limit:g}s")
+    except (asyncio.CancelledError, GeneratorExit):  # the client left: while we waited on the member, or at a yield
+        outcome = "cancelled"
+        raise
     finally:
-        resp.release()
-        upstreams.record_stream_end(name, ok, time.perf_counter() - started)
-        if ok:
+        if outcome == "ok":
+            resp.release()
             _stream_cost(upstreams, name, tail)
-        ended(ok)
+        else:
+            resp.close()
+        upstreams.record_stream_end(name, outcome, time.perf_counter() - started)
+        ended(outcome == "ok")
 
 
 def _stream_cost(upstreams: Upstreams, name: str, tail: bytes) -> None:

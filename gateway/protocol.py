@@ -15,12 +15,12 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.json_schema import models_json_schema
 
 from ensembles.labels import LabelSet
 from gateway.errors import APIError
-from gateway.task import AnnotationTask, wrap_label
+from gateway.task import AnnotationTask, item_id_problem, wrap_label
 
 if TYPE_CHECKING:
     from gateway.annotate import Outcome
@@ -69,12 +69,19 @@ class Feedback(BaseModel):
     """`POST /v1/annotations/feedback`: a gold or human label for one item."""
 
     model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1, max_length=256)
+    item_id: str
     label: str = Field(min_length=1)
     source: Literal["gold", "human"]
     annotator: str = Field("anonymous", min_length=1, max_length=128)
     task: str | None = None
     labels: list[str] | None = None
+
+    @field_validator("item_id")
+    @classmethod
+    def _usable_id(cls, item_id: str) -> str:
+        if (problem := item_id_problem(item_id)) is not None:
+            raise ValueError(problem)
+        return item_id
 
 
 _ADAPTERS = {"chat": TypeAdapter(ChatCompletionRequest), "completion": TypeAdapter(CompletionRequest)}

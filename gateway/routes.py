@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -39,9 +40,11 @@ async def completions(request: Request) -> Response:
     return await _complete(request, "completion", "/completions")
 
 
-HOT_ROUTES = [Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"])]
-"""Plain Starlette routes: the request path skips FastAPI's dependency solving (~50 us a request)."""
+HOT: dict[str, Callable[[Request], Awaitable[Response]]] = {"/v1/chat/completions": chat_completions,
+                                                             "/v1/completions": completions}
+"""Served before FastAPI's middleware stack (gateway/hotpath.py)."""
+HOT_ROUTES = [Route(path, handler, methods=["POST"]) for path, handler in HOT.items()]
+"""The same as plain Starlette routes, for the OpenAPI document and a 405 to other methods."""
 
 
 def _models(state: GatewayState) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from gateway.protocol import (
     usage_block,
     validate_body,
 )
+from gateway.quality import count_votes
 from gateway.state import GatewayState
 from gateway.store.health import STORE_ERRORS
 from gateway.store.votes import ItemRecord
@@ -52,7 +53,7 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
     try:
         validate_body(body, kind)
         if model in state.annotators:
-            with state.admission.admit(model, tenant):
+            with state.admission.admit(state.annotators[model].ensemble, tenant, by_capacity=not job):
                 response, waited = await _annotate(state, model, body, kind, tenant, job)
             route = "ensemble"
         elif model in state.members:
@@ -113,6 +114,7 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     annotation["stored"] = await remember(state, model, task, outcome, votes, annotation["confidence"], tenant)
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
+    count_votes(model, outcome.label, outcome.votes, outcome.needs_review)
     headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
                "x-crowd-stop-reason": outcome.stop_reason,
                "x-crowd-votes-stored": "true" if annotation["stored"] else "false"}

@@ -55,6 +55,4 @@ class GatewayState:
         health = StoreHealth(lambda: store.ping())
         return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
                    api_keys=config.gateway.api_keys(), store=store, health=health,
-                   reliability=Reliability(store, config, health),
-                   admission=Admission(config.gateway.max_items_in_flight,
-                                       config.gateway.max_items_in_flight_per_key))
+                   reliability=Reliability(store, config, health), admission=Admission(config.gateway, upstreams))

@@ -62,8 +62,8 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config, job: bool = 
     text = _item_text(body, kind)
     schema = task.name if task else schema_for_labels(label_set.canonical)
     item_id = body.get("item_id") or _metadata_item_id(body) or "item-" + _digest(schema + "\x1e" + text)[:20]
-    if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
-        raise bad_request("item_id must be a non-empty string of at most 256 characters", "item_id")
+    if (problem := item_id_problem(item_id)) is not None:
+        raise bad_request(problem, "item_id")
     return AnnotationTask(kind=kind, label_set=label_set, text=text, body=body, template=task, schema=schema,
                           item_id=item_id, json_field=json_field, job=job or body.get("service_tier") == "flex")
 
@@ -159,6 +159,22 @@ def _content_text(content: Any) -> str:
             raise bad_request("a text content part needs a string `text`", "messages")
         return "\n".join(p["text"] for p in parts)
     return ""
+
+
+RESERVED_ITEM_IDS = frozenset({"params", "feedback", "refit", ".", ".."})
+"""Names of the routes beside `GET /v1/annotations/{item_id}` (and URL dot segments): an item so named could be
+stored but never read back."""
+
+
+def item_id_problem(item_id: object) -> str | None:
+    """Why a client's item id cannot be used, or None. `/` separates a tenant from its names (gateway/tenancy.py)
+    and cannot be part of the `{item_id}` path segment either."""
+    if not isinstance(item_id, str) or not 1 <= len(item_id) <= 256:
+        return "item_id must be a non-empty string of at most 256 characters"
+    if item_id in RESERVED_ITEM_IDS or "/" in item_id:
+        return (f"item_id {item_id!r} is reserved: it must not contain '/' nor be one of "
+                f"{', '.join(sorted(RESERVED_ITEM_IDS))}")
+    return None
 
 
 def _metadata_item_id(body: Mapping[str, Any]) -> str | None:

@@ -8,7 +8,8 @@ answer), `down` (health and /v1/models fail), `logprobs` ({token: logprob} for t
 "answer": the answer itself at logprob -0.01, so each prompt's one-pass vote follows its keywords),
 `usage` ([prompt, completion] tokens), `label_logprobs` ({label: logprob}: a completion call with
 `prompt_logprobs` is answered as vLLM does, one `prompt_logprobs` list per prompt, one entry per whitespace-led
-token; the tokens of a prompt ending in " <label>" carry that label's logprob, every other token -0.5), `cut_stream` (stream a few chunks then drop), `jitter_ms`
+token; the tokens of a prompt ending in " <label>" carry that label's logprob, every other token -0.5), `cut_stream` (stream a few chunks then drop), `stream_gap_ms` (pause
+before each streamed chunk after the first; a client that leaves meanwhile counts as `cancelled`), `jitter_ms`
 (mean of an exponential delay added to `latency_ms`, seeded per member), `queue` ([waiting,
 running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON value, sent verbatim
 with status 200 as the completion body: the odd replies a fault test needs). `GET /_calls/{name}` returns
@@ -33,7 +34,7 @@ from aiohttp import web
 
 DEFAULT = {"answer": None, "keywords": {}, "latency_ms": 0, "fail": [], "retry_after": None, "drop": False,
            "down": False, "logprobs": None, "usage": [10, 1], "cut_stream": False, "jitter_ms": 0, "queue": None,
-           "raw": None, "label_logprobs": {}}
+           "raw": None, "label_logprobs": {}, "stream_gap_ms": 0}
 POLL_S = 0.005
 
 
@@ -115,7 +116,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
     usage = {"prompt_tokens": n * prompt_tokens, "completion_tokens": n * completion_tokens,
              "total_tokens": n * (prompt_tokens + completion_tokens)}
     if body.get("stream"):
-        return await _stream(request, body, _answer(script, body), usage, script["cut_stream"])
+        return await _stream(request, body, _answer(script, body), usage, script)
     if chat:
         answer = _answer(script, body)
         choices = [{"index": 0, "finish_reason": "stop", "logprobs": _logprobs(script, chat, answer),
@@ -146,15 +147,20 @@ def _prompt_logprobs(script: dict[str, Any], prompt: str) -> list[Any]:
 
 
 async def _stream(request: web.Request, body: dict[str, Any], answer: str, usage: dict[str, int],
-                  cut: bool) -> web.StreamResponse:
+                  script: dict[str, Any]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     words = answer.split(" ") * 3
     for i, word in enumerate(words):
+        if i and script["stream_gap_ms"] and not await _wait_unless_abandoned(request, script["stream_gap_ms"] / 1000):
+            members: Members = request.app["members"]
+            name = request.match_info["name"]
+            members.cancelled[name] = members.cancelled.get(name, 0) + 1
+            return resp
         chunk = {"id": "fake-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
                  "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
         await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        if cut and i == 1:
+        if script["cut_stream"] and i == 1:
             await asyncio.sleep(0.05)
             request.transport.abort()
             return resp

@@ -24,7 +24,7 @@ from gateway.batches.protocol import (
 from gateway.batches.service import Batches
 from gateway.batches.store import UnknownCursor
 from gateway.errors import APIError, bad_request
-from gateway.http import authorize, json_response, read_json
+from gateway.http import authorize, int_param, json_response, read_json, too_large
 from gateway.state import GatewayState
 from gateway.tenancy import DEFAULT
 
@@ -49,7 +49,7 @@ def _too_large(limit: int) -> APIError:
 async def _read_upload(request: Request, limit: int) -> tuple[str, str, bytes]:
     """(purpose, filename, content) of a multipart upload, refused as soon as it outgrows `limit`."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+    if too_large(declared, limit + _MULTIPART_SLACK):
         raise _too_large(limit)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise APIError(400, "POST /v1/files takes multipart/form-data with the fields `file` and `purpose`",
@@ -112,8 +112,7 @@ async def list_files(request: Request, purpose: str | None = None, after: str | 
                      order: str = "desc") -> Response:
     """The caller's files, as OpenAI pages them (`after` a file id, `limit` up to 10,000, `order` by creation)."""
     _, batches, tenant = _context(request)
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 10000:
-        raise bad_request("limit must be an integer from 1 to 10000", "limit")
+    page_size = int_param(limit, "limit", 1, 10000)
     if order not in ("asc", "desc"):
         raise bad_request("order must be 'asc' or 'desc'", "order")
     records = [rec for rec in await batches.store.list_files(tenant) if purpose is None or rec["purpose"] == purpose]
@@ -125,7 +124,7 @@ async def list_files(request: Request, purpose: str | None = None, after: str | 
         if after not in ids:
             raise bad_request(f"after {after!r} names no file of this list", "after")
         start = ids.index(after) + 1
-    page = records[start:start + int(limit)]
+    page = records[start:start + page_size]
     return json_response(list_page([file_object(rec) for rec in page], start + len(page) < len(records)))
 
 
@@ -206,10 +205,9 @@ async def retrieve_batch(batch_id: str, request: Request) -> Response:
 @router.get("/v1/batches")
 async def list_batches(request: Request, after: str | None = None, limit: str = "20") -> Response:
     _, batches, tenant = _context(request)
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 100:
-        raise bad_request("limit must be an integer from 1 to 100", "limit")
+    page_size = int_param(limit, "limit", 1, 100)
     try:
-        records, has_more = await batches.store.list_batches(after, int(limit), tenant)
+        records, has_more = await batches.store.list_batches(after, page_size, tenant)
     except UnknownCursor:
         raise bad_request(f"after {after!r} names no batch of this gateway", "after") from None
     return json_response(list_page([batch_object(rec) for rec in records], has_more))

@@ -67,8 +67,9 @@ class VoteStore(ABC):
         return hard_triples(await self.item_votes(schema))
 
     @abstractmethod
-    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
-        """A gold label (kept apart, for anchoring and calibration) or a human vote on the item."""
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> bool:
+        """A gold label (kept apart, for anchoring and calibration) or a human vote on the item; True when it is
+        the item's first gold label (the quality metrics check each item against gold once)."""
 
     @abstractmethod
     async def gold(self, schema: str) -> dict[str, str]: ...
@@ -202,15 +203,17 @@ class MemoryVoteStore(VoteStore):
         votes = {i: list(self.votes[i].values()) for i in chosen if i in self.items and self.votes.get(i)}
         return FitVotes(votes, len(order) - head)
 
-    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> bool:
         if item.item_id not in self.items:
             self._add(item)
         if source == "gold":
+            first = item.item_id not in self.gold_labels[item.schema]
             self.gold_labels[item.schema][item.item_id] = label
-        else:
-            self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
-            self.people[item.schema][item.item_id] = None
-            self.new[item.schema] += 1
+            return first
+        self.votes[item.item_id][HUMAN_PREFIX + who] = {"member": HUMAN_PREFIX + who, "label": label, "raw": label}
+        self.people[item.schema][item.item_id] = None
+        self.new[item.schema] += 1
+        return False
 
     async def gold(self, schema: str) -> dict[str, str]:
         return dict(self.gold_labels[schema])

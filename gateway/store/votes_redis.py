@@ -129,16 +129,17 @@ class RedisVoteStore(VoteStore):
                     out[item_id] = [orjson.loads(raw) for raw in votes]
         return out
 
-    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> None:
+    async def add_label(self, item: ItemRecord, label: str, source: Source, who: str) -> bool:
         if source == "gold":
             async with self.r.pipeline(transaction=True) as pipe:
                 pipe.hset(self._k("gold", item.schema), item.item_id, label)
                 pipe.set(self._item(item.item_id), orjson.dumps(item.wire()), ex=self.ttl, nx=True)
                 pipe.zadd(self._k("schema", item.schema, "items"), {item.item_id: item.created}, nx=True)
                 pipe.hset(self._k("schemas"), item.schema, orjson.dumps(item.labels))
-                await pipe.execute()
-            return
+                added, *_ = await pipe.execute()
+            return bool(added)
         await self.record(item, [{"member": HUMAN_PREFIX + who, "label": label, "raw": label}])
+        return False
 
     async def gold(self, schema: str) -> dict[str, str]:
         raw = await self.r.hgetall(self._k("gold", schema))

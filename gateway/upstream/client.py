@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
 from tenacity import (
@@ -39,6 +39,7 @@ log = logging.getLogger("crowd_gateway.upstream")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF_S = 0.05
 MAX_RETRY_AFTER_S = 10.0
+StreamEnd = Literal["ok", "error", "cancelled", "timeout"]
 
 
 class _RetryableStatus(Exception):
@@ -116,8 +117,10 @@ class ReplyTooLarge(aiohttp.ClientPayloadError):
 
 async def _bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     declared = resp.content_length
-    if declared is not None and declared > limit:
-        raise ReplyTooLarge(f"reply of {declared} bytes exceeds max_reply_bytes {limit}")
+    if declared is not None:
+        if declared > limit:
+            raise ReplyTooLarge(f"reply of {declared} bytes exceeds max_reply_bytes {limit}")
+        return await resp.read()  # aiohttp reads no more than the declared length
     chunks, size = [], 0
     async for chunk in resp.content.iter_chunked(65536):
         size += len(chunk)
@@ -287,8 +290,9 @@ class Upstreams:
         client.stats.in_flight += 1
         try:
             async with client.slots:
+                begun = time.perf_counter()  # the member's latency, not the gateway's queue in front of it
                 reply = await self._post_with_retries(client, path, body, deadline)
-            client.stats.answered(time.perf_counter() - started)
+            client.stats.answered(time.perf_counter() - begun)
             outcome = "ok" if reply.status < 400 else "error"
             if reply.status >= 500 or reply.status == 429:  # an overloaded member is a failing one, for a while
                 client.breaker.failure()
@@ -352,7 +356,7 @@ class Upstreams:
         if not client.breaker.allow():
             metrics.child(metrics.UPSTREAM_REQUESTS, name, "circuit_open").inc()
             raise UpstreamError(name, "circuit_open", "circuit open after repeated failures")
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.member.timeout_s,
+        timeout = aiohttp.ClientTimeout(total=client.member.max_stream_s, sock_connect=client.member.timeout_s,
                                         sock_read=client.member.timeout_s)
         try:
             resp = await self.session.post(client.member.base_url + path, data=body, headers=client.headers,
@@ -364,11 +368,18 @@ class Upstreams:
             raise UpstreamError(name, "connection", f"connection failed: {exc.__class__.__name__}") from None
         return resp
 
-    def record_stream_end(self, name: str, ok: bool, seconds: float) -> None:
+    def record_stream_end(self, name: str, outcome: StreamEnd, seconds: float) -> None:
+        """How a passthrough stream ended. Only `error` is the member's failure: a stream the client left, or that
+        passed `max_stream_s`, was cut by the gateway (`cancelled`, `timeout`) and says nothing about the member."""
         client = self.clients[name]
-        (client.breaker.success if ok else client.breaker.failure)()
+        if outcome == "ok":
+            client.breaker.success()
+        elif outcome == "error":
+            client.breaker.failure()
+        else:
+            client.breaker.cancelled()
         client.publish_state()
-        metrics.child(metrics.UPSTREAM_REQUESTS, name, "ok" if ok else "error").inc()
+        metrics.child(metrics.UPSTREAM_REQUESTS, name, outcome).inc()
         metrics.child(metrics.UPSTREAM_DURATION, name).observe(seconds)
 
     async def healthy(self, name: str, timeout_s: float = 2.0) -> bool:

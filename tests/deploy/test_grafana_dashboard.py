@@ -1,11 +1,13 @@
 """The Grafana dashboard in deploy/grafana/: every query is valid PromQL (checked by promtool), uses
-only exported series, is scoped by the cluster, namespace and job variables, and the panels the issue
-asks for are there."""
+only exported series, is scoped by the cluster, namespace and job variables, the panels the issue
+asks for are there, and the label quality panels compute what they say on recorded series (promtool's
+unit tests, deploy/grafana/crowd-gateway-dashboard.test.yaml)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import yaml
 from tests.deploy.k8s_support import REPO, exported_names, promtool
 
 DASHBOARD = REPO / "deploy" / "grafana" / "crowd-gateway.json"
+DASHBOARD_TESTS = REPO / "deploy" / "grafana" / "crowd-gateway-dashboard.test.yaml"
 VLLM_SERIES = {"vllm:num_requests_waiting", "vllm:num_requests_running"}
 
 
@@ -28,27 +31,48 @@ def queries() -> list[str]:
 
 def as_promql(expr: str) -> str:
     """Replace Grafana's variables with what they expand to, so Prometheus' parser can check the query."""
-    for variable in ("$__rate_interval", "$ensemble", "$member", "$cluster", "$namespace", "$job"):
-        expr = expr.replace(variable, "5m" if variable == "$__rate_interval" else ".*")
+    for variable, value in (("$__rate_interval", "5m"), ("$window", "1h"), ("$ensemble", ".*"), ("$member", ".*"),
+                            ("$cluster", ".*"), ("$namespace", ".*"), ("$job", ".*")):
+        expr = expr.replace(variable, value)
     return expr
 
 
-def test_every_query_is_valid_promql(tmp_path: Path) -> None:
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": as_promql(expr)} for i, expr in enumerate(queries())]}]}
+def as_rules(tmp_path: Path) -> Path:
+    """Every panel query as a recording rule `dashboard:<panel title>:<refId>`, in tmp_path/dashboard-queries.yaml."""
+    rules = [{"record": f"dashboard:{re.sub('[^a-z0-9]+', '_', panel['title'].lower()).strip('_')}:{t['refId']}",
+              "expr": as_promql(t["expr"])} for panel in dashboard()["panels"] for t in panel.get("targets", [])]
     path = tmp_path / "dashboard-queries.yaml"
-    path.write_text(yaml.safe_dump(rules))
-    proc = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    return path
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    proc = subprocess.run([promtool(), "check", "rules", str(as_rules(tmp_path))], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_quality_panels_pass_promtool_unit_tests(tmp_path: Path) -> None:
+    """Each label quality panel's query, on recorded series, gives the figure its description promises."""
+    as_rules(tmp_path)
+    shutil.copy(DASHBOARD_TESTS, tmp_path / DASHBOARD_TESTS.name)
+    proc = subprocess.run([promtool(), "test", "rules", DASHBOARD_TESTS.name], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tested = {case["expr"].split(":")[1] for test in yaml.safe_load(DASHBOARD_TESTS.read_text())["tests"]
+              for case in test["promql_expr_test"]}
+    quality = [p for p in dashboard()["panels"] if p["type"] != "row" and "$window" in str(p["targets"])]
+    assert len(quality) >= 8 and tested == {re.sub("[^a-z0-9]+", "_", p["title"].lower()).strip("_")
+                                            for p in quality}
 
 
 def test_queries_use_only_exported_series() -> None:
     known = exported_names() | VLLM_SERIES
-    keywords = {"sum", "by", "rate", "max", "histogram_quantile", "le"}
+    keywords = {"sum", "by", "rate", "increase", "abs", "max", "histogram_quantile", "le"}
     for expr in queries():
         stripped = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", expr)
         names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped)) - keywords
-        labels = {"ensemble", "outcome", "route", "member", "kind", "to", "reason"}
+        labels = {"ensemble", "outcome", "route", "member", "kind", "to", "reason", "bin"}
         assert names - labels <= known, f"{expr}: unknown series {sorted(names - labels - known)}"
 
 
@@ -65,6 +89,12 @@ def test_required_views_are_there() -> None:
         "crowd_gateway_escalations_total",                  # escalations
         "crowd_gateway_cost_usd_total",                     # cost per hour
         "vllm:num_requests_waiting",                        # vLLM queue depth
+        "crowd_gateway_gold_answers_total",                 # the crowd's agreement with gold, calibration
+        "crowd_gateway_gold_confidence_total",
+        "crowd_gateway_gold_votes_total",                   # each member's agreement with gold, calibration
+        "crowd_gateway_gold_vote_confidence_total",
+        "crowd_gateway_votes_total",                        # each member's agreement with the crowd
+        "crowd_gateway_reviews_total",                      # review rate
     ]:
         assert series in text, f"no panel queries {series}"
     assert "crowd_gateway_cost_usd_total" in text and "* 3600" in text

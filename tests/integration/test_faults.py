@@ -149,10 +149,13 @@ def test_bad_client_input_is_a_400(gateway: Gateway, body: dict[str, Any], param
     assert r.json()["error"]["param"] == param
 
 
-@pytest.mark.parametrize("url", ["/v1/batches?limit=%C2%B2", "/v1/batches?limit=100000", "/v1/review?limit=abc"])
+@pytest.mark.parametrize("url", ["/v1/batches?limit=%C2%B2", "/v1/batches?limit=100000", "/v1/review?limit=abc",
+                                 *(f"/v1/{route}?limit={'9' * 5000}" for route in ("batches", "files", "review"))])
 def test_bad_query_parameters_are_openai_400s(gateway: Gateway, url: str) -> None:
+    """Past 4,300 digits Python will not convert a string to an int: still the client's 400, never a 500."""
     r = httpx.get(gateway.url + url)
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert r.json()["error"]["param"] == "limit"
 
 
 def test_reasking_an_item_replaces_its_votes(client: OpenAI, gateway: Gateway) -> None:

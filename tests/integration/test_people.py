@@ -53,7 +53,8 @@ def test_a_person_joins_the_answers_on_their_items(upstream: Upstream, gateway_f
         people = [v for v in ann["votes"] if v["member"].startswith("human:")]
         assert len(people) == 1 and people[0]["cost_usd"] == 0
         stored = httpx.get(f"{gw.v1}/annotations/{item}").json()["aggregate"]
-        assert stored["label"] == ann["label"] and stored["distribution"] == ann["distribution"]
+        assert (stored["label"], stored["distribution"], stored["confidence"]) == (
+            ann["label"], ann["distribution"], ann["confidence"]), "one function serves both"
         right_with += ann["label"] == truth[item]
         llm = [v["label"] for v in ann["votes"] if not v["member"].startswith("human:")]
         disagreeing += max(llm.count("positive"), llm.count("negative")) < 3 or llm[0] != people[0]["label"]

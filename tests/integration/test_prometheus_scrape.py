@@ -105,7 +105,7 @@ def test_prometheus_scrapes_the_gateway_request_counter(gateway_factory: Any, pr
     assert vllm_up["metric"]["member"] == "smol"
 
     groups = httpx.get(f"{prometheus_url}/api/v1/rules", timeout=5).json()["data"]["groups"]
-    assert {g["name"] for g in groups} == {"crowd-gateway.recording", "crowd-gateway.alerts"}
+    assert {g["name"] for g in groups} == {"crowd-gateway.recording", "crowd-gateway.quality", "crowd-gateway.alerts"}
     # Every rule evaluates against live data without errors.
     deadline = time.monotonic() + 10
     while any(r.get("health") != "ok" for g in groups for r in g["rules"]) and time.monotonic() < deadline:

@@ -61,8 +61,9 @@ def test_votes_roundtrip_and_triples(store: Any) -> None:
 def test_gold_and_human_labels(store: Any) -> None:
     async def scenario(s: VoteStore) -> None:
         await s.record(item(1), [{"member": "a", "label": "positive"}])
-        await s.add_label(item(1), "negative", "gold", "qa")
-        await s.add_label(item(1), "negative", "human", "ann-7")
+        assert await s.add_label(item(1), "positive", "gold", "qa")  # the item's first gold label
+        assert not await s.add_label(item(1), "negative", "gold", "qa")  # corrected: not checked again
+        assert not await s.add_label(item(1), "negative", "human", "ann-7")
         assert await s.gold("sentiment") == {"it-1": "negative"}
         assert ("it-1", "human:ann-7", "negative") in await s.triples("sentiment")
         await s.add_label(item(9), "positive", "gold", "qa")  # gold for an item not annotated yet
