@@ -20,7 +20,7 @@ LLM + people: the VADER tweets and Amazon snippets, each rated by 20 or more peo
 human label (the sign of one rater's score, drawn per item) from 40 pseudo-annotators who each label a few items;
 the item's truth is the sign of the mean of the OTHER raters, so people are not graded against themselves.
 
-Run: .venv/bin/python bench/quality_real.py [--test 300] [--sets imdb,amazon,tweets,intents,bbc] [--saved]
+Run: .venv/bin/python bench/quality_real.py [--test 300] [--sets imdb,amazon,tweets,intents,bbc] [--saved] [--dev]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ DRAWS = 10
 AGGREGATORS = ("majority", "weighted", "dawid_skene", "grouped_dawid_skene", "stacking", "auto")
 MIN_GOLD = 20
 OUT = ROOT / "out" / "quality"
-"""Each set's votes, test truth and gold pool, for re-aggregating offline."""
+"""Each set's votes, test truth and gold pool, for re-aggregating offline (`out/quality-dev` with `--dev`)."""
 ItemVotes = dict[str, list[dict[str, Any]]]
 
 
@@ -139,26 +139,34 @@ def baseline(gold: Mapping[str, str], test: Mapping[str, str], labels: Sequence[
     return label, sum(t == label for t in test.values()) / len(test)
 
 
-def collect_set(url: str, config: Config, name: str, n_test: int) -> None:
-    """Every worker's votes on the set's gold pool and test items, saved to OUT for `report_set`."""
+def evaluated(rows: list[dict[str, Any]], salt: str, n: int, dev: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(gold pool, evaluated items) of `rows`: the gold pool is the first GOLD_POOL dev ids of a stable shuffle;
+    the evaluated items are the first `n` test ids, or with `dev` the next `n` dev ids (for tuning: the test ids
+    stay unseen)."""
+    dev_rows = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], salt)
+    rest = dev_rows[GOLD_POOL:] if dev else ordered([r for r in rows if split_of(str(r["id"])) == "test"], salt)
+    return dev_rows[:GOLD_POOL], rest[:n]
+
+
+def collect_set(url: str, config: Config, name: str, n_test: int, dev: bool, out: Path) -> None:
+    """Every worker's votes on the set's gold pool and test items, saved to `out` for `report_set`."""
     file, task_name = SETS[name]
     task = config.task(task_name)
     assert task is not None
     labels = list(task.labels)
     shots = few_shot_texts(config)
     rows = [r for r in load_dataset(DATASETS / file) if not is_example(r["text"], shots) and r["label"] in labels]
-    gold_pool = ordered([r for r in rows if split_of(str(r["id"])) == "dev"], name)[:GOLD_POOL]
-    test_rows = ordered([r for r in rows if split_of(str(r["id"])) == "test"], name)[:n_test]
+    gold_pool, test_rows = evaluated(rows, name, n_test, dev)
     votes, cost = collect(url, gold_pool + test_rows, task_name, labels)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps({
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({
         "task": task_name, "labels": labels, "votes": votes, "cost": cost,
         "test": {str(r["id"]): r["label"] for r in test_rows}, "gold": [[str(r["id"]), r["label"]] for r in gold_pool]}))
 
 
-def report_set(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
+def report_set(name: str, groups: Mapping[str, str], out: Path) -> dict[str, Any]:
     """The set's table from its saved votes; returns its headline figures for the summary."""
-    saved = json.loads((OUT / f"{name}.json").read_text())
+    saved = json.loads((out / f"{name}.json").read_text())
     labels, votes, test, gold_pool = saved["labels"], saved["votes"], saved["test"], saved["gold"]
     alone = members_alone(votes, test)
     best_name, best = max(alone.items(), key=lambda kv: kv[1])
@@ -184,11 +192,9 @@ def report_set(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
             "trivial": trivial, "crowd": crowd, "spread": spread, "ece": ece}
 
 
-def collect_people(url: str, name: str, n_test: int) -> None:
-    """One real human label per test item (VADER raters) and the LLM votes, saved to OUT for `report_people`."""
-    rows = ordered(load_dataset(DATASETS / RATED[name]), name)
-    gold_rows = [r for r in rows if split_of(str(r["id"])) == "dev"][:GOLD_POOL]
-    test_rows = [r for r in rows if split_of(str(r["id"])) == "test"][:n_test]
+def collect_people(url: str, name: str, n_test: int, dev: bool, out: Path) -> None:
+    """One real human label per test item (VADER raters) and the LLM votes, saved to `out` for `report_people`."""
+    gold_rows, test_rows = evaluated(load_dataset(DATASETS / RATED[name]), name, n_test, dev)
     truth, human = {}, {}
     for row in gold_rows + test_rows:
         rng = random.Random(str(row["id"]))
@@ -198,21 +204,22 @@ def collect_people(url: str, name: str, n_test: int) -> None:
         if not others or sum(others) == 0:
             continue
         truth[str(row["id"])] = "positive" if sum(others) > 0 else "negative"
-        human[str(row["id"])] = ("human:rater-" + str(rng.randrange(40)), "positive" if ratings[i] > 0 else "negative")
+        human[str(row["id"])] = ("human:rater-" + str(rng.randrange(40)), "positive" if ratings[i] > 0 else "negative",
+                                 ratings[i])  # the score itself (-4..4), kept for analysis only
     rows = [r for r in gold_rows + test_rows if str(r["id"]) in truth]
     labels = ["positive", "negative"]
     votes, _ = collect(url, rows, "sentiment", labels)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     gold_ids = {str(r["id"]) for r in gold_rows}
-    (OUT / f"{name}.json").write_text(json.dumps({
+    (out / f"{name}.json").write_text(json.dumps({
         "labels": labels, "votes": votes, "human": human,
         "gold": [[i, truth[i]] for i in truth if i in gold_ids],
         "test": {i: t for i, t in truth.items() if i not in gold_ids}}))
 
 
-def report_people(name: str, groups: Mapping[str, str]) -> dict[str, Any]:
+def report_people(name: str, groups: Mapping[str, str], out: Path) -> dict[str, Any]:
     """LLM crowd, people alone, and both, from the saved votes (one person's label on every item, gold included)."""
-    saved = json.loads((OUT / f"{name}.json").read_text())
+    saved = json.loads((out / f"{name}.json").read_text())
     labels, votes, human, test = saved["labels"], saved["votes"], saved["human"], saved["test"]
     gold = dict(saved["gold"])
     with_people = {item: vs + [{"member": human[item][0], "label": human[item][1], "raw": human[item][1]}]
@@ -258,19 +265,22 @@ def main() -> None:
     parser.add_argument("--no-people", action="store_true", help="skip the LLM + people comparison")
     parser.add_argument("--saved", action="store_true",
                         help=f"re-aggregate the votes the last run saved in {OUT.relative_to(ROOT)} (no pool)")
+    parser.add_argument("--dev", action="store_true",
+                        help="evaluate on dev ids after the gold pool, saved apart: for tuning (test ids stay unseen)")
     args = parser.parse_args()
+    out = OUT.with_name(OUT.name + "-dev") if args.dev else OUT
     sets = args.sets.split(",")
     config = load_config(POOL)
     groups = config.fit_options()["groups"]  # what gateway/reliability.py passes
     if not args.saved:
         with running_pool(config), embedded_gateway(str(POOL)) as url:
             for name in sets:
-                collect_set(url, config, name, args.test)
+                collect_set(url, config, name, args.test, args.dev, out)
             if not args.no_people:
                 for name in RATED:
-                    collect_people(url, name, args.test)
-    figures = [report_set(name, groups) for name in sets]
-    rated = [] if args.no_people else [report_people(name, groups) for name in RATED]
+                    collect_people(url, name, args.test, args.dev, out)
+    figures = [report_set(name, groups, out) for name in sets]
+    rated = [] if args.no_people else [report_people(name, groups, out) for name in RATED]
     summary(figures, rated)
 
 

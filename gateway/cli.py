@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -15,14 +16,17 @@ from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
 from gateway.gc_tuning import tune_for_serving
-from gateway.tools import UsageError, annotate, demo, evaluate, pool, report, review, tune
-from gateway.tools.localmodels import ModelError
+from gateway.tools import UsageError
 
 SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
 an ensemble of the config (fanned out to its members, their votes aggregated into one label with a calibrated
 confidence and its cost) or one member (proxied unchanged); GET /v1/models, /healthz, /readyz, /metrics; the
 annotation, Files and Batches routes. Members, ensembles and tasks come from the YAML config (--config or
 $CROWD_GATEWAY_CONFIG); keys from the variable `gateway.api_keys_env` names."""
+TOOLS = {"annotate": "annotate", "report": "report", "review": "review", "eval": "evaluate", "tune": "tune",
+         "demo": "demo", "pool": "pool"}
+"""Each tool's command -> its module in gateway/tools, imported only when that command runs (or for the full help),
+so `serve` loads no tool (and no tool's dependencies) and one tool does not load the others."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's levels; `info` (the default) shows the startup line, refits and warnings, not every request."""
 log = logging.getLogger("crowd_gateway")
@@ -107,7 +111,9 @@ def worker_app() -> Any:
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the `command` about to run, only that tool's module is imported (any other,
+    or none: every tool, for the full help and the error naming what exists)."""
     parser = argparse.ArgumentParser(prog="crowd-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,27 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request (at info level)")
     p.set_defaults(func=serve)
 
-    annotate.add_parser(sub)
-    report.add_parser(sub)
-    review.add_parser(sub)
-    evaluate.add_parser(sub)
-    tune.add_parser(sub)
-    demo.add_parser(sub)
-    pool.add_pool_commands(sub)
+    wanted = [command] if command in TOOLS else [] if command == "serve" else list(TOOLS)
+    for name in wanted:
+        importlib.import_module(f"gateway.tools.{TOOLS[name]}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"crowd-gateway: {exc}", file=sys.stderr)
         return 2
-    except UsageError as exc:
-        print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except ModelError as exc:  # an engine or model file is missing: the message says what to run
+    except UsageError as exc:  # a ModelError too: an engine or model file is missing, the message says what to run
         print(f"crowd-gateway {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

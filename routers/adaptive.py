@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from ensembles.aggregators.weighted import log_odds
+from ensembles.odds import log_odds
 from routers.base import TARGETS, Knobs, MemberState, RouteView, Router, Step
 
 PRICE_WEIGHTS = (1.0, 0.5, 0.0)

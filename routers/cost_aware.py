@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Sequence
 from functools import lru_cache
 
-from ensembles.aggregators.weighted import log_odds
+from ensembles.odds import log_odds
 from routers.adaptive import Adaptive, CascadeKnobs, ranked
 from routers.base import TARGETS, MemberState, RouteView
 

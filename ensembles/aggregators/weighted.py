@@ -16,11 +16,7 @@ from ensembles.aggregators.base import DEFAULT_SKILL, FitData, Params
 from ensembles.aggregators.confusion import shrink_skills, vote_counts
 from ensembles.aggregators.one_coin import OneCoin
 from ensembles.aggregators.skill_weighted import SkillWeighted
-
-
-def log_odds(skill: float, k: int) -> float:
-    skill = min(max(skill, 1e-6), 1 - 1e-6)
-    return max(math.log((k - 1) * skill / (1 - skill)), 0.0)
+from ensembles.odds import log_odds
 
 
 class Weighted(SkillWeighted):

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from gateway.tools import UsageError
+
 Engine = Literal["vllm", "llamacpp"]
 ModelName = Literal["smollm2-135m-instruct", "gemma3-270m"]
 
@@ -31,7 +33,7 @@ CONVERSION = "-2"
 """Bumped when gguf_to_hf.py changes what it writes, so cached conversions are redone (2: Gemma's BOS)."""
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """An engine or model file is missing or could not be prepared; the message says what to run."""
 
 

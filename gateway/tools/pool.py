@@ -479,7 +479,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def add_pool_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `pool up|down|status --config FILE`; the parsed args carry `func(args) -> exit code`."""
     pool = subparsers.add_parser("pool", help="run the config's local model servers (vLLM, llama.cpp on CPU)",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -227,7 +227,7 @@ pool:
 members: [{{name: m, base_url: "http://127.0.0.1:{port}/v1", model: gemma3-270m, dialect: llamacpp}}]
 """)
     parser = argparse.ArgumentParser()
-    pool.add_pool_commands(parser.add_subparsers(dest="command"))
+    pool.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["pool", "status", "--config", str(config)])
     assert args.func(args) == 3
     assert re.search(rf"s0\s+llamacpp\s+gemma3-270m\s+{port}\s+stopped", capsys.readouterr().out)

@@ -87,3 +87,26 @@ def test_tests_read_nothing_outside_the_repository() -> None:
     offenders = [f"{path.relative_to(ROOT)}:{n}" for path in (ROOT / "tests").rglob("*.py") if path != Path(__file__)
                  for n, line in enumerate(path.read_text().splitlines(), 1) if outside.search(line)]
     assert offenders == []
+
+
+def loaded_modules(code: str, prefix: str) -> list[str]:
+    """The project modules under `prefix` that running `code` in a fresh interpreter has loaded (every import,
+    transitive and lazy ones that ran included: what the process really pays for)."""
+    probe = f"import sys; {code}; print(sorted(m for m in sys.modules if m.startswith({prefix!r})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_the_routers_load_no_aggregator() -> None:
+    """Routing a request needs one log-odds formula (ensembles/odds.py), not the refit's aggregators."""
+    assert loaded_modules("import routers", "ensembles.") == ["ensembles.odds"]
+
+
+def test_serve_loads_no_tool_and_a_tool_loads_only_itself() -> None:
+    """`crowd-gateway serve` builds its command line without importing any tool module; `annotate` imports its own
+    module and what it uses, not the other tools."""
+    build = "from gateway.cli import build_parser; build_parser({!r})"
+    assert loaded_modules(build.format("serve") + "; import gateway.app", "gateway.tools.") == []
+    annotate = loaded_modules(build.format("annotate"), "gateway.tools.")
+    assert "gateway.tools.annotate" in annotate
+    assert not {"gateway.tools.tune", "gateway.tools.pool", "gateway.tools.evaluate", "gateway.tools.demo"} & set(annotate)
