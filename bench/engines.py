@@ -28,7 +28,8 @@ from gateway.config import parse_config
 from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.evaluate import annotate_items
-from gateway.tools.pool import prefix_cache as read_prefix_cache, running_pool
+from gateway.tools.pool import running_pool
+from gateway.tools.pool_status import prefix_cache as read_prefix_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = ROOT / "deploy" / "local-pool.yaml"

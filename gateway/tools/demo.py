@@ -20,7 +20,8 @@ from gateway.tools.datasets import load_dataset
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.baseline import Baseline
 from gateway.tools.evaluate import annotate_items, by_accuracy, failed_cell, summarize
-from gateway.tools.pool import pool_status, running_pool
+from gateway.tools.pool import running_pool
+from gateway.tools.pool_status import pool_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "deploy" / "local-pool.yaml"

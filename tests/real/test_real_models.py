@@ -17,7 +17,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
-from gateway.tools.pool import pool_status, running_pool
+from gateway.tools.pool import running_pool
+from gateway.tools.pool_status import pool_status
 from gateway.upstream.queue_depth import parse_queue_depth
 from tests.conftest import ROOT, Gateway
 

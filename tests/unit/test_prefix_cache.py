@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from gateway.tools.pool import PrefixCache, ServerStatus, format_status, parse_prefix_cache
+from gateway.tools.pool_status import PrefixCache, ServerStatus, format_status, parse_prefix_cache
 
 
 def vllm_metrics(per_engine: dict[str, tuple[float, float]]) -> str:
