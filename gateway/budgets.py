@@ -64,11 +64,15 @@ async def check(state: GatewayState, tenant: str, limits: Limits, tokens: int) -
     return None
 
 
-async def settle(state: GatewayState, tenant: str, limits: Limits, estimate: int, tokens: int, usd: float) -> None:
-    """Count what an answer used: in Prometheus always, in the store when it answers."""
+async def settle(state: GatewayState, tenant: str, limits: Limits, estimate: int | None, tokens: int,
+                 usd: float) -> None:
+    """Count what an answer used: in Prometheus always, in the store when it answers and counted the request's
+    `estimate` (None: the request went unchecked, and the store has nothing to correct)."""
     metrics.child(metrics.TENANT_TOKENS, tenant).inc(tokens)
     metrics.child(metrics.TENANT_SPEND, tenant).inc(usd)
     assert state.limiter is not None
+    if estimate is None:
+        return
     if not state.health.up:
         state.health.skipped("limits")
         return
@@ -113,19 +117,20 @@ async def metered(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         metrics.child(metrics.TENANT_REFUSED, tenant, decision.refused).inc()
         return _refusal(tenant, limits, decision)
 
+    counted = estimate if decision is not None else None
     settled = False
 
     def stream_spent(tokens: int, usd: float) -> None:  # a passthrough stream's end (or its refusal by the member)
         nonlocal settled
         settled = True
-        task = asyncio.get_running_loop().create_task(settle(state, tenant, limits, estimate, tokens, usd))
+        task = asyncio.get_running_loop().create_task(settle(state, tenant, limits, counted, tokens, usd))
         _settling.add(task)
         task.add_done_callback(_settling.discard)
 
     response = await execute(state, body, raw, kind, path, tenant, job, stream_spent)
     if not settled and not _streamed(response):
         tokens, usd = _spent(response)
-        await settle(state, tenant, limits, estimate, tokens, usd)
+        await settle(state, tenant, limits, counted, tokens, usd)
     if decision is not None:
         response.headers.update(_rate_headers(decision))
     return response
