@@ -149,12 +149,27 @@ class Breaker(Strict):
     reset_after_s: float = Field(30.0, gt=0)
 
 
+class Limits(Strict):
+    """A tenant's rate limits and budgets (gateway/budgets.py); a limit left out is not enforced. A tenant with a
+    `limits` block, even an empty one, is metered: its requests, tokens and spend are counted in the store."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    """Prompt plus completion tokens of every member call a request makes (an ensemble's fan-out included)."""
+    usd_per_day: float | None = Field(None, gt=0)
+    """Spend per calendar day (UTC): once reached, requests are refused with 429 insufficient_quota."""
+    usd_per_month: float | None = Field(None, gt=0)
+    """Spend per calendar month (UTC)."""
+
+
 class Tenant(Strict):
     """A group of API keys that share stored items, gold, reviews, files and batches."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     keys_env: str
     """Environment variable holding the group's keys, comma-separated."""
+    limits: Limits | None = None
+    """The group's own limits, in place of `gateway.limits`."""
 
 
 class Connections(Strict):
@@ -175,6 +190,9 @@ class GatewaySettings(Strict):
     api_keys_env: str | None = "CROWD_GATEWAY_API_KEYS"
     """Keys that are each their own tenant."""
     tenants: list[Tenant] = Field(default_factory=list)
+    limits: Limits | None = None
+    """The limits of every tenant without its own: each key of `api_keys_env`, each tenant that sets none, and
+    the one tenant `default` when no keys are configured."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_labels: int = Field(1000, ge=2)
     """Most labels a request's label set may have (400 beyond)."""
@@ -201,6 +219,16 @@ class GatewaySettings(Strict):
         for tenant in self.tenants:
             keys.update((k, tenant.name) for k in _env_list(tenant.keys_env))
         return keys
+
+    def tenant_limits(self, keys: dict[str, str]) -> dict[str, Limits]:
+        """The metered tenants among those `keys` (from `api_keys`) name, with their limits."""
+        from gateway.tenancy import DEFAULT
+
+        if not keys:
+            return {DEFAULT: self.limits} if self.limits is not None else {}
+        own = {t.name: t.limits for t in self.tenants}
+        found = {tenant: own.get(tenant) or self.limits for tenant in set(keys.values())}
+        return {tenant: limits for tenant, limits in found.items() if limits is not None}
 
 
 def _env_list(name: str | None) -> list[str]:

@@ -88,6 +88,14 @@ GOLD_VOTES = Counter("crowd_gateway_gold_votes", "Members' votes checked against
                      ["ensemble", "member", "bin", "outcome"])
 GOLD_VOTE_CONFIDENCE = Counter("crowd_gateway_gold_vote_confidence", "Sum of the probability members gave their "
                                "label on votes checked against gold, by bin", ["ensemble", "member", "bin"])
+TENANT_SPEND = Counter("crowd_gateway_tenant_spend_usd", "Money spent on the answers of a metered tenant (one with "
+                       "limits, gateway/budgets.py)", ["tenant"])
+TENANT_TOKENS = Counter("crowd_gateway_tenant_tokens", "Tokens used by the answers of a metered tenant", ["tenant"])
+TENANT_REFUSED = Counter("crowd_gateway_tenant_refused", "Requests of a metered tenant refused with 429, by the limit "
+                         "that refused them: requests or tokens (rate_limit_exceeded), day or month "
+                         "(insufficient_quota)", ["tenant", "limit"])
+LIMITS_UNCHECKED = Counter("crowd_gateway_limits_unchecked", "Requests of metered tenants served without a limit "
+                           "check because the store was unavailable (limits fail open)")
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

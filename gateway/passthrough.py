@@ -69,11 +69,11 @@ def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> float:
 
 
 async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any],
-                       ended: Callable[[bool], None]) -> Response:
+                       ended: Callable[[bool, int, float], None]) -> Response:
     """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through and is priced.
 
-    `ended(ok)` is called once the answer is over: at once for an error status, else when the stream ends
-    (ok only if it reached `[DONE]`).
+    `ended(ok, tokens, cost)` is called once the answer is over: at once for an error status, else when the
+    stream ends (ok only if it reached `[DONE]`; tokens and cost from its usage chunk, else 0).
     """
     started = time.perf_counter()
     resp = await _open(upstreams, member, path, body, None, stream=True)
@@ -81,18 +81,19 @@ async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: di
         data = await resp.read()
         resp.release()
         upstreams.record_stream_end(member.name, "ok" if resp.status < 500 else "error", time.perf_counter() - started)
-        ended(False)
+        ended(False, 0, 0.0)
         return Response(data, status_code=resp.status, media_type=resp.headers.get("Content-Type"))
     return StreamingResponse(_relay(upstreams, member.name, resp, started, ended), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float,
-                 ended: Callable[[bool], None]) -> AsyncIterator[bytes]:
+                 ended: Callable[[bool, int, float], None]) -> AsyncIterator[bytes]:
     """The member's bytes as they come. A client that leaves cancels this generator (Starlette listens for the
     disconnect): the member's connection is closed, so it stops generating for nobody."""
     tail = b""
     outcome: StreamEnd = "error"
+    tokens, cost = 0, 0.0
     try:
         async for chunk in resp.content.iter_any():
             tail = (tail + chunk)[-_TAIL:]
@@ -113,15 +114,15 @@ async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, 
     finally:
         if outcome == "ok":
             resp.release()
-            _stream_cost(upstreams, name, tail)
+            tokens, cost = _stream_cost(upstreams, name, tail)
         else:
             resp.close()
         upstreams.record_stream_end(name, outcome, time.perf_counter() - started)
-        ended(outcome == "ok")
+        ended(outcome == "ok", tokens, cost)
 
 
-def _stream_cost(upstreams: Upstreams, name: str, tail: bytes) -> None:
-    """Count a finished stream's tokens and cost from its last event carrying `usage` (none: cost 0)."""
+def _stream_cost(upstreams: Upstreams, name: str, tail: bytes) -> tuple[int, float]:
+    """Count a finished stream's tokens and cost from its last event carrying `usage` (none: 0 and cost 0)."""
     for line in reversed(tail.split(b"\n")):
         if not line.startswith(b"data: {") or b'"usage"' not in line:
             continue
@@ -129,10 +130,10 @@ def _stream_cost(upstreams: Upstreams, name: str, tail: bytes) -> None:
             data = orjson.loads(line[6:])
             prompt, completion = usage_tokens(data.get("usage"))
         except (orjson.JSONDecodeError, ValueError):
-            return
+            return 0, 0.0
         if prompt or completion:
-            upstreams.account(name, prompt, completion)
-            return
+            return prompt + completion, upstreams.account(name, prompt, completion)
+    return 0, 0.0
 
 
 def _error_event(name: str, message: str) -> bytes:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import metrics
+from gateway.budgets import metered, usage
 from gateway.errors import APIError
 from gateway.http import authorize, json_response, read_json
 from gateway.serving import OUTCOMES, execute
@@ -29,6 +30,8 @@ async def _complete(request: Request, kind: Kind, path: str) -> Response:
     except APIError as exc:
         metrics.child(metrics.REQUESTS, "-", OUTCOMES.get(exc.status, "error")).inc()
         return exc.response()
+    if (limits := state.metered.get(tenant)) is not None:
+        return await metered(state, body, raw, kind, path, tenant, limits)
     return await execute(state, body, raw, kind, path, tenant)
 
 
@@ -72,6 +75,13 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
             return json_response(model)
     raise APIError(404, f"the model {model_id!r} does not exist: it names no ensemble or member of this gateway",
                    param="model", code="model_not_found")
+
+
+@router.get("/v1/usage")
+async def tenant_usage(request: Request) -> Response:
+    """The caller's own tenant: requests, tokens and spend this day and month, and its limits (gateway/budgets.py)."""
+    state: GatewayState = request.app.state.gateway
+    return json_response(await usage(state, authorize(state, request)))
 
 
 @router.get("/healthz")

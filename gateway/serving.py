@@ -6,9 +6,10 @@ the answer is built; a member's body is proxied. Whatever goes wrong is an `APIE
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -35,17 +36,22 @@ from gateway.task import AnnotationTask, Kind, build_task
 from gateway.tenancy import DEFAULT, scoped
 
 
+log = logging.getLogger("crowd_gateway")
+
 OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request", 429: "overloaded",
             503: "unavailable"}
 """HTTP status -> the `outcome` label of crowd_gateway_requests_total."""
 
 
 async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str,
-                  tenant: str = DEFAULT, job: bool = False) -> Response:
+                  tenant: str = DEFAULT, job: bool = False,
+                  stream_spent: Callable[[int, float], None] | None = None) -> Response:
     """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response.
 
     `tenant` owns what the answer stores (votes, review entries): see gateway/tenancy.py. `job`: a batch
-    line, whose member calls may be grouped with other items' (gateway/upstream/grouping.py).
+    line, whose member calls may be grouped with other items' (gateway/upstream/grouping.py). `stream_spent`
+    hears a passthrough stream's tokens and cost when it ends (gateway/budgets.py); any other answer carries
+    what it spent in its body and headers (an ensemble's as `response.spent` too).
     """
     started = time.perf_counter()
     model = body.get("model")
@@ -59,9 +65,11 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         elif model in state.members:
             member = state.members[model]
             if body.get("stream"):
-                def ended(ok: bool) -> None:  # counted when the stream ends: a cut stream is an error
+                def ended(ok: bool, tokens: int, cost: float) -> None:  # when the stream ends: a cut one is an error
                     metrics.child(metrics.REQUESTS, name, "ok" if ok else "error").inc()
                     metrics.child(metrics.REQUEST_DURATION, name).observe(time.perf_counter() - started)
+                    if stream_spent is not None:
+                        stream_spent(tokens, cost)
 
                 return await proxy_stream(state.upstreams, member, path, body, ended)
             response = await proxy(state.upstreams, member, path, body, raw)
@@ -119,13 +127,17 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
                "x-crowd-stop-reason": outcome.stop_reason,
                "x-crowd-votes-stored": "true" if annotation["stored"] else "false"}
     answer = completion_body(model, task, annotation, usage)
+    response: Response
     if body.get("stream"):
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         events = stream_events(answer, include_usage)
-        return StreamingResponse(_events(events), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"}), outcome.upstream_wait_s
-    return json_response(answer, headers=headers), outcome.upstream_wait_s
+        response = StreamingResponse(_events(events), media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache"})
+    else:
+        response = json_response(answer, headers=headers)
+    response.spent = (usage["total_tokens"], usage["cost_usd"])  # type: ignore[attr-defined]
+    return response, outcome.upstream_wait_s
 
 
 async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) -> list[Vote]:
@@ -133,7 +145,7 @@ async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) 
     parameters say so); a store that cannot answer costs them, not the answer."""
     try:
         found = await state.store.item(scoped(tenant, task.item_id))
-    except (OSError, RedisError) as exc:
+    except STORE_ERRORS as exc:
         log.warning("people's labels of item %s not read (%s: %s); answering without them", task.item_id,
                     type(exc).__name__, exc)
         return []

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from ensembles.aggregators import get_aggregator
 from gateway.admission import Admission
 from gateway.annotate import Annotator
-from gateway.config import Config, ConfigError, Member
+from gateway.config import Config, ConfigError, Limits, Member
 from gateway.reliability import Reliability
 from gateway.store import redis_client
 from gateway.store.health import StoreHealth
+from gateway.store.limiter import Limiter, MemoryLimiter
+from gateway.store.limiter_redis import RedisLimiter
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
 from gateway.upstream.client import Upstreams
@@ -33,6 +35,10 @@ class GatewayState:
     """Whether the store answers, shared by everything that uses it (the vote store and the batch store)."""
     reliability: Reliability
     admission: Admission
+    metered: dict[str, Limits]
+    """Metered tenant -> its limits (gateway/budgets.py): the completion routes' one check for every request."""
+    limiter: Limiter | None
+    """Where every replica's limit checks and spend meet; None when no tenant is metered."""
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -50,9 +56,13 @@ class GatewayState:
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
         retention_s = config.store.retention_days * 86400
-        store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
-                            else MemoryVoteStore(retention_s))
+        client = redis_client(config.store) if config.store.backend == "redis" else None
+        store: VoteStore = RedisVoteStore(client, retention_s) if client else MemoryVoteStore(retention_s)
         health = StoreHealth(lambda: store.ping())
+        api_keys = config.gateway.api_keys()
+        metered = config.gateway.tenant_limits(api_keys)
+        limiter = (RedisLimiter(client) if client else MemoryLimiter()) if metered else None
         return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
-                   api_keys=config.gateway.api_keys(), store=store, health=health,
-                   reliability=Reliability(store, config, health), admission=Admission(config.gateway, upstreams))
+                   api_keys=api_keys, store=store, health=health,
+                   reliability=Reliability(store, config, health), admission=Admission(config.gateway, upstreams),
+                   metered=metered, limiter=limiter)

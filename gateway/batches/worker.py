@@ -28,6 +28,7 @@ from gateway import metrics
 from gateway.batches.jsonl import ENDPOINTS
 from gateway.batches.protocol import Record, batch_usage, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
+from gateway.budgets import metered
 from gateway.config import BatchSettings
 from gateway.errors import APIError
 from gateway.serving import execute
@@ -47,7 +48,10 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
                             code="unsupported_value").response()
     else:
         try:
-            response = await execute(state, body, None, kind, path, tenant, job=True)
+            if (limits := state.metered.get(tenant)) is not None:  # counts toward its budgets; waits for its rates
+                response = await metered(state, body, None, kind, path, tenant, limits, job=True)
+            else:
+                response = await execute(state, body, None, kind, path, tenant, job=True)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",

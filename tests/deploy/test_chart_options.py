@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.k8s_support import CHART, find, render, validation_errors
+from gateway.config import parse_config
+from tests.deploy.k8s_support import CHART, find, gateway_config, render, validation_errors
 
 MEMBERS = [
     {"name": "smol", "model": "m1"},
@@ -224,3 +225,17 @@ def test_a_chart_version_bump_leaves_vllm_and_redis_pod_templates_unchanged(bump
     (gateway,) = find(after, "Deployment", "crowd-gateway")
     labels = gateway["spec"]["template"]["metadata"]["labels"]
     assert "helm.sh/chart" not in labels and "app.kubernetes.io/version" not in labels
+
+
+def test_tenants_and_their_limits_pass_through_to_the_gateway_config(tmp_path: Path) -> None:
+    limits = {"requests_per_minute": 60, "tokens_per_minute": 100000, "usd_per_day": 5, "usd_per_month": 100}
+    team = {"name": "team-a", "keys_env": "TEAM_A_KEYS", "limits": {"usd_per_month": 20}}
+    objects = rendered(tmp_path, {"members": MEMBERS, "gateway": {
+        "config": {**ENSEMBLES["config"], "gateway": {"limits": limits, "tenants": [team]}},
+        "extraEnv": [{"name": "TEAM_A_KEYS", "valueFrom": {"secretKeyRef": {"name": "team-a", "key": "keys"}}}]}})
+    config = parse_config(gateway_config(objects))
+    assert config.gateway.limits is not None and config.gateway.limits.model_dump() == limits
+    assert config.gateway.tenants[0].limits.usd_per_month == 20  # type: ignore[union-attr]
+    with pytest.raises(AssertionError, match="usd_per_week"):
+        rendered(tmp_path, {"members": MEMBERS, "gateway": {
+            "config": {**ENSEMBLES["config"], "gateway": {"limits": {"usd_per_week": 1}}}}})

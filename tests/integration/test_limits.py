@@ -112,7 +112,8 @@ def test_the_key_is_checked_before_any_parameter_or_body(gw: Gateway) -> None:
     paths = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET", "/v1/models/x": "GET",
              "/v1/annotations/feedback": "POST", "/v1/annotations/params": "GET", "/v1/annotations/x": "GET",
              "/v1/review": "GET", "/v1/annotations/refit": "POST", "/v1/files": "GET", "/v1/files/x": "GET",
-             "/v1/files/x/content": "GET", "/v1/batches": "GET", "/v1/batches/x": "GET", "/v1/batches/x/cancel": "POST"}
+             "/v1/files/x/content": "GET", "/v1/batches": "GET", "/v1/batches/x": "GET", "/v1/batches/x/cancel": "POST",
+             "/v1/usage": "GET"}
     documented = {path.replace("{item_id}", "x").replace("{file_id}", "x").replace("{batch_id}", "x")
                   .replace("{model_id}", "x") for path in gw.get("/openapi.json").json()["paths"]}
     assert {p for p in documented if p.startswith("/v1/")} <= set(paths), "a new route: add it here"
