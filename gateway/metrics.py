@@ -88,6 +88,11 @@ GOLD_VOTES = Counter("crowd_gateway_gold_votes", "Members' votes checked against
                      ["ensemble", "member", "bin", "outcome"])
 GOLD_VOTE_CONFIDENCE = Counter("crowd_gateway_gold_vote_confidence", "Sum of the probability members gave their "
                                "label on votes checked against gold, by bin", ["ensemble", "member", "bin"])
+CACHE_LOOKUPS = Counter("crowd_gateway_cache_lookups", "Votes looked up in the response cache, by member and outcome "
+                        "(hit: answered from the cache, no call made; miss: the member was asked)",
+                        ["member", "outcome"])
+CACHE_SAVED = Counter("crowd_gateway_cache_saved_usd", "What the votes answered from the response cache cost when "
+                      "they were first asked", ["member"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

@@ -10,7 +10,10 @@ from gateway.admission import Admission
 from gateway.annotate import Annotator
 from gateway.config import Config, ConfigError, Member
 from gateway.reliability import Reliability
+from gateway.response_cache import ResponseCache
 from gateway.store import redis_client
+from gateway.store.cache import CacheStore, MemoryCacheStore
+from gateway.store.cache_redis import RedisCacheStore
 from gateway.store.health import StoreHealth
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
@@ -42,17 +45,23 @@ class GatewayState:
         upstreams = Upstreams(config.members, config.gateway.breaker)
         grouping = config.batches.grouping
         grouper = Grouper(upstreams, grouping.max_prompts, grouping.max_wait_ms / 1000)
+        retention_s = config.store.retention_days * 86400
+        store: VoteStore
+        cached: CacheStore
+        if config.store.backend == "redis":
+            client = redis_client(config.store)
+            store, cached = RedisVoteStore(client, retention_s), RedisCacheStore(client)
+        else:
+            store, cached = MemoryVoteStore(retention_s), MemoryCacheStore(config.cache.max_entries)
+        health = StoreHealth(lambda: store.ping())
+        cache = ResponseCache(cached, config.cache, health) if config.cache.enabled else None
         annotators = {}
         for ens in config.ensembles:
             try:
                 annotators[ens.name] = Annotator(ens, members, upstreams, get_router(ens.router),
-                                                 get_aggregator(ens.aggregator), grouper)
+                                                 get_aggregator(ens.aggregator), grouper, cache)
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
-        retention_s = config.store.retention_days * 86400
-        store: VoteStore = (RedisVoteStore(redis_client(config.store), retention_s) if config.store.backend == "redis"
-                            else MemoryVoteStore(retention_s))
-        health = StoreHealth(lambda: store.ping())
         return cls(config=config, upstreams=upstreams, grouper=grouper, annotators=annotators, members=members,
                    api_keys=config.gateway.api_keys(), store=store, health=health,
                    reliability=Reliability(store, config, health), admission=Admission(config.gateway, upstreams))

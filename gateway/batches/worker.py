@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.batches.jsonl import ENDPOINTS
 from gateway.batches.protocol import Record, batch_usage, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
@@ -47,7 +47,11 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
                             code="unsupported_value").response()
     else:
         try:
-            response = await execute(state, body, None, kind, path, tenant, job=True)
+            if tracing.traces is None:
+                response = await execute(state, body, None, kind, path, tenant, job=True)
+            else:
+                with tracing.traces.batch_line(str(request["custom_id"])):
+                    response = await execute(state, body, None, kind, path, tenant, job=True)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",
