@@ -1,8 +1,7 @@
-"""The response cache in Redis: shared by every replica, each vote a key `cg:cache:{tenant/hash}` with an EXPIRE."""
+"""The response cache in Redis: shared by every replica, each vote a key `cg:cache:{tenant/hash}` that expires
+(SET with PX: the TTL in milliseconds)."""
 
 from __future__ import annotations
-
-import math
 
 import redis.asyncio as aioredis
 
@@ -18,4 +17,4 @@ class RedisCacheStore(CacheStore):
         return await self.r.get(self.prefix + key)
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self.r.set(self.prefix + key, value, ex=max(math.ceil(ttl_s), 1))
+        await self.r.set(self.prefix + key, value, px=max(round(ttl_s * 1000), 1))

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(label_items(base_url, args.api_key, args.ensemble,
                                     [(item_id, str(row[args.text_column])) for item_id, row in todo], spec, answered,
                                     concurrency=args.concurrency, retries=args.retries, timeout=args.timeout,
-                                    service_tier=args.service_tier))
+                                    service_tier=args.service_tier, cache=args.cache))
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {len(rows) - len(todo) + tally.answered}/{len(rows)} rows are in {out}; run the same "
@@ -176,4 +176,7 @@ def add_parser(sub: Any) -> None:
                    help="flex (default): the rows are job traffic, and the gateway may group their calls to a "
                         "vLLM member (up to batches.grouping.max_wait_ms more latency per row); default: one "
                         "call per row and member, as an interactive request")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="ask every member again: no vote comes from the gateway's response cache (by default a "
+                        "member asked exactly what it was asked before answers from the cache, at no cost)")
     p.set_defaults(func=run)
