@@ -62,7 +62,7 @@ def texts(n: int) -> list[str]:
 
 def fake_config(upstream_port: int, members: int, concurrency: int, store: str, group: int) -> dict[str, Any]:
     names = [f"m{i}" for i in range(members)]
-    return {"store": {"backend": store},
+    return {"store": {"backend": store}, "cache": {"enabled": False},  # each run asks its members
             "batches": {"concurrency": concurrency, "poll_s": 0.1, "grouping": {"max_prompts": group}},
             "gateway": {"max_items_in_flight": max(512, 2 * concurrency)},
             "members": [{"name": n, "base_url": f"http://127.0.0.1:{upstream_port}/m/{n}/v1", "model": n,

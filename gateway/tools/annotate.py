@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.tools import HelpFormatter, UsageError, usd
+from gateway.tools import HelpFormatter, UsageError, add_no_cache, usd
 from gateway.tools.datasets import file_format, read_rows, row_ids
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -176,7 +176,5 @@ def add_parser(sub: Any) -> None:
                    help="flex (default): the rows are job traffic, and the gateway may group their calls to a "
                         "vLLM member (up to batches.grouping.max_wait_ms more latency per row); default: one "
                         "call per row and member, as an interactive request")
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="ask every member again: no vote comes from the gateway's response cache (by default a "
-                        "member asked exactly what it was asked before answers from the cache, at no cost)")
+    add_no_cache(p)
     p.set_defaults(func=run)
