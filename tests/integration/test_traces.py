@@ -116,7 +116,7 @@ def test_one_request_span_with_a_child_per_member_and_the_traceparent_sent(clien
     answer = ask(client, trace_id, f"Great film {time.time_ns()}")
     request, votes = tree(receiver, trace_id, 3)
     assert request.parent_span_id == bytes.fromhex("00f067aa0ba902b7")  # joined the client's trace
-    assert attributes(request)["url.path"] == "/v1/chat/completions"
+    assert request.name == "POST /v1/chat/completions" and attributes(request)["url.path"] == "/v1/chat/completions"
     assert attributes(request)["http.response.status_code"] == 200
     said = attributes(request)
     assert said["crowd.ensemble"] == "crowd" and said["crowd.label"] == "positive" and said["crowd.votes"] == 3
