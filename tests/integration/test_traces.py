@@ -7,6 +7,8 @@ per member vote with its member, outcome, tokens, cost and whether it came from 
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -72,7 +74,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def gateway(upstream: Upstream, gateway_factory: Any, receiver: Receiver) -> Gateway:
-    config = {"cache": {"enabled": True}, "members": [member(upstream, n, price=(1.0, 2.0)) for n in MEMBERS],
+    config = {"cache": {"enabled": True}, "batches": {"poll_s": 0.05}, "members": [member(upstream, n, price=(1.0, 2.0)) for n in MEMBERS],
               "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2}]}
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}", "OTEL_BSP_SCHEDULE_DELAY": "50",
            "OTEL_SERVICE_NAME": "gateway-under-test"}
@@ -151,3 +153,23 @@ def test_other_routes_get_a_server_span(client: OpenAI, gateway: Gateway, receiv
     assert r.status_code == 200
     (span,) = receiver.wait_for(trace_id, 1)
     assert span.kind == Span.SPAN_KIND_SERVER and attributes(span)["url.path"] == "/v1/models"
+
+
+def test_a_batch_line_is_the_request_span_of_its_votes(client: OpenAI, receiver: Receiver) -> None:
+    line = {"custom_id": "traced-line", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "crowd", "labels": ["positive", "negative"],
+                     "messages": [{"role": "user", "content": f"Great film {time.time_ns()}"}]}}
+    file = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 30
+    while batch.status != "completed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed"
+    deadline = time.monotonic() + 15
+    while not (lines := [s for s in receiver.spans if s.name == "batch line"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (span,) = lines
+    assert attributes(span)["crowd.batch.custom_id"] == "traced-line" and attributes(span)["crowd.votes"] == 3
+    votes = receiver.wait_for(span.trace_id.hex(), 4)
+    assert sorted(s.name for s in votes if s.parent_span_id == span.span_id) == [f"member {n}" for n in MEMBERS]
