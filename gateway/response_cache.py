@@ -47,7 +47,7 @@ class ResponseCache:
         """The tenant-scoped key of `member`'s vote on exactly this request."""
         parts = [FORMAT, member.name, member.base_url, member.model, path, first_token, task.labels,
                  task.label_set.asked, body]
-        digest = hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+        digest = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
         return scoped(tenant, digest)
 
     async def lookup(self, key: str, member: str) -> Vote | None:
