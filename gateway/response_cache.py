@@ -71,7 +71,13 @@ class ResponseCache:
         except STORE_ERRORS as exc:
             self.health.failed("cache", exc)
             return None
-        return None if raw is None else orjson.loads(raw)
+        if raw is None:
+            return None
+        try:
+            found = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # not written by this code (another version, a hand edit): asked anew
+            return None
+        return found if isinstance(found, dict) else None
 
     async def keep(self, key: str, vote: Vote) -> None:
         """Store a vote the member answered (a failed call is not kept); a store that cannot keep it costs

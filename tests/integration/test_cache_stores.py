@@ -178,3 +178,15 @@ def test_an_unreachable_store_is_no_cache_and_one_log_line(caplog: pytest.LogCap
     assert time.perf_counter() - started < 1  # once the outage is known, nothing waits for the store
     lines = [r.getMessage() for r in caplog.records if "(cache)" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("store unavailable (cache)"), lines
+
+
+def test_an_unreadable_entry_is_a_miss(opened: Opened) -> None:
+    async def scenario() -> list[Vote | None]:
+        async with opened() as store:
+            cache = cache_over(store)
+            keys = [cache.key("default", MEMBER, "/chat/completions", {**BODY, "seed": i}, False, TASK) for i in (1, 2)]
+            await store.put(keys[0], b"not json", 60)
+            await store.put(keys[1], b"[1, 2]", 60)
+            return [await cache.lookup(key, "m") for key in keys]
+
+    assert run(scenario()) == [None, None]
