@@ -20,7 +20,7 @@ from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.conftest import Gateway, Upstream, free_port, member
+from tests.conftest import Gateway, Upstream, free_port, member, start_gateway, stop
 
 MEMBERS = ["t1", "t2", "t3"]
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -32,6 +32,8 @@ class Receiver(ThreadingHTTPServer):
     def __init__(self, port: int) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.spans: list[Span] = []
+        self.services: set[str] = set()
+        """service.name of every resource that sent spans."""
         self.lock = threading.Lock()
 
     def wait_for(self, trace_id: str, count: int, timeout: float = 15.0) -> list[Span]:
@@ -54,6 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
         receiver: Receiver = self.server  # type: ignore[assignment]
         with receiver.lock:
             receiver.spans += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            receiver.services |= {a.value.string_value for rs in request.resource_spans
+                                  for a in rs.resource.attributes if a.key == "service.name"}
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -73,12 +77,17 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: Upstream, gateway_factory: Any, receiver: Receiver) -> Gateway:
-    config = {"cache": {"enabled": True}, "batches": {"poll_s": 0.05}, "members": [member(upstream, n, price=(1.0, 2.0)) for n in MEMBERS],
+def gateway(upstream: Upstream, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Stopped before the receiver (it exports its last spans as it stops)."""
+    config = {"cache": {"enabled": True}, "batches": {"poll_s": 0.05},
+              "members": [member(upstream, n, price=(1.0, 2.0)) for n in MEMBERS],
               "ensembles": [{"name": "crowd", "members": MEMBERS, "quorum": 2}]}
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}", "OTEL_BSP_SCHEDULE_DELAY": "50",
            "OTEL_SERVICE_NAME": "gateway-under-test"}
-    return gateway_factory(config, env=env)
+    served = start_gateway(config, tmp_path_factory.mktemp("traced"), env=env)
+    yield served
+    served.http.close()
+    stop(served.proc)
 
 
 @pytest.fixture
@@ -117,6 +126,7 @@ def test_one_request_span_with_a_child_per_member_and_the_traceparent_sent(clien
     trace_id = CLIENT_TRACE[:-4] + "0001"
     answer = ask(client, trace_id, f"Great film {time.time_ns()}")
     request, votes = tree(receiver, trace_id, 3)
+    assert receiver.services == {"gateway-under-test"}  # OTEL_SERVICE_NAME, read by the SDK
     assert request.parent_span_id == bytes.fromhex("00f067aa0ba902b7")  # joined the client's trace
     assert request.name == "POST /v1/chat/completions" and attributes(request)["url.path"] == "/v1/chat/completions"
     assert attributes(request)["http.response.status_code"] == 200
