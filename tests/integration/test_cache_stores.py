@@ -190,3 +190,28 @@ def test_an_unreadable_entry_is_a_miss(opened: Opened) -> None:
             return [await cache.lookup(key, "m") for key in keys]
 
     assert run(scenario()) == [None, None]
+
+
+def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(redis_url: str) -> None:
+    """Every vote looks itself up: those made together go to Redis as one MGET, their writes as one pipeline."""
+    async def scenario() -> tuple[int, int, list[Vote | None]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.flushdb()
+            cache = cache_over(RedisCacheStore(client))
+            keys = [cache.key("default", MEMBER, "/chat/completions", {**BODY, "seed": i}, False, TASK)
+                    for i in range(50)]
+            before = await client.info("commandstats")
+            await asyncio.gather(*(cache.lookup(key, "m") for key in keys))
+            await asyncio.gather(*(cache.keep(key, VOTE) for key in keys))
+            found = await asyncio.gather(*(cache.lookup(key, "m") for key in keys))
+            after = await client.info("commandstats")
+            calls = {name: after[f"cmdstat_{name}"]["calls"] - before.get(f"cmdstat_{name}", {"calls": 0})["calls"]
+                     for name in ("mget", "set")}
+            return calls["mget"], calls["set"], found
+        finally:
+            await client.aclose()
+
+    mgets, sets, found = run(scenario())
+    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs go in one pipeline, counted one by one)
+    assert all(vote is not None and vote.cached for vote in found)
