@@ -24,14 +24,14 @@ $(BIN)/.installed: pyproject.toml | $(UV)
 
 install: $(BIN)/.installed
 
-# The image's lock: every package of pyproject.toml's dependencies and of its build-system, pinned with hashes
+# The image's lock: every package of pyproject.toml's dependencies, its `otel` extra (traces) and its build-system, pinned with hashes
 # for any Python and platform the base image may have (deploy/Dockerfile installs it with --require-hashes).
 # Regenerate after changing a pin in pyproject.toml; versions already locked stay unless the pins exclude them.
 LOCK := deploy/requirements.lock
 lock: | $(UV)
 	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
-	  | $(UV) pip compile -q --universal --generate-hashes -o $(LOCK) pyproject.toml - \
-	    --custom-compile-command "make lock  (uv pip compile pyproject.toml + its build-system.requires, universal, hashed)"
+	  | $(UV) pip compile -q --universal --generate-hashes --extra otel -o $(LOCK) pyproject.toml - \
+	    --custom-compile-command "make lock  (uv pip compile pyproject.toml --extra otel + its build-system.requires, universal, hashed)"
 
 # The local pool runs on vLLM's CPU build only (deploy/engines.sh llamacpp installs llama.cpp, optional).
 engines:

@@ -60,9 +60,10 @@ def texts(n: int) -> list[str]:
     return [f"{sample[i % len(sample)]} (#{i})" for i in range(n)]
 
 
-def fake_config(upstream_port: int, members: int, concurrency: int, store: str, group: int) -> dict[str, Any]:
+def fake_config(upstream_port: int, members: int, concurrency: int, store: str, group: int,
+                cache: bool = False) -> dict[str, Any]:
     names = [f"m{i}" for i in range(members)]
-    return {"store": {"backend": store},
+    return {"store": {"backend": store}, "cache": {"enabled": cache},  # off: each run asks its members
             "batches": {"concurrency": concurrency, "poll_s": 0.1, "grouping": {"max_prompts": group}},
             "gateway": {"max_items_in_flight": max(512, 2 * concurrency)},
             "members": [{"name": n, "base_url": f"http://127.0.0.1:{upstream_port}/m/{n}/v1", "model": n,
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--ensemble", default="crowd", help="ensemble to ask (with --config)")
     parser.add_argument("--task", default="sentiment", help="task the lines name (with --config)")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--cache", action="store_true", help="the response cache on (every item is new: its lookups "
+                                                             "miss and its votes are kept)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
     args = parser.parse_args()
 
@@ -188,7 +191,7 @@ def main() -> None:
                     path = Path(args.config) if args.config else workdir / f"config-{store}-{members}-{group}.yaml"
                     if upstream:
                         path.write_text(yaml.safe_dump(fake_config(upstream_port, members, args.concurrency, store,
-                                                                   group)))
+                                                                   group, args.cache)))
                         script_members(upstream, members)
                     gateway, url = start_gateway(path, run_env)
                     try:

@@ -68,6 +68,7 @@ def config_for(raw: dict[str, Any], decoding: str, prefix_cache: bool) -> dict[s
         server["args"] = [*server.get("args", []), *([] if prefix_cache else ["--no-enable-prefix-caching"])]
     for member in out["members"]:
         member["decoding"] = decoding
+    out["cache"] = {"enabled": False}  # every setting's members answer, none from the response cache
     out["ensembles"] = [{"name": f"only-{m['name']}", "members": [m["name"]], "quorum": 1, "deadline_s": 600}
                         for m in out["members"]]
     return out

@@ -135,7 +135,8 @@ def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | 
     """A `crowd-gateway serve` process on CPU 0 serving `config`; yields its base URL and stops it after.
     `started` receives its pid."""
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**config, "gateway": {"api_keys_env": None, **config.get("gateway", {})}}))
+    path.write_text(yaml.safe_dump({"cache": {"enabled": False}, **config,  # members asked again, not the cache
+                                    "gateway": {"api_keys_env": None, **config.get("gateway", {})}}))
     port = free_port()
     proc = pinned([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config", str(path), "--port",
                    str(port)], GATEWAY_CPU, tmp / f"{name}.log",

@@ -140,7 +140,7 @@ def main() -> None:
             httpx.post(f"{up}/_script/{name}", json={"answer": "positive" if i < 3 else "negative"})
         members = [{"name": n, "base_url": f"{up}/m/{n}/v1", "model": n, "max_concurrency": 256,
                     "price": {"input_usd_per_mtok": 0.02, "output_usd_per_mtok": 0.05}} for n in ["solo", *names]]
-        config = {"gateway": {"api_keys_env": None}, "members": members,
+        config = {"gateway": {"api_keys_env": None}, "cache": {"enabled": False}, "members": members,  # one body
                   "ensembles": [{"name": "crowd5", "members": names, "quorum": 3, "deadline_s": 10}]}
         (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
         procs.append(start([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config",

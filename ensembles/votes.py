@@ -27,6 +27,8 @@ class Vote:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    cached: bool = False
+    """Served from the response cache: no call was made, so it cost nothing (gateway/response_cache.py)."""
 
     @classmethod
     def from_wire(cls, vote: dict[str, Any], n_labels: int) -> Vote:
@@ -47,4 +49,4 @@ class Vote:
                 "probs": None if self.probs is None else [round(p, 6) if p >= 5e-7 else p for p in self.probs],
                 "latency_ms": round(self.latency_ms, 3), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 12),
-                "error": self.error}
+                "error": self.error, "cached": self.cached}

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -23,11 +24,12 @@ from ensembles.calibration import calibrate
 from ensembles.escalation import escalate_to, needs_review
 from ensembles.extract import decisive_vote, label_logprobs, parse_answer, soft_vote
 from ensembles.votes import Vote
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.config import Ensemble, Member
 from gateway.upstream.dialects import one_pass, request, scoring_request
 from gateway.errors import APIError, named
 from gateway.upstream.queue_depth import QueueDepths
+from gateway.response_cache import ResponseCache
 from gateway.task import AnnotationTask
 from gateway.upstream import UpstreamError, Upstreams
 from gateway.upstream.reply import Completion
@@ -83,12 +85,15 @@ class Annotator:
     """Runs one ensemble's request path; holds nothing per request."""
 
     def __init__(self, ensemble: Ensemble, members: dict[str, Member], upstreams: Upstreams,
-                 router: Router, aggregator: Aggregator, grouper: Grouper | None = None) -> None:
+                 router: Router, aggregator: Aggregator, grouper: Grouper | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.ensemble = ensemble
         self.members = members
         self.upstreams = upstreams
         self.grouper = grouper
         """Groups the one-pass calls of job traffic (None: every call goes alone, as in `tune`'s recording)."""
+        self.cache = cache
+        """Votes on exactly the same requests, reused (None: every vote is asked, as in `tune`'s recording)."""
         self.router = router
         self.aggregator = aggregator
         self.depths = QueueDepths(upstreams, getattr(ensemble.routing, "load_cache_s", 1.0))
@@ -256,24 +261,41 @@ class Annotator:
         """One member's vote; every failure becomes an abstaining vote with its reason.
 
         A one-pass member answers with its first token's distribution; when that token does not name one
-        label, the member is asked again with constrained decoding (the vote's latency covers both).
+        label, the member is asked again with constrained decoding (the vote's latency covers both). A vote
+        on exactly the same request, when the task allows the cache, is answered from it without a call.
         """
+        if tracing.traces is not None:
+            return await tracing.traces.vote(member, self._vote(member, task, deadline))
+        return await self._vote(member, task, deadline)
+
+    async def _vote(self, member: Member, task: AnnotationTask, deadline: float | None) -> Vote:
         started = time.perf_counter()
         first_token = one_pass(member, task)
-        vote = await self._ask_member(member, task, deadline, first_token, started)
+        path, body = request(member, task, first_token)
+        cache = self.cache if task.cache_tenant is not None else None
+        if cache is not None:
+            key = cache.key(task.cache_tenant, member, path, body, first_token, task)
+            if (hit := await cache.lookup(key, member.name)) is not None:
+                hit.latency_ms = _ms(started)
+                return hit
+        vote = await self._ask_member(member, task, deadline, first_token, started, path, body)
         if first_token and vote.error == UNDECIDED:
-            vote = await self._ask_member(member, task, deadline, False, started, spent=vote)
+            vote = await self._ask_member(member, task, deadline, False, started, *request(member, task, False),
+                                          spent=vote)
+        if cache is not None:
+            await cache.keep(key, vote)
         return vote
 
     async def _ask_member(self, member: Member, task: AnnotationTask, deadline: float | None, first_token: bool,
-                          started: float, spent: Vote | None = None) -> Vote:
-        path, body = request(member, task, first_token)
+                          started: float, path: str, body: dict[str, Any], spent: Vote | None = None) -> Vote:
         try:
             if first_token and task.job and self.grouper is not None and self.grouper.groups(member, path, body):
                 answer = await self.grouper.complete(member.name, path, body, deadline)
             else:
                 answer = await self.upstreams.complete(member.name, path, orjson.dumps(body), deadline)
         except UpstreamError as exc:
+            if tracing.traces is not None:
+                tracing.traces.failed(exc.kind)
             return Vote(member=member.name, label=None, latency_ms=_ms(started), error=exc.message)
         latency_ms = _ms(started)
         cost = self.upstreams.account(member.name, answer.prompt_tokens, answer.completion_tokens)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from gateway import tracing
 from gateway.batches import Batches
 from gateway.batches import router as batches_router
 from gateway.config import Config, load_config
@@ -40,6 +41,7 @@ from gateway.state import GatewayState
 def create_app(config: Config | None = None) -> FastAPI:
     """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
     state = GatewayState.build(config or load_config())
+    traces = tracing.configure(state.config.tracing)
     GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
     declare(state.config)
     batches = Batches.build(state)
@@ -60,6 +62,11 @@ def create_app(config: Config | None = None) -> FastAPI:
         await batches.store.close()
         await state.store.close()
 
+    stop_steps = [("background work", stop_background), ("batch lines", batches.worker.stop),
+                  ("member connections", close_members), ("store connections", close_store)]
+    if traces is not None:
+        stop_steps.append(("traces", traces.close))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:  # a startup that fails half way still closes what it opened
@@ -70,14 +77,13 @@ def create_app(config: Config | None = None) -> FastAPI:
             on_stop_signal(lambda: stopping.add(asyncio.create_task(stop_background())), timeout_s)
             yield
         finally:
-            await run_stop_steps([("background work", stop_background), ("batch lines", batches.worker.stop),
-                                  ("member connections", close_members), ("store connections", close_store)],
-                                 timeout_s / 2)
+            await run_stop_steps(stop_steps, timeout_s / 2)
 
-    # FastAPI's own OpenTelemetry hooks cost ~30 us a request; the gateway exports Prometheus metrics itself.
+    # FastAPI's own OpenTelemetry hooks cost ~30 us a request; the gateway exports Prometheus metrics itself. With
+    # tracing on they open each request's span, so the completion routes go through FastAPI too (no hot dispatch).
     app = GatewayApp(title="Crowd Gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                     telemetry={"tracing": False, "metrics": False})
-    app.hot = HOT
+                     telemetry={"tracing": False, "metrics": False} if traces is None else traces.telemetry())
+    app.hot = HOT if traces is None else {}
     app.state.gateway = state
     app.state.batches = batches
     app.router.routes.extend(HOT_ROUTES)

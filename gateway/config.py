@@ -289,9 +289,31 @@ class Refit(Strict):
     poll_s: float = Field(1.0, gt=0)
 
 
+class CacheSettings(Strict):
+    """The exact response cache of member votes (gateway/response_cache.py)."""
+
+    enabled: bool = True
+    """Off: every vote is asked of its member (a request turns it off for itself with `cache: false`)."""
+    ttl_s: float = Field(7 * 86400, gt=0)
+    """How long a stored vote answers again (Redis: the key's EXPIRE)."""
+    max_entries: int = Field(100_000, ge=1)
+    """Votes the in-memory store keeps (the least recently used go first); Redis is bounded by its own memory."""
+
+
+class TracingSettings(Strict):
+    """OpenTelemetry traces (gateway/tracing.py; the `otel` extra). The exporter reads the standard OTEL_*
+    environment variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...)."""
+
+    enabled: bool | None = None
+    """None: on when $OTEL_EXPORTER_OTLP_ENDPOINT or $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (unless
+    $OTEL_SDK_DISABLED is true); true or false decides whatever the environment says."""
+
+
 class Config(Strict):
     gateway: GatewaySettings = GatewaySettings()
     store: StoreSettings = StoreSettings()
+    cache: CacheSettings = CacheSettings()
+    tracing: TracingSettings = TracingSettings()
     batches: BatchSettings = BatchSettings()
     refit: Refit = Refit()
     pool: dict[str, Any] | None = None

@@ -96,6 +96,11 @@ TENANT_REFUSED = Counter("crowd_gateway_tenant_refused", "Requests of a metered 
                          "(insufficient_quota)", ["tenant", "limit"])
 LIMITS_UNCHECKED = Counter("crowd_gateway_limits_unchecked", "Requests of metered tenants served without a limit "
                            "check because the store was unavailable (limits fail open)")
+CACHE_LOOKUPS = Counter("crowd_gateway_cache_lookups", "Votes looked up in the response cache, by member and outcome "
+                        "(hit: answered from the cache, no call made; miss: the member was asked)",
+                        ["member", "outcome"])
+CACHE_SAVED = Counter("crowd_gateway_cache_saved_usd", "What the votes answered from the response cache cost when "
+                      "they were first asked", ["member"])
 REVIEW_QUEUE = Gauge("crowd_gateway_review_queue_depth", "Items waiting for human review",
                      multiprocess_mode="max")
 

@@ -1,7 +1,7 @@
 """Every wire schema of the gateway's own routes in one place: requests validated, answers built.
 
 Requests: the OpenAI completion bodies (extra fields are allowed and forwarded: clients send
-provider-specific options, and the gateway's own `labels`, `task`, `item_id` through
+provider-specific options, and the gateway's own `labels`, `task`, `item_id`, `cache` through
 `extra_body`) and feedback. Validation failures become a 400 whose `param` names the field.
 Answers: a normal ChatCompletion (or Completion) plus the `annotation` block; every standard field
 stays valid for the OpenAI SDK, and the extras (`annotation`, `usage.cost_usd`) reach clients
@@ -47,6 +47,8 @@ class Sampling(BaseModel):
     labels: list[str] | None = None
     task: str | None = None
     item_id: str | None = None
+    cache: bool | None = None
+    """False: every member of the ensemble is asked, none answers from the response cache."""
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)

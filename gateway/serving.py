@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from ensembles.votes import HUMAN_PREFIX, Vote
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.annotate import Outcome
 from gateway.errors import APIError
 from gateway.http import json_response
@@ -110,7 +110,7 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     is sent before the votes are in)."""
     refuse_unhonoured(body)
     annotator = state.annotators[model]
-    task = build_task(body, kind, state.config, job)
+    task = build_task(body, kind, state.config, job, tenant)
     aggregator = annotator.aggregator.name
     schema = scoped(tenant, task.schema)
     params = state.reliability.get(schema, aggregator)
@@ -120,6 +120,8 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator), votes)
     usage = usage_block(outcome)
     annotation["stored"] = await remember(state, model, task, outcome, votes, annotation["confidence"], tenant)
+    if tracing.traces is not None:
+        tracing.traces.annotated(model, task.item_id, annotation, usage["cost_usd"])
     metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
     count_votes(model, outcome.label, outcome.votes, outcome.needs_review)

@@ -10,7 +10,10 @@ from gateway.admission import Admission
 from gateway.annotate import Annotator
 from gateway.config import Config, ConfigError, Limits, Member
 from gateway.reliability import Reliability
+from gateway.response_cache import ResponseCache
 from gateway.store import redis_client
+from gateway.store.cache import CacheStore, MemoryCacheStore
+from gateway.store.cache_redis import RedisCacheStore
 from gateway.store.health import StoreHealth
 from gateway.store.limiter import Limiter, MemoryLimiter
 from gateway.store.limiter_redis import RedisLimiter
@@ -48,17 +51,23 @@ class GatewayState:
         upstreams = Upstreams(config.members, config.gateway.breaker)
         grouping = config.batches.grouping
         grouper = Grouper(upstreams, grouping.max_prompts, grouping.max_wait_ms / 1000)
+        retention_s = config.store.retention_days * 86400
+        store: VoteStore
+        cached: CacheStore
+        client = redis_client(config.store) if config.store.backend == "redis" else None
+        if client is not None:
+            store, cached = RedisVoteStore(client, retention_s), RedisCacheStore(client)
+        else:
+            store, cached = MemoryVoteStore(retention_s), MemoryCacheStore(config.cache.max_entries)
+        health = StoreHealth(lambda: store.ping())
+        cache = ResponseCache(cached, config.cache, health) if config.cache.enabled else None
         annotators = {}
         for ens in config.ensembles:
             try:
                 annotators[ens.name] = Annotator(ens, members, upstreams, get_router(ens.router),
-                                                 get_aggregator(ens.aggregator), grouper)
+                                                 get_aggregator(ens.aggregator), grouper, cache)
             except KeyError as exc:
                 raise ConfigError(f"invalid config: ensembles.{ens.name}: {exc.args[0]}") from None
-        retention_s = config.store.retention_days * 86400
-        client = redis_client(config.store) if config.store.backend == "redis" else None
-        store: VoteStore = RedisVoteStore(client, retention_s) if client else MemoryVoteStore(retention_s)
-        health = StoreHealth(lambda: store.ping())
         api_keys = config.gateway.api_keys()
         metered = config.gateway.tenant_limits(api_keys)
         limiter = (RedisLimiter(client) if client else MemoryLimiter()) if metered else None

@@ -39,6 +39,8 @@ class AnnotationTask:
     """When the labels came from a JSON schema, the property the answer must be wrapped in."""
     job: bool = False
     """Job traffic (a batch line, or `service_tier: "flex"`): its members' calls may wait to be grouped."""
+    cache_tenant: str | None = None
+    """The tenant whose cached votes may answer this item (gateway/response_cache.py); None: ask every member."""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -46,10 +48,13 @@ class AnnotationTask:
         return self.label_set.canonical
 
 
-def build_task(body: Mapping[str, Any], kind: Kind, config: Config, job: bool = False) -> AnnotationTask:
+def build_task(body: Mapping[str, Any], kind: Kind, config: Config, job: bool = False,
+               tenant: str | None = None) -> AnnotationTask:
     """Validate the annotation-specific parts of a body; raises APIError(400) naming the param.
 
     `job`: the body is a batch line; a request says it is job traffic itself with `service_tier: "flex"`.
+    `tenant`: whose cached votes may answer (None: none may); the config's `cache.enabled` and the body's
+    `cache: false` turn the cache off.
     """
     task_name = body.get("task")
     task = None
@@ -65,7 +70,8 @@ def build_task(body: Mapping[str, Any], kind: Kind, config: Config, job: bool = 
     if (problem := item_id_problem(item_id)) is not None:
         raise bad_request(problem, "item_id")
     return AnnotationTask(kind=kind, label_set=label_set, text=text, body=body, template=task, schema=schema,
-                          item_id=item_id, json_field=json_field, job=job or body.get("service_tier") == "flex")
+                          item_id=item_id, json_field=json_field, job=job or body.get("service_tier") == "flex",
+                          cache_tenant=tenant if config.cache.enabled and body.get("cache") is not False else None)
 
 
 def _label_set(body: Mapping[str, Any], task_labels: Sequence[str] | None,

@@ -156,12 +156,19 @@ class Gateway:
         return self.http.post(path, **kwargs)
 
 
+def without_cache(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the response cache off unless it sets `cache` itself: a test scripts the upstream anew and
+    asks the same prompts again, and wants its members asked (the cache's own tests turn it on)."""
+    return {"cache": {"enabled": False}, **config}
+
+
 def start_gateway(config: dict[str, Any], tmp: Path, env: dict[str, str] | None = None,
                   workers: int = 1, output: Path | None = None) -> Gateway:
-    """Run `crowd-gateway serve` as a real process on a free port with `config` written to a file; its stdout and
-    stderr go to `output` when given (a test that reads the log), else to the test's own."""
+    """Run `crowd-gateway serve` as a real process on a free port with `config` written to a file (the response
+    cache off unless it says otherwise); its stdout and stderr go to `output` when given (a test that reads the
+    log), else to the test's own."""
     path = tmp / f"config-{free_port()}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(without_cache(config)))
     port = free_port()
     full_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -217,9 +224,10 @@ def script_members(request: pytest.FixtureRequest, upstream: Upstream) -> None:
 
 
 def module_config(request: pytest.FixtureRequest, upstream: Upstream) -> dict[str, Any]:
-    """The test module's gateway config, after its members are scripted."""
+    """The test module's gateway config, after its members are scripted (the response cache off unless it says
+    otherwise: `without_cache`)."""
     script_members(request, upstream)
-    return request.module.gateway_config(upstream)
+    return without_cache(request.module.gateway_config(upstream))
 
 
 @pytest.fixture

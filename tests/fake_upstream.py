@@ -15,7 +15,7 @@ running], served as vLLM's gauges on `GET /m/{name}/metrics`), `raw` (any JSON v
 with status 200 as the completion body: the odd replies a fault test needs). `GET /_calls/{name}` returns
 how many calls arrived, how many prompts they carried (a completion's `prompt` may be a list, answered as
 vLLM does: one choice per prompt, `index` its position), how many the client abandoned while they waited
-(`cancelled`), and the last body. Used by the integration tests and by bench/ as the fast upstream.
+(`cancelled`), and the last completion call's body and headers (`last`, `headers`: a `traceparent` among them). Used by the integration tests and by bench/ as the fast upstream.
 
 Run: python tests/fake_upstream.py --port 8199
 """
@@ -45,6 +45,7 @@ class Members:
         self.prompts: dict[str, int] = {}
         self.cancelled: dict[str, int] = {}
         self.last: dict[str, Any] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         self.rngs: dict[str, random.Random] = {}
 
     def script(self, name: str) -> dict[str, Any]:
@@ -90,6 +91,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
     members.calls[name] = members.calls.get(name, 0) + 1
     body = await request.json(loads=orjson.loads)
     members.last[name] = body
+    members.headers[name] = dict(request.headers)
     delay = script["latency_ms"] / 1000
     if script["jitter_ms"]:
         rng = members.rngs.setdefault(name, random.Random(name))
@@ -211,7 +213,7 @@ async def get_calls(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     return web.json_response({"calls": members.calls.get(name, 0), "prompts": members.prompts.get(name, 0),
                               "cancelled": members.cancelled.get(name, 0),
-                              "last": members.last.get(name)})
+                              "last": members.last.get(name), "headers": members.headers.get(name)})
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -20,23 +20,27 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.batches.jsonl import ENDPOINTS
 from gateway.batches.protocol import Record, batch_usage, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
 from gateway.budgets import metered
-from gateway.config import BatchSettings
+from gateway.config import BatchSettings, Limits
 from gateway.errors import APIError
 from gateway.serving import execute
 from gateway.store.health import STORE_ERRORS
 from gateway.tenancy import DEFAULT
 from gateway.state import GatewayState
 
+if TYPE_CHECKING:
+    from starlette.responses import Response
+
 log = logging.getLogger("crowd_gateway.batches")
+
 
 async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tuple[bool, bytes]:
     """One request line -> (ok, output line). Never raises: a failure is an error line, not a stopped batch."""
@@ -48,16 +52,26 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
                             code="unsupported_value").response()
     else:
         try:
-            if (limits := state.metered.get(tenant)) is not None:  # counts toward its budgets; waits for its rates
-                response = await metered(state, body, None, kind, path, tenant, limits, job=True)
+            limits = state.metered.get(tenant)
+            if tracing.traces is None:
+                response = await _run(state, body, kind, path, tenant, limits)
             else:
-                response = await execute(state, body, None, kind, path, tenant, job=True)
+                with tracing.traces.batch_line(str(request["custom_id"])):
+                    response = await _run(state, body, kind, path, tenant, limits)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
             response = APIError(500, "internal error in the gateway; the server log has the details",
                                 type="server_error", code="internal_error").response()
     ok = response.status_code < 400
     return ok, output_line(request["custom_id"], response.status_code, bytes(response.body))
+
+
+async def _run(state: GatewayState, body: dict[str, Any], kind: str, path: str, tenant: str,
+               limits: Limits | None) -> Response:
+    """A line as a request of its tenant: counted toward its budgets (waiting for its rates) when it is metered."""
+    if limits is not None:
+        return await metered(state, body, None, kind, path, tenant, limits, job=True)
+    return await execute(state, body, None, kind, path, tenant, job=True)
 
 
 class BatchWorker:

@@ -23,3 +23,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def usd(amount: float) -> str:
     """A running cost, readable at local prices too (fractions of a cent): six decimals."""
     return f"${amount:.6f}"
+
+
+def add_no_cache(parser: argparse.ArgumentParser) -> None:
+    """`--no-cache` (sets `cache` False): every member is asked again, none answers from the gateway's response
+    cache, so what is reported is what the ensemble costs, not what this run spent."""
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="ask every member again: no vote comes from the gateway's response cache (by default a "
+                             "member asked exactly what it was asked before answers from it, at no cost)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.tools import HelpFormatter, UsageError, usd
+from gateway.tools import HelpFormatter, UsageError, add_no_cache, usd
 from gateway.tools.datasets import file_format, read_rows, row_ids
 from gateway.tools.embedded import gateway_v1
 from gateway.tools.labelling import Answer, label_items
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(label_items(base_url, args.api_key, args.ensemble,
                                     [(item_id, str(row[args.text_column])) for item_id, row in todo], spec, answered,
                                     concurrency=args.concurrency, retries=args.retries, timeout=args.timeout,
-                                    service_tier=args.service_tier))
+                                    service_tier=args.service_tier, cache=args.cache))
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {len(rows) - len(todo) + tally.answered}/{len(rows)} rows are in {out}; run the same "
@@ -176,4 +176,5 @@ def add_parser(sub: Any) -> None:
                    help="flex (default): the rows are job traffic, and the gateway may group their calls to a "
                         "vLLM member (up to batches.grouping.max_wait_ms more latency per row); default: one "
                         "call per row and member, as an interactive request")
+    add_no_cache(p)
     p.set_defaults(func=run)

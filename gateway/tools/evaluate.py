@@ -21,7 +21,7 @@ from typing import Any
 from ensembles import metrics as m
 from ensembles.aggregators import REGISTRY, FitData, get_aggregator, pick
 from ensembles.votes import Vote
-from gateway.tools import HelpFormatter, UsageError, usd
+from gateway.tools import HelpFormatter, UsageError, add_no_cache, usd
 from gateway.tools.baseline import Baseline, most_frequent
 from gateway.tools.contribution import Contribution, contributions, print_contributions
 from gateway.tools.datasets import load_dataset, row_ids, split_of
@@ -32,8 +32,9 @@ from gateway.tools.report import failed_calls
 
 async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Sequence[dict[str, Any]],
                          labels: Sequence[str], concurrency: int = 8, desc: str = "annotating",
-                         task: str | None = None) -> list[dict[str, Any]]:
+                         task: str | None = None, cache: bool = True) -> list[dict[str, Any]]:
     """Every labelled row through the gateway, as a record with its gold label; failures are kept, not raised.
+    `cache=False`: every member is asked, none answers from the gateway's response cache.
 
     The label set is sent as `labels`, or the configured `task` is named (its prompt and label set apply).
     """
@@ -57,7 +58,7 @@ async def annotate_items(base_url: str, api_key: str, ensemble: str, rows: Seque
     items = [(item_id, str(row["text"])) for item_id, row in zip(ids, rows)]
     try:
         spec = {"task": task} if task else {"labels": list(labels)}
-        await label_items(base_url, api_key, ensemble, items, spec, answered, concurrency=concurrency)
+        await label_items(base_url, api_key, ensemble, items, spec, answered, concurrency=concurrency, cache=cache)
     finally:
         bar.close()
     return records
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         key = os.environ.get("CROWD_GATEWAY_API_KEY", "unused")
         with gateway_v1(args.gateway, args.config) as url:
             records = asyncio.run(annotate_items(url, key, args.ensemble, rows, labels, args.concurrency,
-                                                 task=args.task))
+                                                 task=args.task, cache=args.cache))
         (out / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if not any(r["annotation"] for r in records):
         first = next((r["error"] for r in records), "no items")
@@ -301,4 +302,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="items in flight (default: 8)")
     p.add_argument("--out", default="out/eval", help="directory for annotations.jsonl, summary.json and plots")
     p.add_argument("--no-reaggregate", action="store_true", help="skip re-aggregating the votes with every aggregator")
+    add_no_cache(p)
     p.set_defaults(func=run)

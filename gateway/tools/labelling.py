@@ -31,22 +31,25 @@ class Answer:
 
 async def label_items(base_url: str, api_key: str, ensemble: str, items: Sequence[tuple[str, str]],
                       spec: dict[str, Any], on_answer: Callable[[Answer], None], *, concurrency: int = 8,
-                      retries: int = 2, timeout: float = 600.0, service_tier: str | None = None) -> None:
+                      retries: int = 2, timeout: float = 600.0, service_tier: str | None = None,
+                      cache: bool = True) -> None:
     """Ask `ensemble` for a label of every (item id, text); `spec` names the label set as clients do
     (`{"labels": [...]}` or `{"task": name}`). `service_tier="flex"` makes the items job traffic, whose
-    member calls the gateway may group. Raises UsageError if the model answers without an annotation
-    block (a member, not an ensemble)."""
+    member calls the gateway may group; `cache=False` asks every member, none answering from the gateway's
+    response cache. Raises UsageError if the model answers without an annotation block (a member, not an
+    ensemble)."""
     import openai
 
     todo = iter(enumerate(items))
     tier: dict[str, Any] = {"service_tier": service_tier} if service_tier else {}
+    extra: dict[str, Any] = {**spec, **({} if cache else {"cache": False})}
 
     async def work(client: openai.AsyncOpenAI) -> None:
         for index, (item_id, text) in todo:
             try:
                 reply = await client.chat.completions.create(
                     model=ensemble, messages=[{"role": "user", "content": text}],
-                    extra_body={**spec, "item_id": item_id}, **tier)
+                    extra_body={**extra, "item_id": item_id}, **tier)
             except openai.APIError as exc:
                 on_answer(Answer(index, None, 0.0, exc.message))
                 continue

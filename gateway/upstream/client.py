@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.config import Breaker, Member
 from gateway.upstream.breaker import CircuitBreaker, State
 from gateway.upstream.member_stats import MemberStats
@@ -103,7 +103,8 @@ class HttpTransport:
         session = self.upstreams.session
         assert session is not None, "Upstreams.start() was not awaited"
         started = time.perf_counter()
-        async with session.post(self.member.base_url + path, data=body, headers=self.headers,
+        headers = self.headers if tracing.traces is None else tracing.traces.headers(self.headers)
+        async with session.post(self.member.base_url + path, data=body, headers=headers,
                                 timeout=self.timeout) as resp:
             data = await _bounded(resp, self.member.max_reply_bytes)
             retry_after = _retry_after(resp.headers) if resp.status in RETRY_STATUSES else None
@@ -359,7 +360,8 @@ class Upstreams:
         timeout = aiohttp.ClientTimeout(total=client.member.max_stream_s, sock_connect=client.member.timeout_s,
                                         sock_read=client.member.timeout_s)
         try:
-            resp = await self.session.post(client.member.base_url + path, data=body, headers=client.headers,
+            headers = client.headers if tracing.traces is None else tracing.traces.headers(client.headers)
+            resp = await self.session.post(client.member.base_url + path, data=body, headers=headers,
                                            timeout=timeout)
         except (TimeoutError, aiohttp.ClientError) as exc:
             client.breaker.failure()

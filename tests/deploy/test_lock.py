@@ -1,5 +1,5 @@
 """deploy/requirements.lock, the image's lock (`make lock`), agrees with pyproject.toml: every pin of the
-project's dependencies and build system is locked at a version the pin allows, every locked package is there
+project's dependencies, of the extras the image carries (`otel`) and of its build system is locked at a version the pin allows, every locked package is there
 because pyproject.toml or another locked package asks for it, and each is pinned exactly with hashes."""
 
 from __future__ import annotations
@@ -47,8 +47,18 @@ def lock_entries() -> list[Locked]:
     return entries
 
 
+IMAGE_EXTRAS = ("otel",)
+"""Extras the image carries (traces are turned on by environment variables alone, in the chart's values)."""
+
+
 def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def image_pins(data: dict) -> list[str]:
+    """The project's dependencies and the image's extras."""
+    extras = data["project"]["optional-dependencies"]
+    return data["project"]["dependencies"] + [pin for extra in IMAGE_EXTRAS for pin in extras[extra]]
 
 
 def test_every_entry_is_pinned_exactly_with_hashes() -> None:
@@ -61,7 +71,7 @@ def test_every_entry_is_pinned_exactly_with_hashes() -> None:
 
 def test_every_pin_of_pyproject_is_locked_at_a_version_it_allows() -> None:
     data = pyproject()
-    pins = [Requirement(r) for r in data["project"]["dependencies"] + data["build-system"]["requires"]]
+    pins = [Requirement(r) for r in image_pins(data) + data["build-system"]["requires"]]
     by_name: dict[str, list[Locked]] = {}
     for entry in lock_entries():
         by_name.setdefault(entry.name, []).append(entry)
@@ -79,7 +89,7 @@ def test_every_locked_package_is_asked_for() -> None:
     entries = lock_entries()
     locked = {entry.name for entry in entries}
     build = {canonicalize_name(Requirement(r).name) for r in data["build-system"]["requires"]}
-    direct = {canonicalize_name(Requirement(r).name) for r in data["project"]["dependencies"]}
+    direct = {canonicalize_name(Requirement(r).name) for r in image_pins(data)}
     for entry in entries:
         if entry.name in build:
             continue

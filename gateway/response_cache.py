@@ -1,0 +1,95 @@
+"""The exact response cache: a member asked exactly what it was asked before gives its stored vote again.
+
+Why: re-running a job or an evaluation asks every member the same prompts again, and pays again for answers
+it already has. As LiteLLM's and Portkey's exact caches do, a request identical in every part reuses the
+answer: the same member (name, endpoint, upstream model id), the same request as it is sent to the member
+(the rendered prompt or messages, the constraint listing the labels, every sampling parameter: temperature,
+top_p, seed, max_tokens, ...; one pass or decoded), and the same label set (canonical and as the client
+spelled it). Any exact match is reused, whatever its temperature: a client that wants a fresh sample sends
+another `seed`, or `cache: false`. A cached vote comes back with `cached: true`, cost 0 and no tokens, and no
+call is made. Kept are the votes a member answered (a label, or an answer outside the set); a failed call
+(timeout, HTTP error, malformed reply) is never kept, so the next run asks again.
+
+Keys are hashes, scoped per tenant (gateway/tenancy.py): one tenant's votes never answer another's. The
+store is the vote store's (Redis in production, with EXPIRE; this process's memory, bounded, by default).
+A store outage is no cache: the member is asked, the answer is unharmed, and gateway/store/health.py logs
+the outage once (component `cache`), not per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from ensembles.votes import Vote
+from gateway import metrics
+from gateway.config import CacheSettings, Member
+from gateway.store.cache import CacheStore
+from gateway.store.health import STORE_ERRORS, StoreHealth
+from gateway.task import AnnotationTask
+from gateway.tenancy import scoped
+
+FORMAT = 1
+"""Part of every key: raise it when what a stored vote means changes, and older entries are never read again."""
+
+
+class ResponseCache:
+    def __init__(self, store: CacheStore, settings: CacheSettings, health: StoreHealth) -> None:
+        self.store = store
+        self.ttl_s = settings.ttl_s
+        self.health = health
+
+    @staticmethod
+    def key(tenant: str, member: Member, path: str, body: dict[str, Any], first_token: bool,
+            task: AnnotationTask) -> str:
+        """The tenant-scoped key of `member`'s vote on exactly this request."""
+        parts = [FORMAT, member.name, member.base_url, member.model, path, first_token, task.labels,
+                 task.label_set.asked, body]
+        digest = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+        return scoped(tenant, digest)
+
+    async def lookup(self, key: str, member: str) -> Vote | None:
+        """The stored vote (`cached`, cost 0, no tokens), or None: absent, expired, or the store unavailable."""
+        found = await self._get(key)
+        if found is None:
+            metrics.child(metrics.CACHE_LOOKUPS, member, "miss").inc()
+            return None
+        metrics.child(metrics.CACHE_LOOKUPS, member, "hit").inc()
+        metrics.child(metrics.CACHE_SAVED, member).inc(found.get("cost_usd", 0.0))
+        probs = found.get("probs")
+        return Vote(member=member, label=found.get("label"), raw=found.get("raw"),
+                    probs=tuple(probs) if probs else None, error=found.get("error"), cached=True)
+
+    async def _get(self, key: str) -> dict[str, Any] | None:
+        if not self.health.up:
+            self.health.skipped("cache")
+            return None
+        try:
+            raw = await self.store.get(key)
+        except STORE_ERRORS as exc:
+            self.health.failed("cache", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            found = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # not written by this code (another version, a hand edit): asked anew
+            return None
+        return found if isinstance(found, dict) else None
+
+    async def keep(self, key: str, vote: Vote) -> None:
+        """Store a vote the member answered (a failed call is not kept); a store that cannot keep it costs
+        the next run a call, never this answer."""
+        if vote.raw is None or vote.cached:
+            return
+        if not self.health.up:
+            self.health.skipped("cache")
+            return
+        value = orjson.dumps({"label": vote.label, "raw": vote.raw, "probs": vote.probs, "error": vote.error,
+                              "cost_usd": vote.cost_usd})
+        try:
+            await self.store.put(key, value, self.ttl_s)
+        except STORE_ERRORS as exc:
+            self.health.failed("cache", exc)
