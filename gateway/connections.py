@@ -14,6 +14,9 @@ It is also where the gateway's own overload is refused: past the number of compl
 the event loop within `gateway.max_loop_lag_ms` (gateway/loop_gate.py), a completion request is answered 429
 from here, before any task or app runs and without reading its body, so a refusal costs a few percent of an
 answer and the CPU stays with the work already admitted (gateway/admission.py has the rest of admission).
+
+An answer of known length leaves in one write (`OneWrite`): uvicorn writes the status line and headers, then the
+body, each in its own system call, so the client's kernel gets two segments and the client often wakes twice.
 """
 
 from __future__ import annotations
@@ -46,28 +49,39 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.body_timeout_s = body_timeout_s
         self._deadline: asyncio.TimerHandle | None = None
         self._stage: Stage = "idle"
+        self._due: float | None = None
+        """When what the connection waits for is due (loop time), None when it waits for nothing; the timer follows
+        it after each read (`_follow`), so a request that arrives whole in one read never starts one."""
+        self._limit_s = 0.0
+        self._armed_for: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm("idle", self.header_timeout_s)
+        self._expect("idle", self.header_timeout_s)
+        self._follow()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._due = None
+        self._follow()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a later request on a kept-alive connection: its headers are due from now
-            self._arm("headers", self.header_timeout_s)
+        if self._due is None:  # a later request on a kept-alive connection: its headers are due from now
+            self._expect("headers", self.header_timeout_s)
         else:  # the first request: its headers are due when the connection's first request was
             self._stage = "headers"
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._arm("body", self.body_timeout_s)
+        self._expect("body", self.body_timeout_s)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._due = None
         super().on_message_complete()
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and not self.pipeline \
@@ -80,6 +94,8 @@ class DeadlineProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: Any, app: ASGIApp) -> None:
         """A completion request runs counted by the loop gate, or is refused at once when the gate is full."""
         scope = cycle.scope
+        if scope["method"] != "HEAD":  # a HEAD answer has a length and no body to carry its head
+            cycle.transport = OneWrite(cycle)
         if scope["method"] == "POST" and scope["path"] in COMPLETION_PATHS:
             if not GATE.admit():
                 self._refuse(cycle)
@@ -98,21 +114,25 @@ class DeadlineProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    def _arm(self, stage: Stage, seconds: float) -> None:
-        self._disarm()
+    def _expect(self, stage: Stage, seconds: float) -> None:
         self._stage = stage
-        self._deadline = self.loop.call_later(seconds, self._expired, seconds)
+        self._limit_s = seconds
+        self._due = self.loop.time() + seconds
 
-    def _disarm(self) -> None:
+    def _follow(self) -> None:
+        """Set the timer to `_due`: the parser's callbacks only note what is due, since they run within one read."""
+        if self._armed_for == self._due:
+            return
         if self._deadline is not None:
             self._deadline.cancel()
-            self._deadline = None
+        self._armed_for = self._due
+        self._deadline = None if self._due is None else self.loop.call_at(self._due, self._expired, self._limit_s)
 
     def _expired(self, seconds: float) -> None:
         """Close the connection: after a 408 when a request had begun and no answer has started on it; a
         connection that never sent a byte is just closed (a client about to reuse it must not read a 408 as
         its answer). The app, if it is waiting for the body, reads a disconnect and nothing it sends goes out."""
-        self._deadline = None
+        self._deadline = self._due = self._armed_for = None
         if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return
         stage, cycle = self._stage, self.cycle
@@ -131,6 +151,39 @@ class DeadlineProtocol(HttpToolsProtocol):
         what = "sent no request" if stage == "idle" else f"did not send its request {stage}"
         log.info("closed a connection from %s: it %s within %gs (gateway.connections)", _peer(self.client), what,
                  seconds)
+
+
+class OneWrite:
+    """The connection as one request's answer writes to it: the head of an answer of known length is held until
+    its body, and both go out in one write. A streamed answer (chunked) and anything before the answer started
+    (`100 Continue`) go out at once; a head still held when the connection is closed goes out first."""
+
+    __slots__ = ("_cycle", "_transport", "_head", "_headed")
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+        self._transport: asyncio.Transport = cycle.transport
+        self._head = b""
+        self._headed = False
+
+    def write(self, data: bytes) -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
+        elif not self._headed and self._cycle.response_started:  # uvicorn's first write once started: the head
+            self._headed = True
+            if self._cycle.chunked_encoding is False and self._cycle.expected_content_length:
+                self._head = data  # the body is the app's next message
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})

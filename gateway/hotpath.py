@@ -5,7 +5,8 @@ and exception middlewares, telemetry, body limit, exit stack, router, route, req
 dozen coroutine frames, about a fifth of its Python time at 400 requests/s) than in its own handler, and at
 a low rate every one of them runs cold. The handlers need none of it: they read their body themselves
 (gateway/http.py) and turn their own errors into OpenAI bodies. What the layers did for them is kept here:
-the request id, and the app's exception handlers for anything that escapes (found as Starlette finds them).
+the request id (set here, as gateway/requestid.py does, and added to the response's own headers rather than through
+a wrapper of `send`), and the app's exception handlers for anything that escapes (found as Starlette finds them).
 Every other route, and any other method on these paths, goes through FastAPI as before.
 """
 
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import handle_unexpected
-from gateway.requestid import RequestIdMiddleware
+from gateway.requestid import REQUEST_ID, request_id
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -30,16 +31,17 @@ class GatewayApp(FastAPI):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.hot: dict[str, Handler] = {}
-        self._serve_hot = RequestIdMiddleware(self._dispatch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot:
             scope["app"] = self
-            await self._serve_hot(scope, receive, send)
+            await self._dispatch(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = request_id(scope["headers"])
+        REQUEST_ID.set(rid.decode())
         request = Request(scope, receive, send)
         try:
             response = await self.hot[scope["path"]](request)
@@ -47,4 +49,5 @@ class GatewayApp(FastAPI):
             handler = next((self.exception_handlers[cls] for cls in type(exc).__mro__
                             if cls in self.exception_handlers), handle_unexpected)
             response = await handler(request, exc)  # type: ignore[misc]
+        response.raw_headers.append((b"x-request-id", rid))
         await response(scope, receive, send)

@@ -114,13 +114,13 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-_children: dict[tuple[int, tuple[str, ...]], object] = {}
+_children: dict[tuple[object, tuple[str, ...]], object] = {}
 
 
 def child(metric: Counter | Histogram | Gauge, *labels: str):  # type: ignore[no-untyped-def]
     """`metric.labels(*labels)`, cached: label values come from the config, so the set stays small,
     and the request path saves prometheus-client's locked lookup on every call."""
-    key = (id(metric), labels)
+    key = (metric, labels)  # metrics hash by identity
     found = _children.get(key)
     if found is None:
         found = _children[key] = metric.labels(*labels)
