@@ -3,7 +3,8 @@
 
 Lookups and writes made in the same turn of the event loop go to Redis together, as one MGET and one pipeline of
 SETs. Why: every vote looks itself up and is kept, and under a batch job one round trip per vote (ten Redis calls
-per item of a 5-member ensemble) more than doubled the gateway's CPU per item (bench/batch.py --cache).
+per item of a 5-member ensemble) more than doubled the gateway's CPU per item (bench/batch.py --cache). A wave's
+lookups wait on one future, not one per key, and writes nobody waits for (put_soon) have no future at all.
 """
 
 from __future__ import annotations
@@ -14,44 +15,59 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.store.cache import CacheStore
+from gateway.store.cache import CacheStore, Failed
 
 
 class RedisCacheStore(CacheStore):
     def __init__(self, client: aioredis.Redis, prefix: str = "cg:cache:") -> None:
         self.r = client
         self.prefix = prefix
-        self._gets: dict[str, list[asyncio.Future[bytes | None]]] = {}
-        self._puts: dict[str, tuple[bytes, int, list[asyncio.Future[None]]]] = {}
+        self._gets: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]] = []
+        self._puts: dict[str, tuple[bytes, int]] = {}
+        self._put_waiters: list[asyncio.Future[None]] = []
+        self._put_failed: set[Failed] = set()
+        self._flushing = False
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def get(self, key: str) -> bytes | None:
-        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._gets.setdefault(key, []).append(waiter)
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        waiter: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        self._gets.append((keys, waiter))
         self._flush_soon()
         return await waiter
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._puts[key][2] if key in self._puts else []
-        self._puts[key] = (value, max(round(ttl_s * 1000), 1), [*waiters, waiter])
-        self._flush_soon()
+        self._put_waiters.append(waiter)
+        self._queue_put(key, value, ttl_s)
         await waiter
 
+    def put_soon(self, key: str, value: bytes, ttl_s: float, failed: Failed) -> None:
+        self._put_failed.add(failed)
+        self._queue_put(key, value, ttl_s)
+
+    def _queue_put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._puts[key] = (value, max(round(ttl_s * 1000), 1))
+        self._flush_soon()
+
     def _flush_soon(self) -> None:
-        if len(self._gets) + len(self._puts) == 1:  # the first of this turn: send them all at its end
+        if not self._flushing:  # the first of this turn: send them all at its end
+            self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        gets, puts = self._gets, self._puts
-        self._gets, self._puts = {}, {}
+        self._flushing = False
+        gets, self._gets = self._gets, []
         if gets:
-            self._send(self._send_gets(gets), [w for waiters in gets.values() for w in waiters])
-        if puts:
-            self._send(self._send_puts(puts), [w for _, _, waiters in puts.values() for w in waiters])
+            self._send(self._send_gets(gets), [waiter for _, waiter in gets])
+        if self._puts:
+            puts, waiters, failed = self._puts, self._put_waiters, self._put_failed
+            self._puts, self._put_waiters, self._put_failed = {}, [], set()
+            self._send(self._send_puts(puts, waiters), waiters, failed)
 
-    def _send(self, call: Coroutine[Any, Any, None], waiters: Sequence[asyncio.Future[Any]]) -> None:
-        """Run `call`; if it fails, so does each of `waiters` (each caller meets the store's error itself)."""
+    def _send(self, call: Coroutine[Any, Any, None], waiters: Sequence[asyncio.Future[Any]],
+              failed: set[Failed] | None = None) -> None:
+        """Run `call`; if it fails, so does each of `waiters` (each caller meets the store's error itself), and
+        each of `failed` is told once."""
         task = asyncio.ensure_future(call)
         self._sending.add(task)
 
@@ -65,23 +81,28 @@ class RedisCacheStore(CacheStore):
                     waiter.cancel()
                 elif failure is not None:
                     waiter.set_exception(failure)
+            if isinstance(failure, Exception):
+                for tell in failed or ():
+                    tell(failure)
 
         task.add_done_callback(settle)
 
-    async def _send_gets(self, gets: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
-        keys = list(gets)
-        values = await self.r.mget([self.prefix + key for key in keys])
-        for key, value in zip(keys, values):
-            for waiter in gets[key]:
-                if not waiter.done():
-                    waiter.set_result(value)
+    async def _send_gets(self, gets: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]]) -> None:
+        prefix = self.prefix
+        wanted = [prefix + key for keys, _ in gets for key in keys]
+        values = await self.r.mget(wanted) if wanted else []
+        start = 0
+        for keys, waiter in gets:
+            end = start + len(keys)
+            if not waiter.done():
+                waiter.set_result(values[start:end])
+            start = end
 
-    async def _send_puts(self, puts: dict[str, tuple[bytes, int, list[asyncio.Future[None]]]]) -> None:
+    async def _send_puts(self, puts: dict[str, tuple[bytes, int]], waiters: Sequence[asyncio.Future[None]]) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
-            for key, (value, ttl_ms, _) in puts.items():
+            for key, (value, ttl_ms) in puts.items():
                 pipe.set(self.prefix + key, value, px=ttl_ms)
             await pipe.execute()
-        for _, _, waiters in puts.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
