@@ -14,6 +14,10 @@ Keys are hashes, scoped per tenant (gateway/tenancy.py): one tenant's votes neve
 store is the vote store's (Redis in production, with EXPIRE; this process's memory, bounded, by default).
 A store outage is no cache: the member is asked, the answer is unharmed, and gateway/store/health.py logs
 the outage once (component `cache`), not per request.
+
+What it costs on new items (every lookup misses, every vote is kept) is paid on every vote, so the request path
+looks a wave's members up in one store call (lookup_many), keeps their votes without waiting for the write
+(keep_soon), and the memory store keeps the record itself rather than its JSON.
 """
 
 from __future__ import annotations
