@@ -210,7 +210,7 @@ class Annotator:
             return [], 0
         hedged: list[str] = []
         hedging = hedge and self.ensemble.routing.hedge
-        asked = await self._shape_wave(names, task)
+        asked = await self._shape_wave(names, task, deadline)
         calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline, asked[name])
                                              if hedging else self.vote(self.members[name], task, deadline, asked[name]))
                  for name in names}
@@ -227,15 +227,20 @@ class Annotator:
                                   error=f"no answer before the ensemble deadline of {self.ensemble.deadline_s:g}s"))
         return votes, len(hedged)
 
-    async def _shape_wave(self, names: Sequence[str], task: AnnotationTask) -> dict[str, _Asked]:
-        """Each member's request, and its cached vote: the whole wave looked up in one store call."""
+    async def _shape_wave(self, names: Sequence[str], task: AnnotationTask, deadline: float) -> dict[str, _Asked]:
+        """Each member's request, and its cached vote: the whole wave looked up in one store call (a slow store
+        keeps no wave past its deadline: its members are then asked, and abstain at once as they would have)."""
         started = time.perf_counter()
         asked = {name: _shape(self.members[name], task) for name in names}
         cache = self.cache if task.cache_tenant is not None else None
         if cache is not None:
             keys = [cache.key(task.cache_tenant, self.members[name], one.path, one.body, one.first_token, task)
                     for name, one in asked.items()]
-            hits = await cache.lookup_many(keys, names)
+            try:
+                async with asyncio.timeout(max(deadline - started, 0.0)):
+                    hits = await cache.lookup_many(keys, names)
+            except TimeoutError:
+                hits = [None] * len(keys)
             for one, key, hit in zip(asked.values(), keys, hits):
                 one.key = key
                 if hit is not None:
