@@ -43,6 +43,11 @@ FORMAT = 1
 """Part of every key: raise it when what a stored vote means changes, and older entries are never read again."""
 
 
+STORED = ("label", "raw", "probs", "error", "cost_usd")
+"""A kept vote's fields, in this order: a tuple in the memory store (not encoded, and a tuple of atomic values is
+one the garbage collector soon stops visiting), a JSON object with these names in Redis."""
+
+
 class ResponseCache:
     def __init__(self, store: CacheStore, settings: CacheSettings, health: StoreHealth) -> None:
         self.store = store
@@ -67,16 +72,16 @@ class ResponseCache:
         values = await self._get_many(keys)
         votes: list[Vote | None] = []
         for value, member in zip(values, members):
-            found = _record(value)
+            found = _stored(value)
             if found is None:
                 metrics.child(metrics.CACHE_LOOKUPS, member, "miss").inc()
                 votes.append(None)
                 continue
+            label, raw, probs, error, cost_usd = found
             metrics.child(metrics.CACHE_LOOKUPS, member, "hit").inc()
-            metrics.child(metrics.CACHE_SAVED, member).inc(found.get("cost_usd", 0.0))
-            probs = found.get("probs")
-            votes.append(Vote(member=member, label=found.get("label"), raw=found.get("raw"),
-                              probs=tuple(probs) if probs else None, error=found.get("error"), cached=True))
+            metrics.child(metrics.CACHE_SAVED, member).inc(cost_usd or 0.0)
+            votes.append(Vote(member=member, label=label, raw=raw, probs=tuple(probs) if probs else None, error=error,
+                              cached=True))
         return votes
 
     async def _get_many(self, keys: Sequence[str]) -> list[Any]:
@@ -109,15 +114,14 @@ class ResponseCache:
             self.store.put_soon(key, value, self.ttl_s, self._failed)
 
     def _value(self, vote: Vote) -> Any:
-        """What the store keeps for `vote` (None: not kept); the record itself where the store keeps objects."""
+        """What the store keeps for `vote` (None: not kept): the tuple itself where the store keeps objects."""
         if vote.raw is None or vote.cached:
             return None
         if not self.health.up:
             self.health.skipped("cache")
             return None
-        record = {"label": vote.label, "raw": vote.raw, "probs": vote.probs, "error": vote.error,
-                  "cost_usd": vote.cost_usd}
-        return record if self.store.objects else orjson.dumps(record)
+        stored = (vote.label, vote.raw, vote.probs, vote.error, vote.cost_usd)
+        return stored if self.store.objects else orjson.dumps(dict(zip(STORED, stored)))
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, STORE_ERRORS):
@@ -126,12 +130,13 @@ class ResponseCache:
             log.error("response cache write failed: %r", exc)
 
 
-def _record(value: Any) -> dict[str, Any] | None:
-    """A stored vote's record: kept as it is (the memory store), or decoded; None when absent or unreadable."""
-    if value is None or isinstance(value, dict):
+def _stored(value: Any) -> tuple[Any, ...] | None:
+    """A kept vote's fields (STORED): kept as they are (the memory store), or decoded; None when absent or
+    unreadable."""
+    if value is None or isinstance(value, tuple):
         return value
     try:
         found = orjson.loads(value)
     except orjson.JSONDecodeError:  # not written by this code (another version, a hand edit): asked anew
         return None
-    return found if isinstance(found, dict) else None
+    return tuple(found.get(name) for name in STORED) if isinstance(found, dict) else None
