@@ -193,7 +193,7 @@ def test_an_unreadable_entry_is_a_miss(opened: Opened) -> None:
 
 
 def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(redis_url: str) -> None:
-    """Every vote looks itself up: those made together go to Redis as one MGET, their writes as one pipeline."""
+    """Every vote looks itself up: those made together go to Redis as one MGET, their writes as one call."""
     async def scenario() -> tuple[int, int, list[Vote | None]]:
         client = aioredis.Redis.from_url(redis_url)
         try:
@@ -213,7 +213,7 @@ def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(re
             await client.aclose()
 
     mgets, sets, found = run(scenario())
-    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs go in one pipeline, counted one by one)
+    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs go in one script call, counted one by one)
     assert all(vote is not None and vote.cached for vote in found)
 
 
