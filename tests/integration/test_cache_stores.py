@@ -213,7 +213,7 @@ def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(re
             await client.aclose()
 
     mgets, sets, found = run(scenario())
-    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs go in one script call, counted one by one)
+    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs: one script call, each counted)
     assert all(vote is not None and vote.cached for vote in found)
 
 
