@@ -1,10 +1,12 @@
 """The response cache in Redis: shared by every replica, each vote a key `cg:cache:{tenant/hash}` that expires
 (SET with PX: the TTL in milliseconds).
 
-Lookups and writes made in the same turn of the event loop go to Redis together, as one MGET and one script that
-SETs them all (one command to pack and one reply to parse, where a pipeline of SETs had one of each per vote). Why: every vote looks itself up and is kept, and under a batch job one round trip per vote (ten Redis calls
-per item of a 5-member ensemble) more than doubled the gateway's CPU per item (bench/batch.py --cache). A wave's
-lookups wait on one future, not one per key, and writes nobody waits for (put_soon) have no future at all.
+Lookups and writes made in the same turn of the event loop go to Redis together: one script around MGET that
+answers only the keys found, and one script that SETs them all (one command to pack and one reply to parse, where a
+pipeline of SETs had one of each per vote). Why: every vote looks itself up and is kept, and under a batch job one
+round trip per vote (ten Redis calls per item of a 5-member ensemble) more than doubled the gateway's CPU per item
+(bench/batch.py --cache). A wave's lookups wait on one future, not one per key, and writes nobody waits for
+(put_soon) have no future at all.
 """
 
 from __future__ import annotations
