@@ -206,12 +206,14 @@ class Annotator:
     async def _ask(self, names: Sequence[str], task: AnnotationTask, deadline: float, view: RouteView,
                    hedge: bool = True) -> tuple[list[Vote], int]:
         """Votes of `names` (abstentions for those past the deadline) and how many hedged duplicates were sent."""
+        if not names:
+            return [], 0
         hedged: list[str] = []
         hedging = hedge and self.ensemble.routing.hedge
-        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline) if hedging
-                                             else self.vote(self.members[name], task, deadline)) for name in names}
-        if not calls:
-            return [], 0
+        asked = await self._shape_wave(names, task, deadline)
+        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline, asked[name])
+                                             if hedging else self.vote(self.members[name], task, deadline, asked[name]))
+                 for name in names}
         timeout = max(deadline - time.perf_counter(), 0.0)
         done, pending = await asyncio.wait(calls.values(), timeout=timeout)
         for fut in pending:
@@ -225,14 +227,35 @@ class Annotator:
                                   error=f"no answer before the ensemble deadline of {self.ensemble.deadline_s:g}s"))
         return votes, len(hedged)
 
+    async def _shape_wave(self, names: Sequence[str], task: AnnotationTask, deadline: float) -> dict[str, _Asked]:
+        """Each member's request, and its cached vote: the whole wave looked up in one store call (a slow store
+        keeps no wave past its deadline: its members are then asked, and abstain at once as they would have)."""
+        started = time.perf_counter()
+        asked = {name: _shape(self.members[name], task) for name in names}
+        cache = self.cache if task.cache_tenant is not None else None
+        if cache is not None:
+            keys = [cache.key(task.cache_tenant, self.members[name], one.path, one.body, one.first_token, task)
+                    for name, one in asked.items()]
+            try:
+                async with asyncio.timeout(max(deadline - started, 0.0)):
+                    hits = await cache.lookup_many(keys, names)
+            except TimeoutError:
+                hits = [None] * len(keys)
+            for one, key, hit in zip(asked.values(), keys, hits):
+                one.key = key
+                if hit is not None:
+                    hit.latency_ms = _ms(started)
+                    one.hit = hit
+        return asked
+
     async def _hedged_vote(self, name: str, task: AnnotationTask, view: RouteView, hedged: list[str],
-                           deadline: float) -> Vote:
+                           deadline: float, asked: _Asked | None = None) -> Vote:
         """The member's vote; past its recent p95, also a replica's, and the first valid answer wins."""
         member = self.members[name]
         replicas = [self._state(m.name, {}) for m in self.members.values()
                     if m.replica_group == member.replica_group and m.name != name]
         plan = hedge_plan(self._state(name, {}), replicas, self.ensemble.routing.hedge_min_samples, view.asked)
-        primary = asyncio.ensure_future(self.vote(member, task, deadline))
+        primary = asyncio.ensure_future(self.vote(member, task, deadline, asked))
         if plan is None:
             return await primary
         delay_s, replica = plan
@@ -257,33 +280,38 @@ class Annotator:
                 if fut is not None and not fut.done():
                     fut.cancel()
 
-    async def vote(self, member: Member, task: AnnotationTask, deadline: float | None = None) -> Vote:
+    async def vote(self, member: Member, task: AnnotationTask, deadline: float | None = None,
+                   asked: _Asked | None = None) -> Vote:
         """One member's vote; every failure becomes an abstaining vote with its reason.
 
         A one-pass member answers with its first token's distribution; when that token does not name one
         label, the member is asked again with constrained decoding (the vote's latency covers both). A vote
         on exactly the same request, when the task allows the cache, is answered from it without a call.
+        `asked`: the request already shaped and looked up (a wave's, by _shape_wave).
         """
         if tracing.traces is not None:
-            return await tracing.traces.vote(member, self._vote(member, task, deadline))
-        return await self._vote(member, task, deadline)
+            return await tracing.traces.vote(member, self._vote(member, task, deadline, asked))
+        return await self._vote(member, task, deadline, asked)
 
-    async def _vote(self, member: Member, task: AnnotationTask, deadline: float | None) -> Vote:
+    async def _vote(self, member: Member, task: AnnotationTask, deadline: float | None, asked: _Asked | None) -> Vote:
         started = time.perf_counter()
-        first_token = one_pass(member, task)
-        path, body = request(member, task, first_token)
         cache = self.cache if task.cache_tenant is not None else None
-        if cache is not None:
-            key = cache.key(task.cache_tenant, member, path, body, first_token, task)
-            if (hit := await cache.lookup(key, member.name)) is not None:
-                hit.latency_ms = _ms(started)
-                return hit
-        vote = await self._ask_member(member, task, deadline, first_token, started, path, body)
+        if asked is None:
+            asked = _shape(member, task)
+            if cache is not None:
+                asked.key = cache.key(task.cache_tenant, member, asked.path, asked.body, asked.first_token, task)
+                asked.hit = await cache.lookup(asked.key, member.name)
+                if asked.hit is not None:
+                    asked.hit.latency_ms = _ms(started)
+        if asked.hit is not None:
+            return asked.hit
+        first_token = asked.first_token
+        vote = await self._ask_member(member, task, deadline, first_token, started, asked.path, asked.body)
         if first_token and vote.error == UNDECIDED:
             vote = await self._ask_member(member, task, deadline, False, started, *request(member, task, False),
                                           spent=vote)
-        if cache is not None:
-            await cache.keep(key, vote)
+        if cache is not None and asked.key is not None:
+            cache.keep_soon(asked.key, vote)
         return vote
 
     async def _ask_member(self, member: Member, task: AnnotationTask, deadline: float | None, first_token: bool,
@@ -342,6 +370,21 @@ class Annotator:
         if logprobs is None:
             return {}, reply
         return {i: math.exp(lp) for i, lp in zip(missing, logprobs)}, reply
+
+
+@dataclass(slots=True)
+class _Asked:
+    """One member's request, shaped once for its call and its cache key, and the cached vote answering it."""
+    first_token: bool
+    path: str
+    body: dict[str, Any]
+    key: str | None = None
+    hit: Vote | None = None
+
+
+def _shape(member: Member, task: AnnotationTask) -> _Asked:
+    first_token = one_pass(member, task)
+    return _Asked(first_token, *request(member, task, first_token))
 
 
 def _ms(started: float) -> float:

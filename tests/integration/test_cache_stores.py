@@ -193,7 +193,7 @@ def test_an_unreadable_entry_is_a_miss(opened: Opened) -> None:
 
 
 def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(redis_url: str) -> None:
-    """Every vote looks itself up: those made together go to Redis as one MGET, their writes as one pipeline."""
+    """Every vote looks itself up: those made together go to Redis as one MGET, their writes as one call."""
     async def scenario() -> tuple[int, int, list[Vote | None]]:
         client = aioredis.Redis.from_url(redis_url)
         try:
@@ -213,5 +213,52 @@ def test_redis_gets_one_call_for_the_lookups_and_one_for_the_writes_of_a_turn(re
             await client.aclose()
 
     mgets, sets, found = run(scenario())
-    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs go in one pipeline, counted one by one)
+    assert mgets == 2 and sets == 50  # one MGET per round of lookups (the SETs: one script call, each counted)
     assert all(vote is not None and vote.cached for vote in found)
+
+
+def test_a_wave_is_looked_up_in_one_call_and_kept_without_waiting(opened: Opened) -> None:
+    """The request path looks a wave's members up together (lookup_many: one MGET on Redis) and keeps their votes
+    off the answer's critical path (keep_soon): written after the turn, found by the next lookup, failures never
+    kept, and the hits come back in the members' order."""
+    failed = Vote(member="n", label=None, error="no answer within 5s")
+
+    async def scenario() -> tuple[list[Vote | None], list[Vote | None]]:
+        async with opened() as store:
+            cache = cache_over(store)
+            keys = [cache.key("default", member, "/chat/completions", BODY, False, TASK) for member in (MEMBER, OTHER)]
+            before = await cache.lookup_many(keys, ["m", "n"])
+            cache.keep_soon(keys[0], VOTE)
+            cache.keep_soon(keys[1], failed)
+            await asyncio.sleep(0.05)  # the writes go after this turn
+            return before, await cache.lookup_many(keys, ["m", "n"])
+
+    before, after = run(scenario())
+    assert before == [None, None]
+    assert after[0] is not None and after[0].cached and after[0].member == "m" and after[0].probs == (0.9, 0.1)
+    assert after[0].cost_usd == 0 and after[1] is None
+
+
+def test_a_write_nobody_waits_for_is_logged_once_when_the_store_is_down(caplog: pytest.LogCaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_soon on an unreachable Redis: never raises to the request path; the outage is logged once."""
+    monkeypatch.setenv("CACHE_TEST_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+
+    async def scenario() -> bool:
+        client = redis_client(StoreSettings(redis_url_env="CACHE_TEST_REDIS_URL"))
+        health = StoreHealth(client.ping, probe_s=60)
+        cache = ResponseCache(RedisCacheStore(client), CacheSettings(), health)
+        for seed in range(20):
+            cache.keep_soon(cache.key("default", MEMBER, "/chat/completions", {**BODY, "seed": seed}, False, TASK),
+                            VOTE)
+            await asyncio.sleep(0.01)
+        up = health.up
+        await health.close()
+        await client.aclose()
+        return up
+
+    with caplog.at_level(logging.WARNING, logger="crowd_gateway.store"):
+        up = run(scenario())
+    assert not up
+    lines = [r.getMessage() for r in caplog.records if "(cache)" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("store unavailable (cache)"), lines
