@@ -73,13 +73,15 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(upstream: U
     first: Gateway = gateway_factory(config(upstream, names), env=env)
     client = OpenAI(base_url=first.v1, api_key="unused", max_retries=0)
     batch_id = start_batch(client, n)
-    while client.batches.retrieve(batch_id).request_counts.completed < 12:
+    store = redis.Redis.from_url(env["CROWD_GATEWAY_REDIS_URL"])
+    # killed while lines are leased (between two leases none is, and under load that gap is long enough to hit)
+    while (client.batches.retrieve(batch_id).request_counts.completed < 12
+           or store.zcard(f"crowd:batch:{{{batch_id}}}:leases") == 0):
         time.sleep(0.01)
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait()
 
     # what the dead process left behind in Redis: these leased lines are the only ones that may run twice
-    store = redis.Redis.from_url(env["CROWD_GATEWAY_REDIS_URL"])
     leased_at_kill = store.zcard(f"crowd:batch:{{{batch_id}}}:leases")
     done_at_kill = int(store.hget(f"crowd:batch:{{{batch_id}}}", "completed"))
     assert 0 < leased_at_kill <= CONCURRENCY and 12 <= done_at_kill < n  # the kill landed mid-batch
