@@ -210,10 +210,10 @@ class Annotator:
             return [], 0
         hedged: list[str] = []
         hedging = hedge and self.ensemble.routing.hedge
-        asked = await self._shape_wave(names, task, deadline)
-        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline, asked[name])
-                                             if hedging else self.vote(self.members[name], task, deadline, asked[name]))
-                 for name in names}
+        shaped = await self._shape_wave([self.members[name] for name in names], task, deadline)
+        calls = {name: asyncio.ensure_future(self._hedged_vote(name, task, view, hedged, deadline, asked) if hedging
+                                             else self.vote(self.members[name], task, deadline, asked))
+                 for name, asked in zip(names, shaped)}
         timeout = max(deadline - time.perf_counter(), 0.0)
         done, pending = await asyncio.wait(calls.values(), timeout=timeout)
         for fut in pending:
@@ -227,21 +227,22 @@ class Annotator:
                                   error=f"no answer before the ensemble deadline of {self.ensemble.deadline_s:g}s"))
         return votes, len(hedged)
 
-    async def _shape_wave(self, names: Sequence[str], task: AnnotationTask, deadline: float) -> dict[str, _Asked]:
+    async def _shape_wave(self, members: Sequence[Member], task: AnnotationTask,
+                          deadline: float | None) -> list[_Asked]:
         """Each member's request, and its cached vote: the whole wave looked up in one store call (a slow store
         keeps no wave past its deadline: its members are then asked, and abstain at once as they would have)."""
         started = time.perf_counter()
-        asked = {name: _shape(self.members[name], task) for name in names}
+        asked = [_shape(member, task) for member in members]
         cache = self.cache if task.cache_tenant is not None else None
         if cache is not None:
-            keys = [cache.key(task.cache_tenant, self.members[name], one.path, one.body, one.first_token, task)
-                    for name, one in asked.items()]
+            keys = [cache.key(task.cache_tenant, member, one.path, one.body, one.first_token, task)
+                    for member, one in zip(members, asked)]
             try:
-                async with asyncio.timeout(max(deadline - started, 0.0)):
-                    hits = await cache.lookup_many(keys, names)
+                async with asyncio.timeout(None if deadline is None else max(deadline - started, 0.0)):
+                    hits = await cache.lookup_many(keys, [member.name for member in members])
             except TimeoutError:
                 hits = [None] * len(keys)
-            for one, key, hit in zip(asked.values(), keys, hits):
+            for one, key, hit in zip(asked, keys, hits):
                 one.key = key
                 if hit is not None:
                     hit.latency_ms = _ms(started)
@@ -295,14 +296,8 @@ class Annotator:
 
     async def _vote(self, member: Member, task: AnnotationTask, deadline: float | None, asked: _Asked | None) -> Vote:
         started = time.perf_counter()
-        cache = self.cache if task.cache_tenant is not None else None
         if asked is None:
-            asked = _shape(member, task)
-            if cache is not None:
-                asked.key = cache.key(task.cache_tenant, member, asked.path, asked.body, asked.first_token, task)
-                asked.hit = await cache.lookup(asked.key, member.name)
-                if asked.hit is not None:
-                    asked.hit.latency_ms = _ms(started)
+            asked = (await self._shape_wave([member], task, deadline))[0]
         if asked.hit is not None:
             return asked.hit
         first_token = asked.first_token
@@ -310,8 +305,8 @@ class Annotator:
         if first_token and vote.error == UNDECIDED:
             vote = await self._ask_member(member, task, deadline, False, started, *request(member, task, False),
                                           spent=vote)
-        if cache is not None and asked.key is not None:
-            cache.keep_soon(asked.key, vote)
+        if self.cache is not None and asked.key is not None:  # a key is made only when the task allows the cache
+            self.cache.keep_soon(asked.key, vote)
         return vote
 
     async def _ask_member(self, member: Member, task: AnnotationTask, deadline: float | None, first_token: bool,
