@@ -37,9 +37,9 @@ from typing import Any
 from ensembles import metrics as m
 from ensembles.aggregators import get_aggregator, pick
 from ensembles.calibration import calibrate
-from ensembles.extract import fold
 from ensembles.refit import refit
 from ensembles.votes import Vote
+from gateway.asking.extract import fold
 from gateway.config import Config, load_config
 from gateway.tools.datasets import load_dataset, split_of
 from gateway.tools.embedded import embedded_gateway

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from ensembles.labels import LabelSet
+from gateway.asking.dialects import shape
 from gateway.config import Config, Member, load_config
-from gateway.upstream.dialects import shape
 from gateway.task import AnnotationTask
 
 

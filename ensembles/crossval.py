@@ -12,7 +12,8 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
-from ensembles.aggregators.base import Aggregator, FitData, Metric, Params, pick
+from ensembles.aggregators.base import Aggregator, FitData, Metric, Params
+from ensembles.labels import pick
 
 FOLDS = 5
 Dists = dict[str, list[float]]

@@ -29,6 +29,15 @@ def check_label_set(labels: Sequence[str]) -> list[str]:
     return cleaned
 
 
+def pick(distribution: Sequence[float]) -> int:
+    """Index of the most probable label; ties go to the earliest label of the set (deterministic)."""
+    best = 0
+    for i in range(1, len(distribution)):
+        if distribution[i] > distribution[best]:
+            best = i
+    return best
+
+
 @dataclass(frozen=True, slots=True)
 class LabelSet:
     """One request's label set in two forms.

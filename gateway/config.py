@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ensembles.escalation import Escalation, Review
 from ensembles.labels import check_label_set
-from ensembles.prompts import Template, Variant
+from gateway.asking.prompts import Template, Variant
 from routers import Knobs, router_class
 
 CONFIG_ENV = "CROWD_GATEWAY_CONFIG"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from ensembles.aggregators import get_aggregator, pick
-from ensembles.extract import fold
+from gateway.asking.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
 from gateway.errors import APIError, bad_request, named

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from ensembles.labels import LabelSet, check_label_set
-from ensembles.prompts import Template
+from gateway.asking.prompts import Template
 from gateway.config import Config
 from gateway.errors import APIError, bad_request
 

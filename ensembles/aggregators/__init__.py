@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ensembles.aggregators.auto import Auto
-from ensembles.aggregators.base import Aggregator, FitData, Params, pick
+from ensembles.aggregators.base import Aggregator, FitData, Params
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.glad import Glad
 from ensembles.aggregators.grouped import GroupedDawidSkene
@@ -14,6 +14,7 @@ from ensembles.aggregators.prior import Prior
 from ensembles.aggregators.skill_weighted import Wawa, ZeroBasedSkill
 from ensembles.aggregators.stacking import Stacking
 from ensembles.aggregators.weighted import Weighted
+from ensembles.labels import pick
 
 REGISTRY: dict[str, type[Aggregator]] = {
     cls.name: cls

@@ -27,13 +27,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, FitData, Params, pick
+from ensembles.aggregators.base import DEFAULT_SKILL, Aggregator, FitData, Params
 from ensembles.aggregators.dawid_skene import DawidSkene
 from ensembles.aggregators.majority import Majority
 from ensembles.aggregators.prior import Prior
 from ensembles.aggregators.stacking import Stacking
 from ensembles.aggregators.weighted import Weighted
 from ensembles.crossval import FOLDS, Dists, folds, item_weights, out_of_fold, paired_gain, scores
+from ensembles.labels import pick
 from ensembles.votes import Vote
 
 MEMBER = "member:"

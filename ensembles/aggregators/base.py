@@ -152,15 +152,6 @@ def split_items(item_votes: ItemVotes) -> tuple[dict[str, list[Vote]], dict[str,
     return llm, people
 
 
-def pick(distribution: Sequence[float]) -> int:
-    """Index of the most probable label; ties go to the earliest label of the set (deterministic)."""
-    best = 0
-    for i in range(1, len(distribution)):
-        if distribution[i] > distribution[best]:
-            best = i
-    return best
-
-
 def hard_counts(votes: Sequence[Vote], labels: Sequence[str]) -> list[float]:
     index = {label: i for i, label in enumerate(labels)}
     counts = [0.0] * len(labels)

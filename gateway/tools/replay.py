@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ensembles.aggregators import get_aggregator
 from ensembles.votes import Vote
 from gateway.annotate import Annotator
+from gateway.asking.asker import Asker
 from gateway.config import Config, Ensemble
 from gateway.task import AnnotationTask
 from gateway.upstream import Upstreams
@@ -37,14 +38,13 @@ async def record(config: Config, ensemble: Ensemble, tasks: Sequence[AnnotationT
     members = {m.name: m for m in config.members}
     names = asked_members(ensemble)
     upstreams = Upstreams(config.members, config.gateway.breaker)
-    annotator = Annotator(ensemble, members, upstreams, get_router(ensemble.router),
-                          get_aggregator(ensemble.aggregator))
+    asker = Asker(upstreams)
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(tasks) * len(names), desc="recording votes", unit="call", disable=None)
 
     async def one(task: AnnotationTask, name: str) -> tuple[str, Vote]:
         async with gate:
-            vote = await annotator.vote(members[name], task)  # the request path's own call and parsing
+            vote = await asker.vote(members[name], task)  # the request path's own call and parsing
         bar.update(1)
         return task.item_id, vote
 

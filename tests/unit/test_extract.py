@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ensembles.extract import first_token, parse_answer, soft_vote
 from ensembles.votes import Vote
+from gateway.asking.extract import first_token, parse_answer, soft_vote
 
 LABELS = ["positive", "negative", "very negative"]
 

@@ -110,3 +110,14 @@ def test_serve_loads_no_tool_and_a_tool_loads_only_itself() -> None:
     annotate = loaded_modules(build.format("annotate"), "gateway.tools.")
     assert "gateway.tools.annotate" in annotate
     assert not {"gateway.tools.tune", "gateway.tools.pool", "gateway.tools.evaluate", "gateway.tools.demo"} & set(annotate)
+
+
+def test_asking_a_worker_loads_no_aggregator_and_the_transport_knows_no_prompt() -> None:
+    """Asking one member (gateway/asking/: prompt, request, reply read as a vote) neither plans waves nor aggregates:
+    it loads no aggregator and not the annotator; the transport under it (gateway/upstream/) imports nothing of it."""
+    asker = "import gateway.asking.asker"
+    assert loaded_modules(asker, "ensembles.aggregators") == []
+    assert loaded_modules(asker, "gateway.annotate") == []
+    offenders = {module_name(p): sorted(m for m in imports_of(p) if m.startswith("gateway.asking"))
+                 for p in (ROOT / "gateway" / "upstream").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -6,10 +6,10 @@ import math
 
 import orjson
 
-from ensembles.extract import decisive_vote
+from gateway.asking.dialects import one_pass, prompt_template, shape
+from gateway.asking.extract import decisive_vote
 from gateway.config import parse_config
 from gateway.task import build_task
-from gateway.upstream.dialects import one_pass, prompt_template, shape
 
 INTENTS = ["play_music", "search_creative_work", "search_screening_event"]
 CONFIG = parse_config({

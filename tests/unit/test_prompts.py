@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ensembles.prompts import render_chat, render_completion, render_instructions
-from ensembles.prompts import Example, Template
+from gateway.asking.prompts import render_chat, render_completion, render_instructions
+from gateway.asking.prompts import Example, Template
 
 LABELS = ("positive", "negative")
 FEW_SHOT = Template(

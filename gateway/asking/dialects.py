@@ -4,7 +4,7 @@ vLLM takes `structured_outputs: {"choice": [...]}` and returns token log-probabi
 votes); llama.cpp's server takes a GBNF `grammar`; OpenAI-style providers take a json_schema
 `response_format` with an enum. The prompt comes from the member's template, else the task's,
 else the client's own messages are forwarded as they are. The prompt and the constraint list the labels
-as the client did (its order and spelling); reading the answer back is case-insensitive (ensembles/extract.py).
+as the client did (its order and spelling); reading the answer back is case-insensitive (extract.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ensembles.prompts import Template, Variant, completion_item, completion_prefix, cut, render_chat, with_variant
+from gateway.asking.prompts import Template, Variant, completion_item, completion_prefix, cut, render_chat, with_variant
 from gateway.config import Member
 from gateway.task import AnnotationTask
 
@@ -79,7 +79,7 @@ def one_pass(member: Member, task: AnnotationTask) -> bool:
 def scoring_request(member: Member, asked: dict[str, Any], labels: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
     """(path, body) asking a vLLM member for the log-probability of each of `labels` after the completion prompt
     of `asked` (its one-pass request): the prompt alone and the prompt followed by each label, one forward pass
-    each, with `prompt_logprobs` (ensembles/extract.label_logprobs reads the answer). None where the dialect or a
+    each, with `prompt_logprobs` (extract.label_logprobs reads the answer). None where the dialect or a
     chat prompt offers no such call."""
     prompt = asked.get("prompt")
     if member.dialect != "vllm" or not isinstance(prompt, str):
