@@ -17,9 +17,9 @@ from ensembles.aggregators import get_aggregator, pick
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
-from gateway.errors import APIError, bad_request, named
+from gateway.annotations.protocol import MAX_BULK, Feedback
+from gateway.errors import APIError, bad_request, invalid, named
 from gateway.http import authorize, int_param, json_response, read_json
-from gateway.protocol import MAX_BULK, Feedback, invalid
 from gateway.quality import check_gold, current_answer
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
