@@ -6,7 +6,8 @@ once; orjson writes the dataclasses natively, so they cost the handlers what the
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,3 +42,51 @@ class FeedbackBatch(BaseModel):
     which the handler reads line by line to name the bad line."""
 
     data: list[Feedback] = Field(min_length=1, max_length=MAX_BULK)
+
+
+@dataclass(kw_only=True)
+class FeedbackAnswer:
+    """One stored label: its item, the schema it counts for, the label as stored (canonical)."""
+
+    object: str = "annotation.feedback"
+    item_id: str
+    schema: str
+    label: str
+    source: str
+    resolved_review: bool
+
+
+@dataclass
+class Aggregate:
+    """An item's answer under the latest published parameters."""
+
+    label: str
+    confidence: float
+    distribution: dict[str, float]
+    aggregator: str
+    params_version: int
+
+
+@dataclass(kw_only=True)
+class StoredAnnotation:
+    """`GET /v1/annotations/{item_id}`: the stored item, its gold, its votes (canonical) and its aggregate."""
+
+    object: str = "annotation"
+    item_id: str
+    schema: str
+    labels: list[str]
+    text: str
+    ensemble: str
+    gold: str | None
+    votes: list[dict[str, Any]]
+    aggregate: Aggregate | None
+
+
+@dataclass(kw_only=True)
+class Refit:
+    """`POST /v1/annotations/refit`: the schemas refitted, each (schema, aggregator)'s version, what was skipped."""
+
+    object: str = "refit"
+    refitted: list[str]
+    versions: dict[str, int]
+    skipped: list[dict[str, Any]]

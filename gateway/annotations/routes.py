@@ -17,7 +17,7 @@ from ensembles.aggregators import get_aggregator, pick
 from ensembles.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
-from gateway.annotations.protocol import MAX_BULK, Feedback
+from gateway.annotations.protocol import MAX_BULK, Aggregate, Feedback, FeedbackAnswer, Refit, StoredAnnotation
 from gateway.errors import APIError, bad_request, invalid, named
 from gateway.http import authorize, int_param, json_response, read_json
 from gateway.quality import check_gold, current_answer
@@ -82,13 +82,13 @@ async def _checked(state: GatewayState, fb: Feedback,
 
 
 async def _store(state: GatewayState, fb: Feedback, found: tuple[ItemRecord, list[dict[str, Any]]], label: str,
-                 tenant: str) -> dict[str, Any]:
+                 tenant: str) -> FeedbackAnswer:
     item, raw_votes = found
     if await state.store.add_label(item, label, fb.source, fb.annotator) and raw_votes:
         check_gold(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes], label)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return {"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
-            "label": label, "source": fb.source, "resolved_review": resolved}
+    return FeedbackAnswer(item_id=fb.item_id, schema=unscoped(tenant, item.schema), label=label, source=fb.source,
+                          resolved_review=resolved)
 
 
 @router.get("/v1/annotations/params")
@@ -137,12 +137,13 @@ async def get_annotation(request: Request, item_id: str) -> Response:
     item, raw_votes = found
     answer = current_answer(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes])
     gold = (await state.store.gold(item.schema)).get(item.item_id)
-    aggregate = None if answer is None else {
-        "label": answer.label, "confidence": round(answer.confidence, 6),
-        "distribution": {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)},
-        "aggregator": answer.aggregator, "params_version": answer.params_version}
-    shown = {**item.wire(), "item_id": item_id, "schema": unscoped(tenant, item.schema)}
-    return json_response({"object": "annotation", **shown, "gold": gold, "votes": raw_votes, "aggregate": aggregate})
+    aggregate = None if answer is None else Aggregate(
+        answer.label, round(answer.confidence, 6),
+        {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)}, answer.aggregator,
+        answer.params_version)
+    return json_response(StoredAnnotation(item_id=item_id, schema=unscoped(tenant, item.schema), labels=item.labels,
+                                          text=item.text, ensemble=item.ensemble, gold=gold, votes=raw_votes,
+                                          aggregate=aggregate))
 
 
 @router.get("/v1/review")
@@ -193,8 +194,8 @@ async def refit_now(request: Request) -> Response:
     schemas = [s for s in await state.reliability.refit_due(force=True) if owns(tenant, s)]
     versions = {f"{unscoped(tenant, s)}/{a}": state.reliability.version_of(s, a)
                 for s in schemas for a in state.reliability.aggregators}
-    return json_response({"object": "refit", "refitted": [unscoped(tenant, s) for s in schemas],
-                          "versions": versions, "skipped": _skipped(state, tenant)})
+    return json_response(Refit(refitted=[unscoped(tenant, s) for s in schemas], versions=versions,
+                               skipped=_skipped(state, tenant)))
 
 
 def _skipped(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
