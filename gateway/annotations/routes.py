@@ -1,52 +1,21 @@
-"""Gold and human labels in, stored annotations and the review queue out.
+"""The annotation routes: gold and human labels in, stored annotations, the review queue and refits out.
 
-Human labels are stored as votes of `human:<annotator>` and join every answer on their item after the LLM
-crowd's posterior (ensembles/humans.py), with a reliability the next refit learns; gold labels anchor the fits
-and their calibration. A human label on a queued item resolves it.
+Thin handlers: the caller's tenant, the body or query parameters checked, then gateway/annotations/service.py.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from ensembles.aggregators import get_aggregator, pick
-from ensembles.extract import fold
-from ensembles.labels import LabelSet
-from ensembles.votes import Vote
-from gateway.annotations.protocol import MAX_BULK, Aggregate, Feedback, FeedbackAnswer, Refit, StoredAnnotation
-from gateway.errors import APIError, bad_request, invalid, named
+from gateway.annotations import service
+from gateway.annotations.protocol import MAX_BULK, Feedback
+from gateway.errors import bad_request, invalid
 from gateway.http import authorize, int_param, json_response, read_json
-from gateway.quality import check_gold, current_answer
 from gateway.state import GatewayState
-from gateway.store.votes import ItemRecord
-from gateway.task import checked_labels, schema_for_labels
-from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
 router = APIRouter()
-
-
-async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, list[dict[str, Any]]]:
-    """The tenant's stored item and its votes, or a new record without votes when the item has not been annotated
-    yet (needs `task` or `labels`)."""
-    item_id = scoped(tenant, fb.item_id)
-    found = await state.store.item(item_id)
-    if found is not None:
-        return found
-    if fb.task is not None:
-        task = state.config.task(fb.task)
-        if task is None:
-            raise APIError(400, f"unknown task {fb.task!r}", param="task", code="task_not_found")
-        return ItemRecord(item_id, scoped(tenant, task.name), list(task.labels), "", ""), []
-    if fb.labels is not None:
-        labels = LabelSet.adhoc(checked_labels(fb.labels, "labels", state.config.gateway.max_labels,
-                                               state.config.gateway.max_label_chars)).canonical
-        return ItemRecord(item_id, scoped(tenant, schema_for_labels(labels)), list(labels), "", ""), []
-    raise APIError(404, f"item {fb.item_id!r} has no stored votes: send `task` or `labels` with its label",
-                   param="item_id", code="item_not_found")
 
 
 @router.post("/v1/annotations/feedback")
@@ -63,32 +32,8 @@ async def post_feedback(request: Request) -> Response:
         feedback = [Feedback.model_validate(line) for line in (lines if lines is not None else [body])]
     except ValidationError as exc:
         raise invalid(exc) from None
-    checked = [await _checked(state, fb, tenant) for fb in feedback]
-    answers = [await _store(state, fb, found, label, tenant) for fb, (found, label) in zip(feedback, checked)]
+    answers = await service.add_feedback(state, feedback, tenant)
     return json_response({"object": "list", "data": answers} if lines is not None else answers[0])
-
-
-async def _checked(state: GatewayState, fb: Feedback,
-                   tenant: str) -> tuple[tuple[ItemRecord, list[dict[str, Any]]], str]:
-    """The item a label is for (with its votes) and the label as its schema stores it (canonical); a 400/404
-    names the bad one."""
-    found = await _record_for(state, fb, tenant)
-    item = found[0]
-    canonical = {fold(label): label for label in item.labels}.get(fold(fb.label))
-    if canonical is None:
-        raise bad_request(f"label {fb.label[:200]!r} is not in the label set of item {fb.item_id!r}: {named(item.labels)}",
-                          "label")
-    return found, canonical
-
-
-async def _store(state: GatewayState, fb: Feedback, found: tuple[ItemRecord, list[dict[str, Any]]], label: str,
-                 tenant: str) -> FeedbackAnswer:
-    item, raw_votes = found
-    if await state.store.add_label(item, label, fb.source, fb.annotator) and raw_votes:
-        check_gold(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes], label)
-    resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return FeedbackAnswer(item_id=fb.item_id, schema=unscoped(tenant, item.schema), label=label, source=fb.source,
-                          resolved_review=resolved)
 
 
 @router.get("/v1/annotations/params")
@@ -99,106 +44,35 @@ async def get_params(request: Request) -> Response:
     the setting that decides it."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
-    min_gold = state.config.refit.min_gold_for_calibration
-    data = []
-    for (schema, aggregator), published in sorted(state.reliability.params.items()):
-        if not owns(tenant, schema):
-            continue
-        params = published.params
-        gold = params.get("gold", (params.get("fitted_on") or {}).get("gold"))
-        entry = {"schema": unscoped(tenant, schema), "aggregator": aggregator, "version": published.version,
-                 "chosen": params.get("winner", aggregator), "metric": params.get("metric", state.config.refit.metric),
-                 "candidates": params.get("cv") or {}, "baseline": params.get("baseline"),
-                 "held_out": params.get("held_out"), "gold": gold, "fitted_on": params.get("fitted_on"),
-                 "calibrated": "crowd_temperature" in params, "people": _people(params.get("humans"))}
-        if aggregator == "auto" and not params.get("cv"):
-            entry["note"] = (f"{gold} gold items: auto scores its candidates from {min_gold} "
-                             f"(refit.min_gold_for_calibration); `weighted` serves until then")
-        data.append(entry)
-    return json_response({"object": "list", "data": data, "skipped": _skipped(state, tenant)})
-
-
-def _people(humans: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The people's reliability model in brief: method, how many people and items, the pooled matrix."""
-    if not humans:
-        return None
-    return {"method": humans["method"], "people": len(humans.get("people") or humans.get("weights") or {}),
-            "items": humans.get("items"), "pooled": humans.get("pooled")}
+    return json_response({"object": "list", "data": service.published_params(state, tenant),
+                          "skipped": service.skipped_refits(state, tenant)})
 
 
 @router.get("/v1/annotations/{item_id}")
 async def get_annotation(request: Request, item_id: str) -> Response:
     """The item's votes and its aggregate under the latest published parameters."""
     state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
-    found = await state.store.item(scoped(tenant, item_id))
-    if found is None:
-        raise APIError(404, f"no stored annotation for item {item_id!r}", param="item_id", code="item_not_found")
-    item, raw_votes = found
-    answer = current_answer(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes])
-    gold = (await state.store.gold(item.schema)).get(item.item_id)
-    aggregate = None if answer is None else Aggregate(
-        answer.label, round(answer.confidence, 6),
-        {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)}, answer.aggregator,
-        answer.params_version)
-    return json_response(StoredAnnotation(item_id=item_id, schema=unscoped(tenant, item.schema), labels=item.labels,
-                                          text=item.text, ensemble=item.ensemble, gold=gold, votes=raw_votes,
-                                          aggregate=aggregate))
+    return json_response(await service.stored_annotation(state, authorize(state, request), item_id))
 
 
 @router.get("/v1/review")
 async def list_review(request: Request, limit: str = "50", strategy: str = "queue") -> Response:
     """`strategy=queue`: the items flagged for review, oldest first. `strategy=uncertain`: the stored items
-    without gold where one human or gold label would help most: smallest margin between the two most
-    probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
+    without gold where one human or gold label would help most (service.most_uncertain)."""
     state: GatewayState = request.app.state.gateway
     tenant = authorize(state, request)
     count = int_param(limit, "limit", 1, 1000)
     if strategy == "uncertain":
-        entries = await _most_uncertain(state, tenant, count)
+        entries = await service.most_uncertain(state, tenant, count)
         return json_response({"object": "list", "data": entries, "total": len(entries)})
     if strategy != "queue":
         raise bad_request("strategy must be 'queue' or 'uncertain'", "strategy")
-    entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
-               for e in await state.store.reviews(count, tenant)]
-    total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
+    entries, total = await service.review_queue(state, tenant, count)
     return json_response({"object": "list", "data": entries, "total": total})
-
-
-async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[dict[str, Any]]:
-    ranked: list[tuple[float, float, dict[str, Any]]] = []
-    ranking = get_aggregator("weighted")  # soft votes under the latest fitted skills: no gold needed to rank
-    for schema, labels in (await state.store.schemas()).items():
-        if not owns(tenant, schema):
-            continue
-        gold = await state.store.gold(schema)
-        for item, raw in (await state.store.item_votes(schema)).items():
-            votes = [Vote.from_wire(v, len(labels)) for v in raw if v.get("label") is not None]
-            if item in gold or not votes:
-                continue
-            dist = ranking.posterior(votes, labels, state.reliability.get(schema, ranking.name))
-            top, second = sorted(dist, reverse=True)[:2]
-            agreement = max(sum(v.label == label for v in votes) for label in labels) / len(votes)
-            ranked.append((top - second, agreement, {
-                "item_id": unscoped(tenant, item), "schema": unscoped(tenant, schema), "margin": round(top - second, 6),
-                "agreement": round(agreement, 6), "label": labels[pick(dist)], "votes": len(votes)}))
-    ranked.sort(key=lambda r: (r[0], r[1]))
-    return [entry for *_, entry in ranked[:limit]]
 
 
 @router.post("/v1/annotations/refit")
 async def refit_now(request: Request) -> Response:
     """Refit every schema now (instead of waiting for N items or T seconds); returns the new versions."""
     state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
-    schemas = [s for s in await state.reliability.refit_due(force=True) if owns(tenant, s)]
-    versions = {f"{unscoped(tenant, s)}/{a}": state.reliability.version_of(s, a)
-                for s in schemas for a in state.reliability.aggregators}
-    return json_response(Refit(refitted=[unscoped(tenant, s) for s in schemas], versions=versions,
-                               skipped=_skipped(state, tenant)))
-
-
-def _skipped(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
-    """The tenant's schemas whose last refit was skipped, each with its reason and the deciding setting."""
-    return [{"schema": unscoped(tenant, schema), **why} for schema, why in sorted(state.reliability.skipped.items())
-            if owns(tenant, schema)]
+    return json_response(await service.refit(state, authorize(state, request)))
