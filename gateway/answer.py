@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -34,10 +33,6 @@ class Answer:
     spent: tuple[int, float] | None = None
     """(tokens, USD) the answer used, when known before it is sent; None for an error (nothing the gateway can
     count) and for a passthrough stream (known at its end: `execute`'s `stream_spent`)."""
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
-        return cls(status, orjson.dumps(data), headers or {})
 
     @classmethod
     def error(cls, exc: APIError) -> Answer:
