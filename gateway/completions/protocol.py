@@ -129,8 +129,6 @@ def refuse_unhonoured(body: dict[str, Any]) -> None:
                        param="response_format", code="unsupported_parameter")
 
 
-
-
 @dataclass
 class Usage:
     prompt_tokens: int
