@@ -15,11 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from gateway import tracing
-from gateway.batches import Batches
-from gateway.batches import router as batches_router
+from gateway.annotations.routes import router as annotations_router
+from gateway.batches.routes import router as batches_router
+from gateway.batches.service import Batches
+from gateway.completions.routes import HOT, HOT_ROUTES
 from gateway.config import Config, load_config
-from gateway.errors import (
-    APIError,
+from gateway.error_handlers import (
     handle_api_error,
     handle_client_disconnect,
     handle_http_exception,
@@ -27,14 +28,14 @@ from gateway.errors import (
     handle_store_unavailable,
     handle_unexpected,
 )
-from gateway.feedback import router as feedback_router
+from gateway.errors import APIError
 from gateway.lifecycle import on_stop_signal, run_stop_steps
 from gateway.loop_gate import GATE
-from gateway.protocol import document_routes
+from gateway.openapi import document_routes
 from gateway.quality import declare
 from gateway.requestid import RequestIdMiddleware
 from gateway.hotpath import GatewayApp
-from gateway.routes import HOT, HOT_ROUTES, router
+from gateway.routes import router
 from gateway.state import GatewayState
 
 
@@ -88,7 +89,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     app.state.batches = batches
     app.router.routes.extend(HOT_ROUTES)
     app.include_router(router)
-    app.include_router(feedback_router)
+    app.include_router(annotations_router)
     app.include_router(batches_router)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(ClientDisconnect, handle_client_disconnect)

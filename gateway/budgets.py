@@ -12,7 +12,7 @@ before any member is called (gateway/store/limiter.py), and its answer's tokens 
 Tokens are counted before the answer exists as an estimate: a quarter of the request body's bytes (about 4
 characters a token) plus its `max_completion_tokens` or `max_tokens`, times the members an ensemble may ask,
 capped at `tokens_per_minute`; the answer's `usage` then replaces the estimate. Spend is the answer's
-`usage.cost_usd` (the `x-crowd-cost-usd` of a passthrough answer, a stream's final usage chunk).
+`usage.cost_usd` (`Answer.spent`: an ensemble's usage, a passthrough's priced usage, a stream's final usage chunk).
 
 A store outage fails open: requests are served unchecked (`crowd_gateway_limits_unchecked_total`, the store's
 outage log), without `x-ratelimit-*` headers, and what they spend is counted in Prometheus but not in the store.
@@ -30,17 +30,16 @@ import time
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from gateway import metrics
+from gateway.answer import Answer
+from gateway.completions.service import execute
 from gateway.config import Limits
 from gateway.errors import APIError
-from gateway.serving import execute
 from gateway.state import GatewayState
 from gateway.store.health import STORE_ERRORS
 from gateway.store.limiter import Decision, Periods, Rate, Tally
 from gateway.task import Kind
-from gateway.upstream.reply import usage_tokens
 
 CHARS_PER_TOKEN = 4
 """The prompt's estimate before the answer's usage replaces it (tiktoken's rule of thumb for English text)."""
@@ -105,7 +104,7 @@ def _bucket(period: str, start: float, end: float, tally: Tally, budget: float |
 
 
 async def metered(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str,
-                  tenant: str, limits: Limits, job: bool = False) -> Response:
+                  tenant: str, limits: Limits, job: bool = False) -> Answer:
     """`execute` for a metered tenant: checked before, counted after, headers on the answer."""
     estimate = _estimate(state, body, raw, limits)
     decision = await check(state, tenant, limits, estimate)
@@ -127,19 +126,13 @@ async def metered(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         _settling.add(task)
         task.add_done_callback(_settling.discard)
 
-    response = await execute(state, body, raw, kind, path, tenant, job, stream_spent)
-    if not settled and not _streamed(response):
-        tokens, usd = _spent(response)
+    answer = await execute(state, body, raw, kind, path, tenant, job, stream_spent)
+    if not settled and not (answer.stream is not None and answer.spent is None):  # a passthrough stream: at its end
+        tokens, usd = answer.spent or (0, 0.0)  # an error used nothing the gateway can count
         await settle(state, tenant, limits, counted, tokens, usd)
     if decision is not None:
-        response.headers.update(_rate_headers(decision))
-    return response
-
-
-def _streamed(response: Response) -> bool:
-    """A passthrough stream, whose spend is known only at its end (`stream_spent`); an ensemble's stream is a
-    finished answer with its `spent`."""
-    return hasattr(response, "body_iterator") and not hasattr(response, "spent")
+        answer.headers.update(_rate_headers(decision))
+    return answer
 
 
 def _name(state: GatewayState, body: dict[str, Any]) -> str:
@@ -155,21 +148,6 @@ def _estimate(state: GatewayState, body: dict[str, Any], raw: bytes | None, limi
     calls = len(annotator.ensemble.members) if annotator is not None else 1
     estimate = (prompt + out) * calls
     return min(estimate, limits.tokens_per_minute) if limits.tokens_per_minute else estimate
-
-
-def _spent(response: Response) -> tuple[int, float]:
-    """(tokens, USD) of a finished answer: an ensemble's from its usage, a passthrough's from the member's body and
-    the priced header; an error used nothing the gateway can count."""
-    if (spent := getattr(response, "spent", None)) is not None:
-        return spent
-    if response.status_code >= 400:
-        return 0, 0.0
-    try:
-        data = orjson.loads(response.body)
-        prompt, completion = usage_tokens(data.get("usage") if isinstance(data, dict) else None)
-    except (orjson.JSONDecodeError, ValueError):
-        prompt = completion = 0
-    return prompt + completion, float(response.headers.get("x-crowd-cost-usd", 0.0))
 
 
 def _rate_headers(decision: Decision) -> dict[str, str]:
@@ -193,7 +171,7 @@ def reset_text(seconds: float) -> str:
     return (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "") + text
 
 
-def _refusal(tenant: str, limits: Limits, decision: Decision) -> Response:
+def _refusal(tenant: str, limits: Limits, decision: Decision) -> Answer:
     headers = _rate_headers(decision)
     if decision.refused in ("day", "month"):
         budget = limits.usd_per_day if decision.refused == "day" else limits.usd_per_month
@@ -202,7 +180,7 @@ def _refusal(tenant: str, limits: Limits, decision: Decision) -> Response:
                               f"budget of ${budget:g}; it renews at {when} (GET /v1/usage shows the spend)",
                          code="insufficient_quota", type="insufficient_quota",
                          headers={**headers, "x-should-retry": "false"})
-        return error.response()
+        return Answer.error(error)
     rate: Rate | None = decision.requests if decision.refused == "requests" else decision.tokens
     unit = "RPM" if decision.refused == "requests" else "TPM"
     wait = decision.retry_after_s
@@ -210,4 +188,4 @@ def _refusal(tenant: str, limits: Limits, decision: Decision) -> Response:
                f"{rate.limit if rate else '?'}, remaining {rate.remaining if rate else '?'}. "
                f"Please try again in {reset_text(wait)}.")
     headers.update({"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))})
-    return APIError(429, message, code="rate_limit_exceeded", type=decision.refused, headers=headers).response()
+    return Answer.error(APIError(429, message, code="rate_limit_exceeded", type=decision.refused, headers=headers))

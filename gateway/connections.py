@@ -31,7 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import metrics
-from gateway.errors import DEADLINE_PASSED, APIError
+from gateway.error_handlers import DEADLINE_PASSED
+from gateway.errors import APIError
 from gateway.loop_gate import GATE
 from gateway.requestid import request_id
 

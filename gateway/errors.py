@@ -1,26 +1,17 @@
-"""OpenAI-style error bodies: every failure a client sees is `{"error": {...}}` with the right status.
+"""OpenAI-style errors: every failure a client sees is `{"error": {...}}` with the right status.
 
-Why one module: handlers raise `APIError` anywhere on the request path; the app's exception
-handlers turn it (and anything unexpected) into the body the OpenAI SDK knows how to raise.
+Why one module without HTTP: `APIError` is raised anywhere (the service, the batch worker, the libraries of
+the request path), and its body is the same data whether it goes out as an HTTP answer or a batch line;
+gateway/error_handlers.py renders it (and anything unexpected) for the app.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import orjson
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-
-from gateway import metrics
-from gateway.requestid import REQUEST_ID
-
-log = logging.getLogger("crowd_gateway")
-
-DEADLINE_PASSED = "crowd_gateway.deadline_passed"
-"""Scope key set by gateway/connections.py when it closed the request's connection (it logged that already)."""
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -56,10 +47,6 @@ class APIError(Exception):
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> Response:
-        return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json",
-                        headers=self.headers)
-
 
 NAMED_LABELS = 20
 """Labels an error message names at most: a label set may have 1,000 labels of 200 characters."""
@@ -75,55 +62,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
     return APIError(400, message, param=param, code=code)
 
 
-async def handle_api_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return exc.response()
-
-
-async def handle_http_exception(_: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 for unknown routes, in OpenAI's shape."""
-    assert isinstance(exc, StarletteHTTPException)
-    code = "unknown_url" if exc.status_code == 404 else None
-    return APIError(exc.status_code, str(exc.detail), code=code).response()
-
-
-async def handle_request_validation(_: Request, exc: Exception) -> Response:
-    """FastAPI's parameter validation (query and path parameters), as a 400 naming the parameter."""
-    errors = getattr(exc, "errors", lambda: [])()
-    first = errors[0] if errors else {}
-    param = str(first.get("loc", ("", ""))[-1]) or None
-    return APIError(400, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value").response()
-
-
-async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
-    """A store outage (Redis unreachable or stalled, a socket error on the way) on any route: 503, never a traceback.
-
-    One handler for every store route (feedback, annotations, review, refit, params, files, batches): they
-    reach the store directly, and the outage is the same for all of them. It is logged once per outage
-    (gateway/store/health.py), by the request that met it first. The completion routes never get here: they
-    answer without storing (`stored: false`, gateway/serving.py)."""
-    request.app.state.gateway.health.failed("store routes", exc)
-    return APIError(503, "the gateway's store is unavailable; retry later", code="store_unavailable",
-                    headers={"Retry-After": "1"}).response()
-
-
-async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
-    """A client that went away before its request body arrived: one short line and a metric, no traceback.
-
-    Dropped connections are routine (client timeouts, cancelled jobs); a traceback for each one, logged by
-    this handler and again by uvicorn, turned 1,000 drops into 102k log lines and stalled /healthz (issue 12).
-    The answer goes nowhere: the connection is gone."""
-    if DEADLINE_PASSED not in request.scope:
-        metrics.CLIENT_DISCONNECTS.inc()
-        log.info("client went away before its request body arrived: %s %s", request.method, request.url.path)
-    return Response(status_code=499)
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    """Last resort: log the traceback server-side, never send it to the client.
-
-    Runs outside the middleware stack (Starlette's ServerErrorMiddleware), so it adds `x-request-id` itself."""
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    headers = {"x-request-id": rid} if (rid := REQUEST_ID.get()) else None
-    return APIError(500, "internal error in the gateway; the server log has the details",
-                    type="server_error", code="internal_error", headers=headers).response()
+def invalid(exc: ValidationError) -> APIError:
+    """A 400 naming the first invalid field of a pydantic validation error."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    what = "missing required parameter" if err["type"] == "missing" else err["msg"]
+    return APIError(400, f"{param}: {what}" if param else what, param=param,
+                    code="missing_required_parameter" if err["type"] == "missing" else "invalid_value")

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import handle_unexpected
+from gateway.error_handlers import handle_unexpected
 from gateway.requestid import REQUEST_ID, request_id
 
 Handler = Callable[[Request], Awaitable[Response]]

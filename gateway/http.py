@@ -1,4 +1,4 @@
-"""HTTP in and out for every route: the API-key check, bounded JSON bodies, JSON answers."""
+"""HTTP in and out for every route: the API-key check, bounded JSON bodies, JSON answers, the service's answers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from gateway.answer import Answer
 from gateway.errors import APIError, bad_request
 from gateway.state import GatewayState
 from gateway.tenancy import DEFAULT
@@ -15,6 +16,13 @@ from gateway.tenancy import DEFAULT
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def render(answer: Answer) -> Response:
+    """The service's answer as the HTTP response: the one place an `Answer` meets Starlette."""
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, answer.status, answer.headers, answer.media_type)
+    return Response(answer.body, answer.status, answer.headers, answer.media_type)
 
 
 def int_param(value: str, param: str, low: int, high: int) -> int:

@@ -16,7 +16,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -27,6 +27,9 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from ensembles.votes import Vote
 from gateway.config import Member
+
+if TYPE_CHECKING:
+    from gateway.completions.protocol import Annotation
 
 SERVICE = "crowd-gateway"
 """service.name unless OTEL_SERVICE_NAME (or OTEL_RESOURCE_ATTRIBUTES) names it."""
@@ -77,12 +80,12 @@ class Traces:
         return out
 
     @staticmethod
-    def annotated(ensemble: str, item_id: str, annotation: Mapping[str, Any], cost_usd: float) -> None:
+    def annotated(ensemble: str, annotation: Annotation, cost_usd: float) -> None:
         """What the request's span says about the answer (the current span: the request's)."""
-        votes = annotation["votes"]
+        votes = annotation.votes
         trace.get_current_span().set_attributes({
-            "crowd.ensemble": ensemble, "crowd.item_id": item_id, "crowd.label": annotation["label"],
-            "crowd.confidence": annotation["confidence"], "crowd.cost_usd": cost_usd,
+            "crowd.ensemble": ensemble, "crowd.item_id": annotation.item_id, "crowd.label": annotation.label,
+            "crowd.confidence": annotation.confidence, "crowd.cost_usd": cost_usd,
             "crowd.votes": len(votes), "crowd.votes_cached": sum(bool(v.get("cached")) for v in votes)})
 
     @contextmanager

@@ -34,7 +34,7 @@ OUTCOMES = ("right", "wrong")
 
 
 @dataclass(frozen=True)
-class Answer:
+class CurrentAnswer:
     """The crowd's answer to a stored item under the latest published parameters."""
 
     label: str
@@ -48,7 +48,7 @@ def bin_of(confidence: float) -> str:
     return BINS[min(int(confidence * 10), 9)]
 
 
-def current_answer(state: GatewayState, item: ItemRecord, votes: Sequence[Vote]) -> Answer | None:
+def current_answer(state: GatewayState, item: ItemRecord, votes: Sequence[Vote]) -> CurrentAnswer | None:
     """What the gateway answers for the item now (GET /v1/annotations/{id} shows it); None without a valid vote."""
     if not any(v.valid for v in votes):
         return None
@@ -59,8 +59,8 @@ def current_answer(state: GatewayState, item: ItemRecord, votes: Sequence[Vote])
     best = pick(dist)
     members = sum(v.valid and not v.member.startswith(HUMAN_PREFIX) for v in votes)  # as the answer counts them
     confidence = calibrate((params or {}).get("calibration"), dist[best], members)
-    return Answer(item.labels[best], confidence, dist, aggregator.name,
-                  state.reliability.version_of(item.schema, aggregator.name))
+    return CurrentAnswer(item.labels[best], confidence, dist, aggregator.name,
+                         state.reliability.version_of(item.schema, aggregator.name))
 
 
 def members_of(config: Config) -> dict[str, list[str]]:

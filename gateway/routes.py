@@ -1,53 +1,22 @@
-"""Route handlers of the wire contract: thin wrappers over `serving` (completions), models, health, metrics."""
+"""The app's own routes: models, the tenant's usage, health, readiness, metrics (the features' routes are in
+their folders: gateway/completions/, gateway/annotations/, gateway/batches/)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway import metrics
-from gateway.budgets import metered, usage
+from gateway.budgets import usage
 from gateway.errors import APIError
-from gateway.http import authorize, json_response, read_json
-from gateway.serving import OUTCOMES, execute
+from gateway.http import authorize, json_response
 from gateway.state import GatewayState
 from gateway.store.health import STORE_ERRORS
-from gateway.task import Kind
 
 router = APIRouter()
-
-
-async def _complete(request: Request, kind: Kind, path: str) -> Response:
-    state: GatewayState = request.app.state.gateway
-    try:
-        tenant = authorize(state, request)
-        body, raw = await read_json(state, request)
-    except APIError as exc:
-        metrics.child(metrics.REQUESTS, "-", OUTCOMES.get(exc.status, "error")).inc()
-        return exc.response()
-    if (limits := state.metered.get(tenant)) is not None:
-        return await metered(state, body, raw, kind, path, tenant, limits)
-    return await execute(state, body, raw, kind, path, tenant)
-
-
-async def chat_completions(request: Request) -> Response:
-    return await _complete(request, "chat", "/chat/completions")
-
-
-async def completions(request: Request) -> Response:
-    return await _complete(request, "completion", "/completions")
-
-
-HOT: dict[str, Callable[[Request], Awaitable[Response]]] = {"/v1/chat/completions": chat_completions,
-                                                             "/v1/completions": completions}
-"""Served before FastAPI's middleware stack (gateway/hotpath.py)."""
-HOT_ROUTES = [Route(path, handler, methods=["POST"]) for path, handler in HOT.items()]
-"""The same as plain Starlette routes, for the OpenAPI document and a 405 to other methods."""
 
 
 def _models(state: GatewayState) -> list[dict[str, Any]]:

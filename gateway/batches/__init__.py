@@ -1,6 +1,3 @@
-"""OpenAI's Files and Batches API on the gateway: durable annotation jobs run by an in-process worker."""
+"""OpenAI's Files and Batches API on the gateway: durable annotation jobs run by an in-process worker.
 
-from gateway.batches.routes import router
-from gateway.batches.service import Batches
-
-__all__ = ["Batches", "router"]
+Imports nothing: the batch worker's modules are loaded without the routes (the app imports them itself)."""

@@ -20,24 +20,22 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from gateway import metrics, tracing
+from gateway.answer import Answer
 from gateway.batches.jsonl import ENDPOINTS
 from gateway.batches.protocol import Record, batch_usage, file_record, now, output_line, result_file_id
 from gateway.batches.store import BatchStore
 from gateway.budgets import metered
+from gateway.completions.service import execute
 from gateway.config import BatchSettings, Limits
 from gateway.errors import APIError
-from gateway.serving import execute
 from gateway.store.health import STORE_ERRORS
 from gateway.tenancy import DEFAULT
 from gateway.state import GatewayState
-
-if TYPE_CHECKING:
-    from starlette.responses import Response
 
 log = logging.getLogger("crowd_gateway.batches")
 
@@ -48,26 +46,25 @@ async def run_line(state: GatewayState, raw: bytes, tenant: str = DEFAULT) -> tu
     body: dict[str, Any] = request["body"]
     kind, path = ENDPOINTS[request["url"]]
     if body.get("stream"):
-        response = APIError(400, "stream: true is not supported in a batch", param="stream",
-                            code="unsupported_value").response()
+        answer = Answer.error(APIError(400, "stream: true is not supported in a batch", param="stream",
+                                       code="unsupported_value"))
     else:
         try:
             limits = state.metered.get(tenant)
             if tracing.traces is None:
-                response = await _run(state, body, kind, path, tenant, limits)
+                answer = await _run(state, body, kind, path, tenant, limits)
             else:
                 with tracing.traces.batch_line(str(request["custom_id"])):
-                    response = await _run(state, body, kind, path, tenant, limits)
+                    answer = await _run(state, body, kind, path, tenant, limits)
         except Exception:  # a bug must cost one line, not the batch
             log.exception("batch line %s failed unexpectedly", request["custom_id"])
-            response = APIError(500, "internal error in the gateway; the server log has the details",
-                                type="server_error", code="internal_error").response()
-    ok = response.status_code < 400
-    return ok, output_line(request["custom_id"], response.status_code, bytes(response.body))
+            answer = Answer.error(APIError(500, "internal error in the gateway; the server log has the details",
+                                           type="server_error", code="internal_error"))
+    return answer.status < 400, output_line(request["custom_id"], answer.status, answer.body)
 
 
 async def _run(state: GatewayState, body: dict[str, Any], kind: str, path: str, tenant: str,
-               limits: Limits | None) -> Response:
+               limits: Limits | None) -> Answer:
     """A line as a request of its tenant: counted toward its budgets (waiting for its rates) when it is metered."""
     if limits is not None:
         return await metered(state, body, None, kind, path, tenant, limits, job=True)

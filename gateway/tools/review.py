@@ -22,7 +22,7 @@ from gateway.tools.embedded import v1_url
 from gateway.tools.review_formats import FORMATS, HumanLabel, ReviewItem
 
 MAX_BULK = 1000
-"""Lines per feedback request: the route's bulk limit (gateway/protocol.py)."""
+"""Lines per feedback request: the route's bulk limit (gateway/annotations/protocol.py)."""
 
 
 def _client(args: argparse.Namespace) -> Any:

@@ -65,11 +65,65 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
-def test_batch_worker_does_not_import_the_http_layer() -> None:
-    batch_modules = (ROOT / "gateway" / "batches").glob("*.py")
-    worker_side = [p for p in batch_modules if p.stem not in ("routes", "__init__")]
-    for path in worker_side:
-        assert not {"gateway.routes", "gateway.http"} & imports_of(path), path.name
+WEB_FRAMEWORKS = ("starlette", "fastapi")
+"""Where the request and response types live: the HTTP layer's, which the batch worker has no use for."""
+
+
+def every_import(path: Path) -> set[str]:
+    """Every module a file's import statements name, project or not: inside functions and `if TYPE_CHECKING:`
+    blocks too, each `from X import Y` as X and X.Y (Y may be a module)."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+            source = ".".join(part for part in (base, node.module or "") if part)
+            found.add(source)
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+    return found
+
+
+def reach(start: str) -> dict[str, str | None]:
+    """Every module `import start` can load, following every import statement of the project's modules and the
+    package `__init__` each import runs: module -> the project module that imports it (None for `start`)."""
+    files = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    via: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        for found in sorted(every_import(files[name])):
+            parts = found.split(".")
+            for n in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+                dep = ".".join(parts[:n])
+                if dep not in via and (dep in files or parts[0] not in PACKAGES):
+                    via[dep] = name
+                    if dep in files:
+                        todo.append(dep)
+    return via
+
+
+def chain(via: dict[str, str | None], module: str) -> str:
+    steps = [module]
+    while (parent := via[steps[-1]]) is not None:
+        steps.append(parent)
+    return " <- ".join(steps)
+
+
+def test_the_batch_worker_reaches_no_web_framework() -> None:
+    """The batch worker's side of gateway/batches/ runs the completion service and writes its answer as a line: it
+    reaches (transitively, lazy imports and package `__init__` files included) no module that imports Starlette's or
+    FastAPI's request or response types, and none of either framework is loaded with it."""
+    worker_side = [module_name(p) for p in (ROOT / "gateway" / "batches").glob("*.py") if p.stem != "routes"]
+    assert "gateway.completions.service" in reach("gateway.batches.worker")  # the walk follows what the worker runs
+    for start in worker_side:
+        via = reach(start)
+        offenders = [chain(via, m) for m in via if m.split(".")[0] in WEB_FRAMEWORKS]
+        assert offenders == [], start
+    assert loaded_modules("import gateway.batches.worker, gateway.batches.service", "starlette") == []
+    assert loaded_modules("import gateway.batches.worker, gateway.batches.service", "fastapi") == []
 
 
 def test_serving_package_loads_no_tool_dependencies() -> None:

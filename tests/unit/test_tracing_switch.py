@@ -20,7 +20,7 @@ def test_off_by_default_nothing_of_the_sdk_is_loaded_and_the_hot_routes_stay() -
     code = ("import sys\n"
             "from gateway.app import create_app\n"
             "from gateway.config import parse_config\n"
-            "from gateway.routes import HOT\n"
+            "from gateway.completions.routes import HOT\n"
             "app = create_app(parse_config({'members': [{'name': 'm', 'base_url': 'http://127.0.0.1:9/v1', "
             "'model': 'x'}]}))\n"
             "from gateway import tracing\n"

@@ -1,4 +1,5 @@
-"""Gold and human labels in, stored annotations and the review queue out.
+"""What the annotation routes do, without HTTP: store gold and human labels, read stored items back with their
+current answer, rank the review queue, list and run refits. Every call is a tenant's: it sees only its items.
 
 Human labels are stored as votes of `human:<annotator>` and join every answer on their item after the LLM
 crowd's posterior (ensembles/humans.py), with a reliability the next refit learns; gold labels anchor the fits
@@ -9,27 +10,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from pydantic import ValidationError
-from starlette.responses import Response
-
 from ensembles.aggregators import get_aggregator, pick
 from gateway.asking.extract import fold
 from ensembles.labels import LabelSet
 from ensembles.votes import Vote
+from gateway.annotations.protocol import Aggregate, Feedback, FeedbackAnswer, Refit, StoredAnnotation
 from gateway.errors import APIError, bad_request, named
-from gateway.http import authorize, int_param, json_response, read_json
-from gateway.protocol import MAX_BULK, Feedback, invalid
 from gateway.quality import check_gold, current_answer
 from gateway.state import GatewayState
 from gateway.store.votes import ItemRecord
 from gateway.task import checked_labels, schema_for_labels
 from gateway.tenancy import DEFAULT, owns, scoped, unscoped
 
-router = APIRouter()
+Found = tuple[ItemRecord, list[dict[str, Any]]]
+"""A stored item and its votes on the wire."""
 
 
-async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> tuple[ItemRecord, list[dict[str, Any]]]:
+async def add_feedback(state: GatewayState, feedback: list[Feedback], tenant: str) -> list[FeedbackAnswer]:
+    """Store each label; every one is checked (its item found, its label in the item's set) before any is stored,
+    so a bad line stores nothing."""
+    checked = [await _checked(state, fb, tenant) for fb in feedback]
+    return [await _store(state, fb, found, label, tenant) for fb, (found, label) in zip(feedback, checked)]
+
+
+async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> Found:
     """The tenant's stored item and its votes, or a new record without votes when the item has not been annotated
     yet (needs `task` or `labels`)."""
     item_id = scoped(tenant, fb.item_id)
@@ -49,27 +53,7 @@ async def _record_for(state: GatewayState, fb: Feedback, tenant: str) -> tuple[I
                    param="item_id", code="item_not_found")
 
 
-@router.post("/v1/annotations/feedback")
-async def post_feedback(request: Request) -> Response:
-    """One label (`{item_id, label, source, ...}`), or many at once (`{"data": [...]}`, up to MAX_BULK):
-    a human team's labels of a day go in one request; every line is checked before any is stored."""
-    state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
-    body, _ = await read_json(state, request)
-    lines = body.get("data") if set(body) == {"data"} else None
-    if lines is not None and (not isinstance(lines, list) or not 1 <= len(lines) <= MAX_BULK):
-        raise bad_request(f"data must be a list of 1 to {MAX_BULK} feedback objects", "data")
-    try:
-        feedback = [Feedback.model_validate(line) for line in (lines if lines is not None else [body])]
-    except ValidationError as exc:
-        raise invalid(exc) from None
-    checked = [await _checked(state, fb, tenant) for fb in feedback]
-    answers = [await _store(state, fb, found, label, tenant) for fb, (found, label) in zip(feedback, checked)]
-    return json_response({"object": "list", "data": answers} if lines is not None else answers[0])
-
-
-async def _checked(state: GatewayState, fb: Feedback,
-                   tenant: str) -> tuple[tuple[ItemRecord, list[dict[str, Any]]], str]:
+async def _checked(state: GatewayState, fb: Feedback, tenant: str) -> tuple[Found, str]:
     """The item a label is for (with its votes) and the label as its schema stores it (canonical); a 400/404
     names the bad one."""
     found = await _record_for(state, fb, tenant)
@@ -81,24 +65,17 @@ async def _checked(state: GatewayState, fb: Feedback,
     return found, canonical
 
 
-async def _store(state: GatewayState, fb: Feedback, found: tuple[ItemRecord, list[dict[str, Any]]], label: str,
-                 tenant: str) -> dict[str, Any]:
+async def _store(state: GatewayState, fb: Feedback, found: Found, label: str, tenant: str) -> FeedbackAnswer:
     item, raw_votes = found
     if await state.store.add_label(item, label, fb.source, fb.annotator) and raw_votes:
         check_gold(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes], label)
     resolved = await state.store.resolve_review(item.item_id) if fb.source == "human" else False
-    return {"object": "annotation.feedback", "item_id": fb.item_id, "schema": unscoped(tenant, item.schema),
-            "label": label, "source": fb.source, "resolved_review": resolved}
+    return FeedbackAnswer(item_id=fb.item_id, schema=unscoped(tenant, item.schema), label=label, source=fb.source,
+                          resolved_review=resolved)
 
 
-@router.get("/v1/annotations/params")
-async def get_params(request: Request) -> Response:
-    """What the last refit published per schema and aggregator: the aggregator `auto` chose, every candidate's
-    cross-validated score on every metric (`candidates`), the most-frequent-label `baseline`, the served answer's
-    held-out scores, the people's reliability model; and each schema whose refit was skipped, with the reason and
-    the setting that decides it."""
-    state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
+def published_params(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
+    """What the last refit published per schema and aggregator (see `GET /v1/annotations/params`)."""
     min_gold = state.config.refit.min_gold_for_calibration
     data = []
     for (schema, aggregator), published in sorted(state.reliability.params.items()):
@@ -115,7 +92,7 @@ async def get_params(request: Request) -> Response:
             entry["note"] = (f"{gold} gold items: auto scores its candidates from {min_gold} "
                              f"(refit.min_gold_for_calibration); `weighted` serves until then")
         data.append(entry)
-    return json_response({"object": "list", "data": data, "skipped": _skipped(state, tenant)})
+    return data
 
 
 def _people(humans: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -126,45 +103,39 @@ def _people(humans: dict[str, Any] | None) -> dict[str, Any] | None:
             "items": humans.get("items"), "pooled": humans.get("pooled")}
 
 
-@router.get("/v1/annotations/{item_id}")
-async def get_annotation(request: Request, item_id: str) -> Response:
-    """The item's votes and its aggregate under the latest published parameters."""
-    state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
+def skipped_refits(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's schemas whose last refit was skipped, each with its reason and the deciding setting."""
+    return [{"schema": unscoped(tenant, schema), **why} for schema, why in sorted(state.reliability.skipped.items())
+            if owns(tenant, schema)]
+
+
+async def stored_annotation(state: GatewayState, tenant: str, item_id: str) -> StoredAnnotation:
+    """The item's votes and its aggregate under the latest published parameters; 404 when it is not stored."""
     found = await state.store.item(scoped(tenant, item_id))
     if found is None:
         raise APIError(404, f"no stored annotation for item {item_id!r}", param="item_id", code="item_not_found")
     item, raw_votes = found
     answer = current_answer(state, item, [Vote.from_wire(v, len(item.labels)) for v in raw_votes])
     gold = (await state.store.gold(item.schema)).get(item.item_id)
-    aggregate = None if answer is None else {
-        "label": answer.label, "confidence": round(answer.confidence, 6),
-        "distribution": {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)},
-        "aggregator": answer.aggregator, "params_version": answer.params_version}
-    shown = {**item.wire(), "item_id": item_id, "schema": unscoped(tenant, item.schema)}
-    return json_response({"object": "annotation", **shown, "gold": gold, "votes": raw_votes, "aggregate": aggregate})
+    aggregate = None if answer is None else Aggregate(
+        answer.label, round(answer.confidence, 6),
+        {label: round(p, 6) for label, p in zip(item.labels, answer.distribution)}, answer.aggregator,
+        answer.params_version)
+    return StoredAnnotation(item_id=item_id, schema=unscoped(tenant, item.schema), labels=item.labels, text=item.text,
+                            ensemble=item.ensemble, gold=gold, votes=raw_votes, aggregate=aggregate)
 
 
-@router.get("/v1/review")
-async def list_review(request: Request, limit: str = "50", strategy: str = "queue") -> Response:
-    """`strategy=queue`: the items flagged for review, oldest first. `strategy=uncertain`: the stored items
-    without gold where one human or gold label would help most: smallest margin between the two most
-    probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
-    state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
-    count = int_param(limit, "limit", 1, 1000)
-    if strategy == "uncertain":
-        entries = await _most_uncertain(state, tenant, count)
-        return json_response({"object": "list", "data": entries, "total": len(entries)})
-    if strategy != "queue":
-        raise bad_request("strategy must be 'queue' or 'uncertain'", "strategy")
+async def review_queue(state: GatewayState, tenant: str, count: int) -> tuple[list[dict[str, Any]], int]:
+    """The first `count` items flagged for review, oldest first, and how many are queued."""
     entries = [{**e, "item_id": unscoped(tenant, e["item_id"]), "schema": unscoped(tenant, e["schema"])}
                for e in await state.store.reviews(count, tenant)]
     total = await state.store.review_count() if tenant == DEFAULT else len(await state.store.reviews(10**6, tenant))
-    return json_response({"object": "list", "data": entries, "total": total})
+    return entries, total
 
 
-async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[dict[str, Any]]:
+async def most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[dict[str, Any]]:
+    """The stored items without gold where one human or gold label would help most: smallest margin between the two
+    most probable labels under the latest parameters, most disagreeing votes first (CoAnnotating-style)."""
     ranked: list[tuple[float, float, dict[str, Any]]] = []
     ranking = get_aggregator("weighted")  # soft votes under the latest fitted skills: no gold needed to rank
     for schema, labels in (await state.store.schemas()).items():
@@ -185,19 +156,10 @@ async def _most_uncertain(state: GatewayState, tenant: str, limit: int) -> list[
     return [entry for *_, entry in ranked[:limit]]
 
 
-@router.post("/v1/annotations/refit")
-async def refit_now(request: Request) -> Response:
-    """Refit every schema now (instead of waiting for N items or T seconds); returns the new versions."""
-    state: GatewayState = request.app.state.gateway
-    tenant = authorize(state, request)
+async def refit(state: GatewayState, tenant: str) -> Refit:
+    """Refit every schema now; the tenant's refitted schemas with their new versions."""
     schemas = [s for s in await state.reliability.refit_due(force=True) if owns(tenant, s)]
     versions = {f"{unscoped(tenant, s)}/{a}": state.reliability.version_of(s, a)
                 for s in schemas for a in state.reliability.aggregators}
-    return json_response({"object": "refit", "refitted": [unscoped(tenant, s) for s in schemas],
-                          "versions": versions, "skipped": _skipped(state, tenant)})
-
-
-def _skipped(state: GatewayState, tenant: str) -> list[dict[str, Any]]:
-    """The tenant's schemas whose last refit was skipped, each with its reason and the deciding setting."""
-    return [{"schema": unscoped(tenant, schema), **why} for schema, why in sorted(state.reliability.skipped.items())
-            if owns(tenant, schema)]
+    return Refit(refitted=[unscoped(tenant, s) for s in schemas], versions=versions,
+                 skipped=skipped_refits(state, tenant))

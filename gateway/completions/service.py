@@ -1,7 +1,8 @@
 """The one service behind the completion routes and the batch worker: answer one completion body.
 
 An ensemble's body becomes an annotation task, the annotator runs it, the votes are stored and
-the answer is built; a member's body is proxied. Whatever goes wrong is an `APIError` response.
+the answer is built; a member's body is proxied. The answer is data (gateway/answer.py), which the routes
+render as HTTP and the batch worker as an output line; whatever goes wrong is an `APIError`'s answer.
 """
 
 from __future__ import annotations
@@ -9,25 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-from starlette.responses import Response, StreamingResponse
 
 from ensembles.votes import HUMAN_PREFIX, Vote
 from gateway import metrics, tracing
 from gateway.annotate import Outcome
+from gateway.answer import Answer
+from gateway.completions.passthrough import proxy, proxy_stream
+from gateway.completions.protocol import ensemble_answer, ensemble_reply, refuse_unhonoured, validate_body
 from gateway.errors import APIError
-from gateway.http import json_response
-from gateway.passthrough import proxy, proxy_stream
-from gateway.protocol import (
-    annotation_block,
-    completion_body,
-    refuse_unhonoured,
-    stream_events,
-    usage_block,
-    validate_body,
-)
 from gateway.quality import count_votes
 from gateway.state import GatewayState
 from gateway.store.health import STORE_ERRORS
@@ -45,13 +37,13 @@ OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad
 
 async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, kind: Kind, path: str,
                   tenant: str = DEFAULT, job: bool = False,
-                  stream_spent: Callable[[int, float], None] | None = None) -> Response:
-    """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error response.
+                  stream_spent: Callable[[int, float], None] | None = None) -> Answer:
+    """Answer one completion body (from HTTP or a batch line): ensemble, passthrough or an error.
 
     `tenant` owns what the answer stores (votes, review entries): see gateway/tenancy.py. `job`: a batch
     line, whose member calls may be grouped with other items' (gateway/upstream/grouping.py). `stream_spent`
     hears a passthrough stream's tokens and cost when it ends (gateway/budgets.py); any other answer carries
-    what it spent in its body and headers (an ensemble's as `response.spent` too).
+    what it spent (`Answer.spent`).
     """
     started = time.perf_counter()
     model = body.get("model")
@@ -60,7 +52,7 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         validate_body(body, kind)
         if model in state.annotators:
             with state.admission.admit(state.annotators[model].ensemble, tenant, by_capacity=not job):
-                response, waited = await _annotate(state, model, body, kind, tenant, job)
+                answer = await _annotate(state, model, body, kind, tenant, job)
             route = "ensemble"
         elif model in state.members:
             member = state.members[model]
@@ -72,8 +64,8 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
                         stream_spent(tokens, cost)
 
                 return await proxy_stream(state.upstreams, member, path, body, ended)
-            response = await proxy(state.upstreams, member, path, body, raw)
-            waited, route = response.upstream_wait_s, "passthrough"  # type: ignore[attr-defined]
+            answer = await proxy(state.upstreams, member, path, body, raw)
+            route = "passthrough"
         else:
             raise APIError(404, f"the model {model!r} does not exist: it names no ensemble or member of this "
                                 f"gateway (GET /v1/models lists them)", param="model", code="model_not_found")
@@ -81,12 +73,12 @@ async def execute(state: GatewayState, body: dict[str, Any], raw: bytes | None, 
         metrics.child(metrics.REQUESTS, name, OUTCOMES.get(exc.status, "error")).inc()
         if exc.code == "quorum_not_met":
             exc.headers = {**(exc.headers or {}), **_retry_hint(state, model)}
-        return exc.response()
+        return Answer.error(exc)
     elapsed = time.perf_counter() - started
-    metrics.child(metrics.REQUESTS, name, "ok" if response.status_code < 400 else "error").inc()
+    metrics.child(metrics.REQUESTS, name, "ok" if answer.status < 400 else "error").inc()
     metrics.child(metrics.REQUEST_DURATION, name).observe(elapsed)
-    metrics.child(metrics.OVERHEAD, route).observe(max(elapsed - waited, 0.0))
-    return response
+    metrics.child(metrics.OVERHEAD, route).observe(max(elapsed - answer.upstream_wait_s, 0.0))
+    return answer
 
 
 def _retry_hint(state: GatewayState, ensemble: str) -> dict[str, str]:
@@ -99,13 +91,8 @@ def _retry_hint(state: GatewayState, ensemble: str) -> dict[str, str]:
     return {"x-should-retry": "false"}
 
 
-async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
-
-
-async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind,
-                    tenant: str, job: bool) -> tuple[Response, float]:
+async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind: Kind, tenant: str,
+                    job: bool) -> Answer:
     """Annotate; with `stream: true` the finished answer goes out as SSE chunks (errors stay JSON: nothing
     is sent before the votes are in)."""
     refuse_unhonoured(body)
@@ -117,29 +104,17 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     people = await stored_people(state, task, tenant) if params and "humans" in params else []
     outcome = await annotator.run(task, params, people)
     votes = [vote.wire() for vote in outcome.votes]
-    annotation = annotation_block(outcome, task, aggregator, state.reliability.version_of(schema, aggregator), votes)
-    usage = usage_block(outcome)
-    annotation["stored"] = await remember(state, model, task, outcome, votes, annotation["confidence"], tenant)
+    stored = await remember(state, model, task, outcome, votes, tenant)
+    reply = ensemble_reply(model, task, outcome, aggregator, state.reliability.version_of(schema, aggregator), votes,
+                           stored)
     if tracing.traces is not None:
-        tracing.traces.annotated(model, task.item_id, annotation, usage["cost_usd"])
-    metrics.child(metrics.CONFIDENCE, model).observe(annotation["confidence"])
+        tracing.traces.annotated(model, reply.annotation, reply.usage.cost_usd)
+    metrics.child(metrics.CONFIDENCE, model).observe(reply.annotation.confidence)
     metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
     count_votes(model, outcome.label, outcome.votes, outcome.needs_review)
-    headers = {"x-crowd-confidence": f"{annotation['confidence']:.6f}", "x-crowd-cost-usd": f"{usage['cost_usd']:.10f}",
-               "x-crowd-stop-reason": outcome.stop_reason,
-               "x-crowd-votes-stored": "true" if annotation["stored"] else "false"}
-    answer = completion_body(model, task, annotation, usage)
-    response: Response
-    if body.get("stream"):
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        events = stream_events(answer, include_usage)
-        response = StreamingResponse(_events(events), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
-    else:
-        response = json_response(answer, headers=headers)
-    response.spent = (usage["total_tokens"], usage["cost_usd"])  # type: ignore[attr-defined]
-    return response, outcome.upstream_wait_s
+    answer = ensemble_answer(reply, body)
+    answer.upstream_wait_s = outcome.upstream_wait_s
+    return answer
 
 
 async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) -> list[Vote]:
@@ -158,7 +133,7 @@ async def stored_people(state: GatewayState, task: AnnotationTask, tenant: str) 
 
 
 async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, outcome: Outcome,
-                   votes: list[dict[str, Any]], confidence: float, tenant: str) -> bool:
+                   votes: list[dict[str, Any]], tenant: str) -> bool:
     """Keep the votes (on the wire, canonical: the task's `labels`) for refits and queue the item for review
     when flagged; False when they could not be.
 
@@ -175,7 +150,8 @@ async def remember(state: GatewayState, ensemble: str, task: AnnotationTask, out
             await state.store.record(item, votes)
             if outcome.needs_review:
                 distribution = {label: round(p, 6) for label, p in zip(task.labels, outcome.distribution)}
-                await state.store.enqueue_review({**item.wire(), "label": outcome.label, "confidence": confidence,
+                await state.store.enqueue_review({**item.wire(), "label": outcome.label,
+                                                  "confidence": round(outcome.confidence, 6),
                                                   "distribution": distribution, "queued_at": time.time()})
             return True
         except STORE_ERRORS as exc:

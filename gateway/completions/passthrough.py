@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from starlette.responses import Response, StreamingResponse
 
+from gateway.answer import SSE, Answer
 from gateway.config import Member
 from gateway.errors import APIError
 from gateway.upstream import UpstreamError, Upstreams
@@ -45,31 +45,30 @@ async def _open(upstreams: Upstreams, member: Member, path: str, body: dict[str,
         raise upstream_failure(exc) from None
 
 
-async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None) -> Response:
-    """Forward a non-streaming request; relay the member's status and body."""
+async def proxy(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any], raw: bytes | None) -> Answer:
+    """Forward a non-streaming request; relay the member's status and body, with what it cost."""
     started = time.perf_counter()
     reply = await _open(upstreams, member, path, body, raw, stream=False)
     waited = time.perf_counter() - started
-    headers = {}
-    if reply.status == 200:
-        headers["x-crowd-cost-usd"] = f"{_reply_cost(upstreams, member, reply.body):.10f}"
-    response = Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
-    response.upstream_wait_s = waited  # type: ignore[attr-defined]
-    return response
+    if reply.status != 200:  # an error used nothing the gateway can count
+        return Answer(reply.status, reply.body, {}, reply.content_type, upstream_wait_s=waited, spent=(0, 0.0))
+    tokens, cost = _reply_cost(upstreams, member, reply.body)
+    return Answer(reply.status, reply.body, {"x-crowd-cost-usd": f"{cost:.10f}"}, reply.content_type,
+                  upstream_wait_s=waited, spent=(tokens, cost))
 
 
-def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> float:
-    """What the call cost, from the body's usage; a body without readable usage is relayed at cost 0."""
+def _reply_cost(upstreams: Upstreams, member: Member, body: bytes) -> tuple[int, float]:
+    """The call's tokens and cost, from the body's usage; a body without readable usage is relayed at 0 and cost 0."""
     try:
         data = orjson.loads(body)
         prompt, completion = usage_tokens(data.get("usage") if isinstance(data, dict) else None)
     except (orjson.JSONDecodeError, ValueError):
-        return 0.0
-    return upstreams.account(member.name, prompt, completion)
+        return 0, 0.0
+    return prompt + completion, upstreams.account(member.name, prompt, completion)
 
 
 async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: dict[str, Any],
-                       ended: Callable[[bool, int, float], None]) -> Response:
+                       ended: Callable[[bool, int, float], None]) -> Answer:
     """Relay an SSE stream chunk by chunk; the upstream's final usage chunk passes through and is priced.
 
     `ended(ok, tokens, cost)` is called once the answer is over: at once for an error status, else when the
@@ -82,15 +81,15 @@ async def proxy_stream(upstreams: Upstreams, member: Member, path: str, body: di
         resp.release()
         upstreams.record_stream_end(member.name, "ok" if resp.status < 500 else "error", time.perf_counter() - started)
         ended(False, 0, 0.0)
-        return Response(data, status_code=resp.status, media_type=resp.headers.get("Content-Type"))
-    return StreamingResponse(_relay(upstreams, member.name, resp, started, ended), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Answer(resp.status, data, {}, resp.headers.get("Content-Type"))
+    return Answer(200, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, media_type=SSE,
+                  stream=_relay(upstreams, member.name, resp, started, ended))
 
 
 async def _relay(upstreams: Upstreams, name: str, resp: aiohttp.ClientResponse, started: float,
                  ended: Callable[[bool, int, float], None]) -> AsyncIterator[bytes]:
-    """The member's bytes as they come. A client that leaves cancels this generator (Starlette listens for the
-    disconnect): the member's connection is closed, so it stops generating for nobody."""
+    """The member's bytes as they come. A client that leaves cancels this generator (the route's response listens
+    for the disconnect): the member's connection is closed, so it stops generating for nobody."""
     tail = b""
     outcome: StreamEnd = "error"
     tokens, cost = 0, 0.0
