@@ -2,7 +2,8 @@
 loop thread, requests sent through httpx.ASGITransport. Tests stay synchronous and may share one app (and its
 upstream connections) across a module; the official openai client works against it through `openai()`.
 
-No port, no process: what is left to go over real HTTP is the app's own calls to the fake upstream. With `port`,
+No port, no process. Its calls to members go over TCP, or, with `connector` (an `InProcessUpstream`'s), to the fake
+upstream in this process without a socket (tests/harness/memory.py). With `port`,
 uvicorn also serves the app on 127.0.0.1 (on the same loop) for a client that needs a URL, such as a CLI run in
 the test; metrics are this process's, so a test that reads them from outside wants a gateway process instead."""
 
@@ -21,6 +22,7 @@ from openai import OpenAI
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.upstream.client import Connector, tcp_connector
 
 T = TypeVar("T")
 BASE = "http://gateway.test"
@@ -51,8 +53,8 @@ class InProcessGateway:
     url = BASE
     v1 = f"{BASE}/v1"
 
-    def __init__(self, config: dict[str, Any], port: int | None = None) -> None:
-        self.app: FastAPI = create_app(parse_config(config))
+    def __init__(self, config: dict[str, Any], port: int | None = None, connector: Connector = tcp_connector) -> None:
+        self.app: FastAPI = create_app(parse_config(config), connector)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="in-process-gateway", daemon=True)
         self.thread.start()

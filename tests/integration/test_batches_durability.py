@@ -16,7 +16,7 @@ import pytest
 import redis
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member
 
 LEASE_S = 1.0
 CONCURRENCY = 6

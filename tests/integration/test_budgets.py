@@ -19,9 +19,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member
 from tests.integration.test_batches_durability import db_url, finish
-from tests.inprocess import InProcessGateway
+from tests.harness.inprocess import InProcessGateway
 from tests.integration.test_outages import OwnRedis, own_redis, wait_for  # noqa: F401 - own_redis is a fixture
 
 KEYS = {"BUDGET_BURST_KEYS": "k-burst", "BUDGET_BROKE_KEYS": "k-broke", "BUDGET_METER_KEYS": "k-meter",

@@ -21,7 +21,7 @@ import orjson
 import yaml
 from openai import OpenAI
 
-from tests.conftest import BIN, Upstream, free_port, member, stop, wait_http
+from tests.harness import BIN, Upstream, free_port, member, stop, wait_http
 
 LIMIT_S = 1.0
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, free_port, redis_argv, stop, wait_redis
+from tests.harness import Gateway, Upstream, free_port, redis_argv, stop, wait_redis
 
 FIVE = ["f1", "f2", "f3", "f4", "odd"]
 ODD_REPLIES = [

@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import BIN, Gateway, Upstream, member
+from tests.harness import BIN, Gateway, Upstream, member
 
 LABELS = ["positive", "negative", "neutral"]
 gateway_workers = 2  # one process pair for every test here, the metrics merge across workers included

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, free_port, member, redis_argv, stop, wait_redis
+from tests.harness import Gateway, Upstream, free_port, member, redis_argv, stop, wait_redis
 from tests.integration.test_batches_durability import custom_ids, finish, start_batch
 
 BOUND_S = 8.0

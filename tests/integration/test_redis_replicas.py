@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Upstream
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream
+from tests.harness.inprocess import InProcessGateway
 from tests.unit.test_reliability import LABELS, config, feedback
 
 

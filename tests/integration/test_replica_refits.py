@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member
 from tests.integration.test_batches_durability import custom_ids, db_url, finish, start_batch
 
 EVERY = 30

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import BIN, Upstream, free_port, stop, wait_http
+from tests.harness import BIN, Upstream, free_port, stop, wait_http
 
 
 def serve_output(upstream: Upstream, tmp_path: Path, *extra: str) -> tuple[str, str]:

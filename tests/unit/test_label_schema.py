@@ -9,8 +9,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 SPELLINGS = [["positive", "negative"], ["negative", "positive"], ["Positive", "Negative"]]
 
