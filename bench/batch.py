@@ -38,7 +38,7 @@ from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import BIN, free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
+from tests.harness import BIN, free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
 
 LABELS = ["positive", "negative"]
 TASK = {"name": "sentiment", "labels": LABELS, "prompt_style": "completion",

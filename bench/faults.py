@@ -66,7 +66,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.overhead import cpu_seconds  # noqa: E402
-from tests.conftest import free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
+from tests.harness import free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
 from tests.integration.test_faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
 
 GATEWAY_CPU, LOAD_CPU = 0, 1

@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import Gateway, Upstream, free_port, start_gateway, stop, wait_http  # noqa: E402
+from tests.harness import Gateway, Upstream, free_port, start_gateway, stop, wait_http  # noqa: E402
 from tests.integration.test_outages import (  # noqa: E402
     BOUND_S, NAMES, OwnRedis, batch_through_outage, config, idle_outage, sigterm_with_redis_gone)
 

@@ -35,7 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import free_port, stop, wait_http  # noqa: E402
+from tests.harness import free_port, stop, wait_http  # noqa: E402
 
 MASTER_KEY = "sk-bench"
 CHAT = {"messages": [{"role": "user", "content": "The film was a delight from start to finish."}]}

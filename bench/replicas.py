@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.batch import cpu_seconds, fake_config, finish_batch, script_members, texts, upload_lines  # noqa: E402
 from bench.scale import children  # noqa: E402
-from tests.conftest import Gateway, free_port, redis_argv, start_gateway, stop, wait_http, wait_redis  # noqa: E402
+from tests.harness import Gateway, free_port, redis_argv, start_gateway, stop, wait_http, wait_redis  # noqa: E402
 from tests.integration.test_batches_durability import custom_ids, lines_run  # noqa: E402
 
 MEMBERS = 5

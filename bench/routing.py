@@ -64,7 +64,7 @@ from gateway.task import build_task
 from gateway.tools.tune import Point, fit_params, score
 from routers.adaptive import PRICE_WEIGHTS
 from routers.base import TARGETS
-from tests.conftest import free_port, stop, wait_http
+from tests.harness import free_port, stop, wait_http
 
 DATASETS = {"yelp": "uci_sentiment_yelp.jsonl", "tweets": "tweets_sentiment_crowdflower.jsonl",
             "intents": "intents_bigbench.jsonl", "amazon": "uci_sentiment_amazon.jsonl",

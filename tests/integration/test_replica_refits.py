@@ -11,7 +11,8 @@ import httpx
 from openai import OpenAI
 
 from tests.harness import Gateway, Upstream, member
-from tests.integration.test_batches_durability import custom_ids, db_url, finish, start_batch
+from tests.harness.batches import custom_ids, finish, start_batch
+from tests.integration.test_batches_durability import db_url
 
 EVERY = 30
 POLL_S = 0.2
