@@ -30,6 +30,7 @@ from tests.harness.outages import (
     config,
     idle_outage,
     sigterm_with_redis_gone,
+    wait_for,
 )
 
 RUNS = int(os.environ.get("CROWD_GATEWAY_SIGTERM_RUNS", "2"))
