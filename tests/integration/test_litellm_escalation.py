@@ -1,6 +1,6 @@
 """Escalation to a member reached through litellm, against the fake upstream as a real server: litellm calls its
 provider with its own HTTP client, which the unit tier's in-memory connector does not carry (moved here from
-tests/unit/test_reliability.py)."""
+the unit tier's test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from openai import OpenAI
 
 from tests.harness import Upstream, member
-from tests.unit.test_reliability import LABELS, N_ITEMS, truth_of
+from tests.integration.test_reliability import LABELS, N_ITEMS, truth_of
 
 
 def gateway_config(upstream: Upstream) -> dict[str, Any]:

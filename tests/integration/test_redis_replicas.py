@@ -7,7 +7,7 @@ import pytest
 
 from tests.harness import Upstream
 from tests.harness.inprocess import InProcessGateway
-from tests.unit.test_reliability import LABELS, config, feedback
+from tests.integration.test_reliability import LABELS, config, feedback
 
 
 def test_redis_store_is_shared_by_replicas(upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

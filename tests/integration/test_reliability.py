@@ -1,6 +1,6 @@
-"""Reliability learned online, in-process: votes stored, refit published, feedback, calibration, the review queue.
-Escalation to a litellm member is in tests/integration/test_litellm_escalation.py (litellm calls its provider over
-its own HTTP client, which only a real server answers); Redis shared by two replicas in
+"""Reliability learned online, in the app served in this process: votes stored, refit published (by the refit
+worker process the gateway spawns: why this module is an integration test), feedback, calibration, the review queue.
+Escalation to a litellm member is in tests/integration/test_litellm_escalation.py; Redis shared by two replicas in
 tests/integration/test_redis_replicas.py."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 N_ITEMS = 60
+gateway_in_this_process = True  # as in the unit tier it came from, but its members over TCP
 
 
 def truth_of(i: int) -> str:
