@@ -27,7 +27,19 @@ def run_serve(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[
     return subprocess.run(serve_argv(config), capture_output=True, text=True, timeout=timeout)
 
 
-class Gateway:
+class Served:
+    """A gateway the tests send requests to, in a process or in this one, through its `http` client."""
+
+    http: httpx.Client
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.post(path, **kwargs)
+
+
+class Gateway(Served):
     """A `crowd-gateway serve` process on 127.0.0.1."""
 
     def __init__(self, port: int, proc: subprocess.Popen[Any]) -> None:
@@ -39,12 +51,6 @@ class Gateway:
 
     def openai(self, api_key: str = "unused") -> OpenAI:
         return OpenAI(base_url=self.v1, api_key=api_key, max_retries=0)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.get(path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.post(path, **kwargs)
 
     def close(self) -> None:
         self.http.close()

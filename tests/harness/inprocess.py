@@ -23,6 +23,7 @@ from openai import OpenAI
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.upstream.client import Connector, tcp_connector
+from tests.harness.gateway import Served
 
 T = TypeVar("T")
 BASE = "http://gateway.test"
@@ -47,7 +48,7 @@ class _Bridge(httpx.BaseTransport):
         return self.app.run(send())
 
 
-class InProcessGateway:
+class InProcessGateway(Served):
     """One gateway app for `config` (a dict, as in the YAML file), started and stopped with its lifespan."""
 
     url = BASE
@@ -92,12 +93,6 @@ class InProcessGateway:
         """The official client, talking to this app without a socket."""
         return OpenAI(base_url=self.v1, api_key=api_key, max_retries=0,
                       http_client=httpx.Client(transport=_Bridge(self), timeout=60))
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.get(path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.post(path, **kwargs)
 
     def close(self) -> None:
         self.http.close()
