@@ -20,7 +20,7 @@ vLLM does: one choice per prompt, `index` its position), how many the client aba
 Served two ways, one logic: as a process on 127.0.0.1 (integration tests, bench/: tests/harness/upstream.py starts
 it) and inside the test's own process over an in-memory connection (the unit tier: tests/harness/memory.py).
 
-Run: python -m tests.harness.fake_upstream --port 8199
+Run: python tests/harness/fake_upstream.py --port 8199
 """
 
 from __future__ import annotations

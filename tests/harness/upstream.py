@@ -15,7 +15,7 @@ import httpx
 
 from tests.harness.fake_upstream import Members
 from tests.harness.memory import HOST, InMemoryConnector
-from tests.harness.processes import ROOT, free_port, spawn, stop, wait_http
+from tests.harness.processes import free_port, spawn, stop, wait_http
 
 
 class Upstream:
@@ -55,8 +55,8 @@ class Upstream:
 def start_upstream(cpu: int | None = None, output: Path | None = None) -> Upstream:
     """The fake upstream as a process on a free port of 127.0.0.1 (on CPU `cpu`, its output to `output`)."""
     port = free_port()
-    proc = spawn([sys.executable, "-m", "tests.harness.fake_upstream", "--port", str(port)], cpu=cpu, output=output,
-                 cwd=ROOT)
+    proc = spawn([sys.executable, str(Path(__file__).with_name("fake_upstream.py")), "--port", str(port)], cpu=cpu,
+                 output=output)
     try:
         wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
     except Exception:
