@@ -2,7 +2,7 @@
 without grouping the members' calls (prints figures; not a test).
 
 For each ensemble size and grouping setting, a real `crowd-gateway serve` process in front of the fast
-test upstream (tests/fake_upstream.py, answering as vLLM does, list prompts included): the members are
+test upstream (the harness's, tests/harness/, answering as vLLM does, list prompts included): the members are
 vLLM-dialect workers voting in one forward pass on a completion-style task, as the local pool does. Upload
 N JSONL requests with the official client, create a batch, poll until it completes; then the same N rows
 as a CSV through the CLI (which sends `service_tier: "flex"`). `--grouping 1,32` compares
@@ -38,7 +38,7 @@ from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import BIN, free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
+from tests.harness import BIN, Upstream, start_gateway, start_redis, start_upstream, stop  # noqa: E402
 
 LABELS = ["positive", "negative"]
 TASK = {"name": "sentiment", "labels": LABELS, "prompt_style": "completion",
@@ -82,15 +82,6 @@ def script_members(upstream: str, members: int) -> None:
 
 def upstream_calls(upstream: str | None, members: int) -> int:
     return sum(httpx.get(f"{upstream}/_calls/m{i}").json()["calls"] for i in range(members)) if upstream else 0
-
-
-def start_gateway(config_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    pin = ["taskset", "-c", "0"] if PINNED else []
-    proc = subprocess.Popen([*pin, str(BIN / "crowd-gateway"), "serve", "--config", str(config_path), "--port",
-                             str(port)], env=env)
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=120)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def upload_lines(client: OpenAI, ensemble: str, task: str, items: list[str]) -> str:
@@ -169,21 +160,17 @@ def main() -> None:
     started: list[subprocess.Popen[bytes]] = []
     rows = []
     load = os.getloadavg()
+    fake: Upstream | None = None
     try:
         upstream = None
         if not args.config:
-            upstream_port = free_port()
-            upstream = f"http://127.0.0.1:{upstream_port}"
-            started.append(subprocess.Popen([sys.executable, str(ROOT / "tests/fake_upstream.py"), "--port",
-                                             str(upstream_port)]))
-            wait_http(f"{upstream}/m/x/health", started[-1])
+            fake = start_upstream()
+            upstream, upstream_port = fake.url, fake.port
         for store in args.store.split(","):
             run_env = dict(env)
             if store == "redis":
-                redis_port = free_port()
-                started.append(subprocess.Popen(redis_argv(redis_port, workdir), stdout=subprocess.DEVNULL))
-                wait_redis(redis_port, started[-1])
-                run_env["CROWD_GATEWAY_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+                redis, run_env["CROWD_GATEWAY_REDIS_URL"] = start_redis(workdir)
+                started.append(redis)
             sizes = [0] if args.config else [int(m) for m in args.members.split(",")]
             groupings = [0] if args.config else [int(g) for g in args.grouping.split(",")]
             for members in sizes:
@@ -193,7 +180,8 @@ def main() -> None:
                         path.write_text(yaml.safe_dump(fake_config(upstream_port, members, args.concurrency, store,
                                                                    group, args.cache)))
                         script_members(upstream, members)
-                    gateway, url = start_gateway(path, run_env)
+                    gw = start_gateway(path, workdir, run_env, cpu=0 if PINNED else None, timeout=120)
+                    gateway, url = gw.proc, gw.url
                     try:
                         label = (f"{store}, {members} members, " + (f"groups of {group}" if group > 1
                                                                     else "one call per vote")
@@ -212,10 +200,12 @@ def main() -> None:
                                   f"  {calls:5.3f} calls/item/member"
                                   + (f"  CLI {cli:5.2f} ms CPU/item" if cli is not None else ""), flush=True)
                     finally:
-                        stop(gateway)
+                        gw.close()
     finally:
         for proc in reversed(started):
             stop(proc)
+        if fake is not None:
+            fake.close()
     print(f"\n{args.items} items, {args.concurrency} in flight, {os.cpu_count()} cores, "
           + ("gateway pinned to CPU 0, upstream and clients to CPU 1" if PINNED else "unpinned")
           + f"; load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, after "

@@ -1,7 +1,7 @@
 """Issue 12's reliability rules under fault injection, measured against real processes (prints a table; not a test).
 
 Each row runs its own `crowd-gateway serve` process (pinned to CPU 0) in front of the scriptable
-fake upstream tests/fake_upstream.py (CPU 1, with this load generator and redis-server). Every
+fake upstream of the test harness, tests/harness/ (CPU 1, with this load generator and redis-server). Every
 client is an async httpx client on 127.0.0.1; every loop is bounded in requests and in time.
 
   odd replies   five-member ensembles, one member returning well-formed but odd JSON (the shapes of
@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,13 +60,12 @@ from typing import Any
 
 import aiohttp
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.overhead import cpu_seconds  # noqa: E402
-from tests.conftest import free_port, redis_argv, stop, wait_http, wait_redis  # noqa: E402
-from tests.integration.test_faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
+from tests.harness import Upstream, member, start_gateway, start_redis, start_upstream, stop  # noqa: E402
+from tests.harness.faults import ODD_LOGPROBS, ODD_REPLIES  # noqa: E402
 
 GATEWAY_CPU, LOAD_CPU = 0, 1
 LABELS = ["positive", "negative"]
@@ -105,28 +103,9 @@ class Row:
     measured: str
 
 
-class Upstream:
-    """The fake upstream's control routes."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
-
-    def script(self, member: str, **behaviour: Any) -> None:
-        self.http.post(f"/_script/{member}", json=behaviour).raise_for_status()
-
-    def calls(self, member: str) -> int:
-        return self.http.get(f"/_calls/{member}").json()["calls"]
-
-    def member(self, name: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "base_url": f"{self.url}/m/{name}/v1", "model": name, "timeout_s": 5, "retries": 0,
-                **extra}
-
-
-def pinned(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(["taskset", "-c", str(cpu), *cmd], env={**os.environ, **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT)
+def fast_member(up: Upstream, name: str, **extra: Any) -> dict[str, Any]:
+    """A member of the fake upstream as this benchmark runs it: unpriced, upstream model id its name."""
+    return member(up, name, price=None, model=name, **extra)
 
 
 @contextmanager
@@ -134,30 +113,22 @@ def gateway(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str] | 
             started: list[int] | None = None) -> Iterator[str]:
     """A `crowd-gateway serve` process on CPU 0 serving `config`; yields its base URL and stops it after.
     `started` receives its pid."""
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"cache": {"enabled": False}, **config,  # members asked again, not the cache
-                                    "gateway": {"api_keys_env": None, **config.get("gateway", {})}}))
-    port = free_port()
-    proc = pinned([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config", str(path), "--port",
-                   str(port)], GATEWAY_CPU, tmp / f"{name}.log",
-                  env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})})
+    config = {**config, "gateway": {"api_keys_env": None, **config.get("gateway", {})}}
+    gw = start_gateway(config, tmp, cpu=GATEWAY_CPU, output=tmp / f"{name}.log", env=env)
     if started is not None:
-        started.append(proc.pid)
+        started.append(gw.proc.pid)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        yield f"http://127.0.0.1:{port}"
+        yield gw.url
     finally:
-        stop(proc)
+        gw.close()
 
 
 @contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A real redis-server on a free port, without persistence; yields its URL."""
-    port = free_port()
-    proc = pinned(redis_argv(port, tmp), LOAD_CPU, tmp / "redis.log")
+    proc, url = start_redis(tmp, cpu=LOAD_CPU, output=tmp / "redis.log")
     try:
-        wait_redis(port, proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
         stop(proc)
 
@@ -228,7 +199,7 @@ def odd_replies(up: Upstream, tmp: Path) -> Row:
         up.script(name, answer="positive")
     for name, (_, raw) in zip(odd, shapes):
         up.script(name, raw=raw)
-    config = {"members": [up.member(n) for n in HEALTHY + odd],
+    config = {"members": [fast_member(up, n) for n in HEALTHY + odd],
               "ensembles": [{"name": f"five-{n}", "members": [*HEALTHY, n], "quorum": 3} for n in odd]}
     with gateway(config, tmp, "odd") as url:
         async def run() -> list[Answer]:
@@ -247,7 +218,7 @@ def odd_replies(up: Upstream, tmp: Path) -> Row:
                         for a in per_member[n]) for n in soft)
     soft_closed = sum(states.get(n) == 0 for n in soft)
     right = sum(a.status == 200 and a.body["choices"][0]["message"]["content"] == "positive" for a in answers)
-    odd_calls = sum(up.calls(n) for n in malformed)
+    odd_calls = sum(up.calls(n)["calls"] for n in malformed)
     return Row("odd member replies", len(answers), fivexx(answers), "-",
                f"breaker open {opened}/{len(malformed)} malformed; garbage logprobs kept as hard votes "
                f"{hard_kept}/{len(soft)} (breaker closed {soft_closed}/{len(soft)})",
@@ -259,7 +230,7 @@ def odd_replies(up: Upstream, tmp: Path) -> Row:
 def bad_retry_after(up: Upstream, tmp: Path) -> Row:
     up.script("f1", answer="positive")
     config = {"gateway": {"breaker": {"failure_threshold": 100_000}},  # keep the 429 member asked on every request
-              "members": [up.member("f1"), up.member("r429", retries=2)],
+              "members": [fast_member(up, "f1"), fast_member(up, "r429", retries=2)],
               "ensembles": [{"name": "limited", "members": ["f1", "r429"], "quorum": 1,
                              "deadline_s": DEADLINE_429_S}]}
     answers: list[Answer] = []
@@ -294,7 +265,7 @@ def redis_bursts(up: Upstream, tmp: Path) -> Row:
         up.script(name, answer="positive")
     config = {"gateway": {"max_items_in_flight": 1000, "max_items_in_flight_per_key": 1000},
               "store": {"backend": "redis"},
-              "members": [up.member(n, max_concurrency=256) for n in names],
+              "members": [fast_member(up, n, max_concurrency=256) for n in names],
               "ensembles": [{"name": "three", "members": names, "quorum": 2}]}
     tried = failed = not_stored = lost = lost_items = checked = 0
     per_burst: list[str] = []
@@ -351,7 +322,7 @@ def member_bound(up: Upstream) -> Shape:
     names = HEALTHY[:3]
     for name in names:
         up.script(name, answer="positive", latency_ms=1000)
-    config = {"members": [up.member(n, max_concurrency=8) for n in names],
+    config = {"members": [fast_member(up, n, max_concurrency=8) for n in names],
               "ensembles": [{"name": "slow", "members": names, "quorum": 2, "deadline_s": 5}]}
     return Shape("overload at 5x, members' capacity", config, label_body("slow"), 8,
                  "3 members x 1 s, max_concurrency 8, quorum 2, deadline 5 s")
@@ -363,7 +334,7 @@ def cpu_bound(up: Upstream) -> Shape:
     labels = [f"topic-{i}" for i in range(200)]
     for name in names:
         up.script(name, answer=labels[0])
-    config = {"members": [up.member(n, max_concurrency=256) for n in names],
+    config = {"members": [fast_member(up, n, max_concurrency=256) for n in names],
               "ensembles": [{"name": "heavy", "members": names, "quorum": 2, "deadline_s": 10,
                              "aggregator": "weighted"}]}
     body = {"model": "heavy", "labels": labels, "messages": [{"role": "user", "content": "a long review " * 500}]}
@@ -479,7 +450,7 @@ def hostile(up: Upstream, tmp: Path) -> Row:
     five = [*HEALTHY, "f5"]
     up.script("f5", answer="positive")
     config = {"gateway": {"max_labels": 10_000},  # so 8,001 labels reach the duplicate check, not the count cap
-              "members": [up.member(n) for n in five], "ensembles": [{"name": "five", "members": five, "quorum": 3}]}
+              "members": [fast_member(up, n) for n in five], "ensembles": [{"name": "five", "members": five, "quorum": 3}]}
     kinds = hostile_requests()
     with gateway(config, tmp, "hostile") as url:
         async def run() -> list[tuple[str, Answer]]:
@@ -545,7 +516,7 @@ def slow_connections(up: Upstream, tmp: Path) -> Row:
         up.script(name, answer="positive")
     limits = {"keep_alive_s": CONNECTION_LIMIT_S, "header_timeout_s": CONNECTION_LIMIT_S,
               "body_timeout_s": CONNECTION_LIMIT_S}
-    config = {"gateway": {"connections": limits}, "members": [up.member(n) for n in names],
+    config = {"gateway": {"connections": limits}, "members": [fast_member(up, n) for n in names],
               "ensembles": [{"name": "three", "members": names, "quorum": 2}]}
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
     kinds = {"idle": (b"", b"", IDLE_CONNECTIONS), "slow headers": (head, b"X", SLOW_CONNECTIONS),
@@ -592,7 +563,7 @@ def disconnects(up: Upstream, tmp: Path) -> Row:
     up.script(names[0], answer="positive " * 500, latency_ms=50)  # a long stream for the passthrough drops
     for name in names[1:]:
         up.script(name, answer="positive", latency_ms=50)
-    config = {"members": [up.member(n) for n in names], "ensembles": [{"name": "three", "members": names,
+    config = {"members": [fast_member(up, n) for n in names], "ensembles": [{"name": "three", "members": names,
                                                                         "quorum": 2}]}
     messages = [{"role": "user", "content": "fine"}]
     ensemble = encoded(label_body("three"))
@@ -655,25 +626,17 @@ def main() -> None:
     """Rows to run, by scenario name (e.g. `overload_members overload_cpu`); none: all."""
     os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="crowd-faults-"))
-    port = free_port()
-    proc = pinned([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)], LOAD_CPU,
-                  tmp / "upstream.log")
     started = time.monotonic()
     rows: list[Row] = []
-    try:
-        wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
-        up = Upstream(f"http://127.0.0.1:{port}")
+    with start_upstream(cpu=LOAD_CPU, output=tmp / "upstream.log") as up:
         scenarios = {f.__name__: f for f in (odd_replies, bad_retry_after, redis_bursts, overload_members,
                                              overload_cpu, hostile, slow_connections, disconnects)}
         for name, scenario in scenarios.items():
             if only and name not in only:
                 continue
-            up.http.post("/_reset").raise_for_status()
+            up.reset()
             print(f"running {name} ...", file=sys.stderr)
             rows.append(scenario(up, tmp))
-        up.http.close()
-    finally:
-        stop(proc)
     print(f"\nFault benchmark (issue 12): gateway on CPU {GATEWAY_CPU}; fake upstream, redis-server and load on CPU "
           f"{LOAD_CPU}; {time.monotonic() - started:.0f} s in all\n")
     print("| area | requests tried | failed (5xx) | lost votes | notes |")

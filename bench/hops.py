@@ -5,7 +5,7 @@ calls that go from one package into another on the way is what makes it touch mo
 five-member ensemble (one wave: the members agree) runs through the gateway app in this process against the fake
 upstream; every Python call from a function of one project package into a function of another is counted (a
 package is the folder of the module: `gateway`, `gateway.upstream`, `ensembles.aggregators`, ...; a coroutine
-resumed by the event loop is not a new call). The warm-up answers first, so one-time imports and caches are not
+resumed by the event loop is not a new call, nor is one started as a task). The warm-up answers first, so one-time imports and caches are not
 counted; the response cache is off so the members are asked.
 
 Run: .venv/bin/python bench/hops.py [--members 5] [--top 15]
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dis
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import free_port, stop, wait_http  # noqa: E402
+from tests.harness import Upstream, start_upstream  # noqa: E402
 
 PROJECT = ("gateway", "ensembles", "routers")
 RESUME = dis.opmap["RESUME"]
@@ -63,19 +62,17 @@ class Crossings:
                    f"{frame.f_globals['__name__']}.{frame.f_code.co_name}"] += 1
 
 
-async def one_answer(members: int, upstream_url: str) -> tuple[Crossings, dict[str, Any]]:
+async def one_answer(members: int, upstream: Upstream) -> tuple[Crossings, dict[str, Any]]:
     from gateway.app import create_app
     from gateway.config import parse_config
 
     names = [f"m{i}" for i in range(members)]
     config = {"cache": {"enabled": False},
-              "members": [{"name": n, "base_url": f"{upstream_url}/m/{n}/v1", "model": f"{n}-model",
+              "members": [{"name": n, "base_url": upstream.base_url(n), "model": f"{n}-model",
                            "dialect": "vllm", "timeout_s": 5, "retries": 0} for n in names],
               "ensembles": [{"name": "crowd", "members": names}]}
-    async with httpx.AsyncClient(base_url=upstream_url) as setup:
-        for name in names:
-            (await setup.post(f"/_script/{name}", json={"keywords": {"film": "positive"}, "logprobs": "answer"})
-             ).raise_for_status()
+    for name in names:
+        upstream.script(name, keywords={"film": "positive"}, logprobs="answer")
     app = create_app(parse_config(config))
     counted = Crossings()
     async with app.router.lifespan_context(app):
@@ -101,13 +98,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--top", type=int, default=15, help="how many of the most frequent crossings to list")
     args = parser.parse_args()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)])
-    try:
-        wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
-        counted, answer = asyncio.run(one_answer(args.members, f"http://127.0.0.1:{port}"))
-    finally:
-        stop(proc)
+    with start_upstream() as upstream:
+        counted, answer = asyncio.run(one_answer(args.members, upstream))
     annotation = answer["annotation"]
     print(f"one answer of a {args.members}-member ensemble: label {annotation['label']!r}, "
           f"stop reason {annotation.get('stop_reason')!r}, {len(annotation['votes'])} votes")

@@ -9,7 +9,8 @@
   SIGTERM          a gateway sent SIGTERM with Redis killed and every member dropping calls, mid-batch (a refit
                    in flight too) and right after a batch, RUNS times each: seconds from the signal to its exit.
 
-The scenarios are those of tests/integration/test_outages.py, with more lines and repetitions.
+The scenarios are the harness's (tests/harness/outages.py, asserted by tests/integration/test_outages.py), with more
+lines and repetitions.
 Run: flock /tmp/crowd-heavy.lock .venv/bin/python bench/outages.py [--runs 10]   (about 3 minutes)
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +28,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import Gateway, Upstream, free_port, start_gateway, stop, wait_http  # noqa: E402
-from tests.integration.test_outages import (  # noqa: E402
+from tests.harness import Gateway, Upstream, start_gateway, start_upstream  # noqa: E402
+from tests.harness.outages import (  # noqa: E402
     BOUND_S, NAMES, OwnRedis, batch_through_outage, config, idle_outage, sigterm_with_redis_gone)
 
 
@@ -46,7 +46,7 @@ def gateways(tmp: Path) -> Iterator[Any]:
         yield start
     finally:
         for gw in started:
-            stop(gw.proc)
+            gw.close()
 
 
 @contextmanager
@@ -109,16 +109,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="SIGTERM runs of each kind (default: 10)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crowd-outages-"))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)])
     started = time.monotonic()
-    try:
-        wait_http(f"http://127.0.0.1:{port}/m/x/health", proc)
-        up = Upstream(port)
+    with start_upstream() as up:
         rows = [idle(up, tmp), batch(up, tmp, "stall"), batch(up, tmp, "kill"), sigterm(up, tmp, args.runs)]
-        up.http.close()
-    finally:
-        stop(proc)
     print(f"\nOutage benchmark (issue 24), {time.monotonic() - started:.0f} s in all\n")
     print("| scenario | store log lines | tracebacks | member calls before / after the outage was seen | "
           "calls thrown away | every line once | notes |")

@@ -1,6 +1,6 @@
 """Gateway overhead, measured side by side in one run (prints figures; not a test).
 
-Targets, all in front of the same fast test upstream (tests/fake_upstream.py):
+Targets, all in front of the same fast test upstream (the test harness's fake upstream, tests/harness/):
   direct       the upstream itself
   passthrough  crowd-gateway, `model` = one member
   litellm      LiteLLM's proxy (litellm[proxy], pinned in bench/setup.sh), one worker, no database
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import free_port, stop, wait_http  # noqa: E402
+from tests.harness import (  # noqa: E402
+    Gateway, Upstream, free_port, spawn, start_gateway, start_upstream, stop, wait_http)
 
 MASTER_KEY = "sk-bench"
 CHAT = {"messages": [{"role": "user", "content": "The film was a delight from start to finish."}]}
@@ -112,12 +112,6 @@ def wrk(target: Target, seconds: float, connections: int) -> tuple[float, int]:
     return rps, errors
 
 
-def start(cmd: list[str], cpu: int, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    return subprocess.Popen(["taskset", "-c", str(cpu), *cmd], env={**os.environ, **(env or {})}, stdout=out,
-                            stderr=subprocess.STDOUT)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
@@ -130,35 +124,33 @@ def main() -> None:
                                   check=True).stdout.strip().splitlines()[-1]
     tmp = Path(tempfile.mkdtemp(prefix="crowd-bench-"))
     procs: list[subprocess.Popen] = []
+    upstream: Upstream | None = None
+    gateway: Gateway | None = None
     try:
-        up_port, gw_port, ll_port = free_port(), free_port(), free_port()
-        up = f"http://127.0.0.1:{up_port}"
-        procs.append(start([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(up_port)], 1))
-        wait_http(f"{up}/m/solo/health", procs[-1])
+        ll_port = free_port()
+        upstream = start_upstream(cpu=1)
+        up = upstream.url
         names = [f"m{i}" for i in range(1, 6)]
         for i, name in enumerate(names):
-            httpx.post(f"{up}/_script/{name}", json={"answer": "positive" if i < 3 else "negative"})
-        members = [{"name": n, "base_url": f"{up}/m/{n}/v1", "model": n, "max_concurrency": 256,
+            upstream.script(name, answer="positive" if i < 3 else "negative")
+        members = [{"name": n, "base_url": upstream.base_url(n), "model": n, "max_concurrency": 256,
                     "price": {"input_usd_per_mtok": 0.02, "output_usd_per_mtok": 0.05}} for n in ["solo", *names]]
         config = {"gateway": {"api_keys_env": None}, "cache": {"enabled": False}, "members": members,  # one body
                   "ensembles": [{"name": "crowd5", "members": names, "quorum": 3, "deadline_s": 10}]}
-        (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
-        procs.append(start([str(Path(sys.executable).parent / "crowd-gateway"), "serve", "--config",
-                            str(tmp / "gw.yaml"), "--port", str(gw_port)], 0, log=tmp / "gw.log"))
-        gw_proc = procs[-1]
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz", gw_proc)
+        gateway = start_gateway(config, tmp, cpu=0, output=tmp / "gw.log")
+        gw_proc, gw_port = gateway.proc, gateway.port
         (tmp / "litellm.yaml").write_text(yaml.safe_dump({"model_list": [{"model_name": "solo", "litellm_params": {
             "model": "openai/solo", "api_base": f"{up}/m/solo/v1", "api_key": "unused"}}]}))
-        procs.append(start([f"{litellm_venv}/bin/litellm", "--config", str(tmp / "litellm.yaml"), "--port",
-                            str(ll_port), "--num_workers", "1"], 0,
+        procs.append(spawn([f"{litellm_venv}/bin/litellm", "--config", str(tmp / "litellm.yaml"), "--port",
+                            str(ll_port), "--num_workers", "1"], cpu=0,
                            env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR",
                                 "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISABLE_SCHEMA_UPDATE": "True"},
-                           log=tmp / "litellm.log"))
+                           output=tmp / "litellm.log"))
         ll_proc = procs[-1]
         wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", ll_proc, timeout=180)
 
         targets = [
-            Target("direct", f"{up}/m/solo/v1/chat/completions", {"model": "solo", **CHAT}, procs[0].pid),
+            Target("direct", f"{up}/m/solo/v1/chat/completions", {"model": "solo", **CHAT}, upstream.proc.pid),
             Target("passthrough", f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"model": "solo", **CHAT},
                    gw_proc.pid),
             Target("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", {"model": "solo", **CHAT},
@@ -178,6 +170,9 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        for started in (gateway, upstream):
+            if started is not None:
+                started.close()
 
 
 def report(targets: list[Target], rates: list[int], args: argparse.Namespace) -> None:

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.batch import cpu_seconds, fake_config, finish_batch, script_members, texts, upload_lines  # noqa: E402
 from bench.scale import children  # noqa: E402
-from tests.conftest import Gateway, free_port, redis_argv, start_gateway, stop, wait_http, wait_redis  # noqa: E402
-from tests.integration.test_batches_durability import custom_ids, lines_run  # noqa: E402
+from tests.harness import Gateway, start_gateway, start_redis, start_upstream, stop  # noqa: E402
+from tests.harness.batches import custom_ids, lines_run  # noqa: E402
 
 MEMBERS = 5
 REFIT = re.compile(r"refit \S+ v(\d+) on \d+ votes of \d+ items \((\d+) stored\) in ([\d.]+)s")
@@ -80,19 +80,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crowd-bench-replicas-") as tmp:
         workdir = Path(tmp)
         try:
-            upstream_port, redis_port = free_port(), free_port()
-            upstream = f"http://127.0.0.1:{upstream_port}"
-            started.append(subprocess.Popen([sys.executable, str(ROOT / "tests/fake_upstream.py"), "--port",
-                                             str(upstream_port)]))
-            wait_http(f"{upstream}/m/x/health", started[-1])
+            fake = start_upstream()
+            started.append(fake.proc)
+            upstream, upstream_port = fake.url, fake.port
             script_members(upstream, MEMBERS)
-            started.append(subprocess.Popen(redis_argv(redis_port, workdir), stdout=subprocess.DEVNULL))
-            wait_redis(redis_port, started[-1])
+            redis, redis_url = start_redis(workdir)
+            started.append(redis)
             config = fake_config(upstream_port, MEMBERS, 32, "redis", 32)
             config["batches"]["max_lines"] = args.lines
             config["ensembles"][0]["aggregator"] = "dawid_skene"
             poll_s = config.setdefault("refit", {}).setdefault("poll_s", 1.0)
-            env = {"CROWD_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+            env = {"CROWD_GATEWAY_REDIS_URL": redis_url}
             logs = [workdir / f"replica-{r}.log" for r in range(args.replicas)]
             replicas = [start_gateway(config, workdir, env, output=log) for log in logs]
             cpu0 = {p.pid: cpu_seconds(p.pid) for p in [*started, *(g.proc for g in replicas)]}

@@ -14,8 +14,8 @@ each tuned strategy, one strategy at a time, with the openai client at a fixed c
 gateway config holds every candidate setting as an ensemble, so the tuned one is served without a
 restart.
 
-Simulated (default): tests/fake_upstream.py serves six members of mixed skill, price and latency.
-Each member's answer to each item is drawn once from a seeded RNG (right with the member's skill,
+Simulated (default): the harness's fake upstream (tests/harness/) serves six members of mixed skill, price and
+latency. Each member's answer to each item is drawn once from a seeded RNG (right with the member's skill,
 else a uniformly drawn wrong label: errors are independent, which flatters any vote) and scripted
 by an id marker in the prompt.
 
@@ -36,7 +36,6 @@ import itertools
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,7 +63,7 @@ from gateway.task import build_task
 from gateway.tools.tune import Point, fit_params, score
 from routers.adaptive import PRICE_WEIGHTS
 from routers.base import TARGETS
-from tests.conftest import free_port, stop, wait_http
+from tests.harness import start_upstream
 
 DATASETS = {"yelp": "uci_sentiment_yelp.jsonl", "tweets": "tweets_sentiment_crowdflower.jsonl",
             "intents": "intents_bigbench.jsonl", "amazon": "uci_sentiment_amazon.jsonl",
@@ -358,12 +357,8 @@ def simulated(args: argparse.Namespace) -> None:
         print(f"| {m.name} | {m.skill:.2f} | {m.usd_per_mtok:g} / {2 * m.usd_per_mtok:g} | "
               f"{m.latency_ms:g} (+{m.jitter_ms:g}) |")
     tmp = Path(tempfile.mkdtemp(prefix="crowd-bench-routing-"))
-    port = free_port()
-    upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)])
-    try:
-        up = f"http://127.0.0.1:{port}"
-        wait_http(f"{up}/m/x/health", upstream)
-        members = [{"name": m.name, "base_url": f"{up}/m/{m.name}/v1", "model": m.name, "retries": 0,
+    with start_upstream() as up:
+        members = [{"name": m.name, "base_url": up.base_url(m.name), "model": m.name, "retries": 0,
                     "timeout_s": 30, "max_concurrency": 256,
                     "price": {"input_usd_per_mtok": m.usd_per_mtok, "output_usd_per_mtok": 2 * m.usd_per_mtok}}
                    for m in POOL]
@@ -375,17 +370,14 @@ def simulated(args: argparse.Namespace) -> None:
             test = load_dataset(path, "test", args.test_items)
             labels = sorted({r["label"] for r in dev + test})
             for m in POOL:
-                httpx.post(f"{up}/_script/{m.name}", json={
-                    "keywords": simulated_answers(m, dev + test, labels, args.seed, dataset),
-                    "latency_ms": m.latency_ms, "jitter_ms": m.jitter_ms, "usage": list(USAGE)}).raise_for_status()
+                up.script(m.name, keywords=simulated_answers(m, dev + test, labels, args.seed, dataset),
+                          latency_ms=m.latency_ms, jitter_ms=m.jitter_ms, usage=list(USAGE))
             print(f"\n{dataset}: {DATASETS[dataset]}, {len(labels)} labels, {len(dev)} dev / {len(test)} test items "
                   f"(split by a hash of the id)")
             results = compare(gateway_config(members, grid, args), grid, tmp, dev, test, labels,
                               args.concurrency, item_text)
             print(f"members on the test items (fan-out votes): {member_accuracy(results[0], about)}")
             runs.append((f"{dataset} ({len(labels)} labels)", results))
-    finally:
-        stop(upstream)
     report(runs)
     print(f"\ngateway logs: {tmp}")
 

@@ -51,7 +51,7 @@ from gateway.reliability import Reliability  # noqa: E402
 from gateway.store.health import StoreHealth  # noqa: E402
 from gateway.store.votes import ItemRecord, MemoryVoteStore, VoteStore  # noqa: E402
 from gateway.store.votes_redis import RedisVoteStore  # noqa: E402
-from tests.conftest import free_port, redis_argv, stop, wait_redis  # noqa: E402
+from tests.harness import free_port, redis_argv, stop, wait_redis  # noqa: E402
 
 LABELS = ("positive", "negative", "neutral")
 MIX = (0.5, 0.3, 0.2)

@@ -37,11 +37,12 @@ from gateway.requestid import RequestIdMiddleware
 from gateway.hotpath import GatewayApp
 from gateway.routes import router
 from gateway.state import GatewayState
+from gateway.upstream.client import Connector, tcp_connector
 
 
-def create_app(config: Config | None = None) -> FastAPI:
-    """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG)."""
-    state = GatewayState.build(config or load_config())
+def create_app(config: Config | None = None, connector: Connector = tcp_connector) -> FastAPI:
+    """Build the app for `config` (default: the file named by CROWD_GATEWAY_CONFIG); `connector`: Upstreams'."""
+    state = GatewayState.build(config or load_config(), connector)
     traces = tracing.configure(state.config.tracing)
     GATE.max_lag_s = state.config.gateway.max_loop_lag_ms / 1000
     declare(state.config)

@@ -19,7 +19,7 @@ from gateway.store.limiter import Limiter, MemoryLimiter
 from gateway.store.limiter_redis import RedisLimiter
 from gateway.store.votes import MemoryVoteStore, VoteStore
 from gateway.store.votes_redis import RedisVoteStore
-from gateway.upstream.client import Upstreams
+from gateway.upstream.client import Connector, Upstreams, tcp_connector
 from gateway.upstream.grouping import Grouper
 from routers import get_router
 
@@ -45,10 +45,11 @@ class GatewayState:
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def build(cls, config: Config) -> GatewayState:
-        """Wire the config's names to objects; unknown aggregator or router names are config errors."""
+    def build(cls, config: Config, connector: Connector = tcp_connector) -> GatewayState:
+        """Wire the config's names to objects; unknown aggregator or router names are config errors. `connector`:
+        how member calls travel (Upstreams)."""
         members = {m.name: m for m in config.members}
-        upstreams = Upstreams(config.members, config.gateway.breaker)
+        upstreams = Upstreams(config.members, config.gateway.breaker, connector=connector)
         grouping = config.batches.grouping
         grouper = Grouper(upstreams, grouping.max_prompts, grouping.max_wait_ms / 1000)
         retention_s = config.store.retention_days * 86400

@@ -166,15 +166,28 @@ class MemberClient:
         return state
 
 
-class Upstreams:
-    """The pooled HTTP client for all members; one per gateway process."""
+Connector = Callable[[], aiohttp.BaseConnector]
+"""Makes the session's connector, on the gateway's loop: how member calls reach their servers."""
 
-    def __init__(self, members: list[Member], breaker: Breaker, clock: Callable[[], float] = time.monotonic) -> None:
+
+def tcp_connector() -> aiohttp.BaseConnector:
+    return aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+
+
+class Upstreams:
+    """The pooled HTTP client for all members; one per gateway process.
+
+    `connector` is the one seam under every member call (completions, streams, probes): TCP by default; the unit
+    tests pass one that answers in this process (tests/harness/memory.py), the way httpx's MockTransport does."""
+
+    def __init__(self, members: list[Member], breaker: Breaker, clock: Callable[[], float] = time.monotonic,
+                 connector: Connector = tcp_connector) -> None:
         self.clients = {m.name: MemberClient(m, breaker, self, clock) for m in members}
         self.session: aiohttp.ClientSession | None = None
+        self.connector = connector
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+        connector = self.connector()
         self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
                                              auto_decompress=True)
         if any(c.member.dialect == "litellm" for c in self.clients.values()):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Upstream, free_port, member
+from tests.harness import ROOT, Upstream, free_port, member
 
 pytestmark = pytest.mark.image
 

@@ -5,6 +5,7 @@ the deadline, no breaker opens.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import socket
 import threading
@@ -22,7 +23,7 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.connections import DeadlineProtocol
 from gateway.loop_gate import GATE
-from tests.conftest import Gateway, Upstream, free_port, member
+from tests.harness import Gateway, Upstream, free_port, member
 
 BODY = {"labels": ["positive", "negative"], "messages": [{"role": "user", "content": "fine"}]}
 SDK = {"messages": BODY["messages"], "extra_body": {"labels": BODY["labels"]}}
@@ -120,3 +121,36 @@ def test_with_the_loop_gate_full_a_completion_is_refused_before_the_app(served: 
                     headers={"Content-Type": "application/json"}, timeout=10)
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "positive"
     assert GATE.active == 0, "an answered request leaves the gate"
+
+
+def test_one_turn_accepts_every_waiting_connection() -> None:
+    """libuv takes one connection per loop turn; a busy gateway's backlog then fills and clients time out."""
+    from gateway.listener import GreedyLoop, Listener
+
+    loop = GreedyLoop()
+    made: list[object] = []
+
+    class Counted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
+    async def scenario() -> tuple[int, int]:
+        server = await loop.create_server(Counted, "127.0.0.1", 0, backlog=512)
+        assert isinstance(server, Listener)
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        pending = len(asyncio.all_tasks())
+        server._accept()  # one readiness event
+        accepted = len(asyncio.all_tasks()) - pending
+        while len(made) < accepted:  # each accepted connection gets its protocol in a later turn
+            await asyncio.sleep(0.01)
+        for client in clients:
+            client.close()
+        server.close()
+        return accepted, len(made)
+
+    try:
+        accepted, connected = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert accepted == 300 and connected == 300

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from tests.conftest import BIN, Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import BIN, Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 MEMBERS = ["q1", "q2", "q3"]
 gateway_in_this_process = True  # served on 127.0.0.1 from this process: the CLI is what runs as a user runs it

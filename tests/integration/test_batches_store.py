@@ -19,7 +19,7 @@ from gateway.batches.protocol import batch_record, file_record
 from gateway.batches.store import BatchStore, UnknownCursor
 from gateway.batches.store_memory import MemoryBatchStore
 from gateway.batches.store_redis import RedisBatchStore
-from tests.conftest import Clock
+from tests.harness import Clock
 
 LINES = [f'{{"custom_id": "r{i}"}}'.encode() for i in range(6)]
 Wait = Callable[[float], Awaitable[None]]

@@ -19,10 +19,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, member
-from tests.integration.test_batches_durability import db_url, finish
-from tests.inprocess import InProcessGateway
-from tests.integration.test_outages import OwnRedis, own_redis, wait_for  # noqa: F401 - own_redis is a fixture
+from tests.harness import Gateway, Upstream, member
+from tests.harness.batches import finish
+from tests.harness.outages import OwnRedis, wait_for
+from tests.integration.test_batches_durability import db_url
+from tests.harness.inprocess import InProcessGateway
+from tests.integration.test_outages import own_redis  # noqa: F401 - a fixture
 
 KEYS = {"BUDGET_BURST_KEYS": "k-burst", "BUDGET_BROKE_KEYS": "k-broke", "BUDGET_METER_KEYS": "k-meter",
         "BUDGET_FREE_KEYS": "k-free", "BUDGET_TALLY_KEYS": "k-tally",

@@ -22,7 +22,7 @@ from gateway.store.cache import CacheStore, MemoryCacheStore
 from gateway.store.cache_redis import RedisCacheStore
 from gateway.store.health import StoreHealth
 from gateway.task import build_task
-from tests.conftest import Clock, free_port
+from tests.harness import Clock, free_port
 
 CONFIG = parse_config({"members": [{"name": "m", "base_url": "http://127.0.0.1:9/v1", "model": "m-model"},
                                    {"name": "n", "base_url": "http://127.0.0.1:9/v1", "model": "m-model"}]})

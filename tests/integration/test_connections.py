@@ -5,10 +5,8 @@ connection costs one short log line, never a traceback."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ import orjson
 import yaml
 from openai import OpenAI
 
-from tests.conftest import BIN, Upstream, free_port, member, stop, wait_http
+from tests.harness import Upstream, member, start_gateway
 
 LIMIT_S = 1.0
 
@@ -32,17 +30,12 @@ def served(upstream: Upstream, tmp_path: Path, **gateway: Any) -> Iterator[tuple
     config = {"gateway": gateway, "members": [member(upstream, n) for n in ("conn-a", "conn-b")],
               "ensembles": [{"name": "crowd", "members": ["conn-a", "conn-b"], "quorum": 1}]}
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen([str(BIN / "crowd-gateway"), "serve", "--config", str(tmp_path / "gw.yaml"),
-                                 "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT,
-                                env={**os.environ, "CROWD_GATEWAY_API_KEYS": ""})
-        try:
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-            yield port, log.read_text
-        finally:
-            stop(proc)
+    gw = start_gateway(tmp_path / "gw.yaml", tmp_path, env={"CROWD_GATEWAY_API_KEYS": ""}, output=log)
+    try:
+        yield gw.port, log.read_text
+    finally:
+        gw.close()
 
 
 def watch(port: int, first: bytes, trickle: bytes = b"", within: float = 10.0) -> tuple[float, bytes]:

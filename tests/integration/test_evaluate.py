@@ -13,8 +13,8 @@ from ensembles import metrics as m
 from gateway.cli import main
 from gateway.tools.datasets import split_of
 from gateway.tools.evaluate import auroc_text
-from tests.conftest import Upstream, free_port, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, free_port, member
+from tests.harness.inprocess import InProcessGateway
 
 
 def test_metrics_on_known_values() -> None:

@@ -19,28 +19,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, free_port, redis_argv, stop, wait_redis
+from tests.harness import Gateway, Upstream, free_port, redis_argv, stop, wait_redis
+from tests.harness.faults import ODD_LOGPROBS, ODD_REPLIES
 
 FIVE = ["f1", "f2", "f3", "f4", "odd"]
-ODD_REPLIES = [
-    {"choices": [{"message": {"role": "assistant", "content": ["positive"]}}]},
-    {"choices": [{"message": {"role": "assistant", "content": 7}}]},
-    {"choices": [{"message": {"role": "assistant", "content": {"label": "positive"}}}]},
-    {"choices": ["positive"]},
-    {"choices": [{"message": "positive"}]},
-    {"choices": [{"message": {"content": "positive"}}], "usage": {"prompt_tokens": -5, "completion_tokens": 1}},
-    {"choices": [{"message": {"content": "positive"}}], "usage": {"prompt_tokens": "many"}},
-    {"choices": [{"message": {"content": "positive"}}], "usage": {"prompt_tokens": 2**64 - 1}},
-    {"choices": [{"message": {"content": "positive"}}], "usage": {"completion_tokens": 1e30}},
-    [1, 2, 3],
-]
-ODD_LOGPROBS = [
-    {"content": ["not an object"]},
-    {"content": [{"token": "positive", "logprob": "high", "top_logprobs": []}]},
-    {"content": [{"token": "positive", "logprob": 1000.0, "top_logprobs": [{"token": "positive", "logprob": 1000.0}]}]},
-]
-
-
 def members(upstream: Upstream, names: list[str], **extra: Any) -> list[dict[str, Any]]:
     return [{"name": n, "base_url": upstream.base_url(n), "model": n, "retries": 0, **extra} for n in names]
 

@@ -4,7 +4,6 @@ bad config. Upstream faults (deadline, retry, breaker) are exercised in-process 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import BIN, Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member, run_serve
 
 LABELS = ["positive", "negative", "neutral"]
 gateway_workers = 2  # one process pair for every test here, the metrics merge across workers included
@@ -180,7 +179,7 @@ def test_metrics_merge_across_workers(gateway: Gateway, upstream: Upstream) -> N
 def test_invalid_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("members:\n  - name: a\n    base_url: ftp://x\n    model: m\n    timeout_s: -1\n")
-    proc = subprocess.run([str(BIN / "crowd-gateway"), "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    proc = run_serve(path)
     assert proc.returncode == 2
     assert "members.0.base_url" in proc.stderr and "members.0.timeout_s" in proc.stderr
     assert "Traceback" not in proc.stderr

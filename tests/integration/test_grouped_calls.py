@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import BIN, Upstream, member
+from tests.harness import BIN, Upstream, member
 
 MEMBERS = ["g1", "g2", "g3"]
 MAX_PROMPTS = 8

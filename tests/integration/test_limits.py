@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member
 
 STREAM = {"messages": [{"role": "user", "content": "hello"}], "stream": True}
 """The slow streamer's answer is 8 words, streamed 3 times over: 24 chunks."""

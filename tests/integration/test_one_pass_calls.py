@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Upstream
+from tests.harness import Upstream
 
 
 def test_one_call_per_vote_unless_the_first_token_is_ambiguous(upstream: Upstream, gateway_factory: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
-from tests.conftest import Upstream
+from tests.harness import Upstream
 
 LABELS = ["positive", "negative"]
 MEMBERS = ("m1", "m2", "m3")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Gateway, free_port, stop, wait_http
+from tests.harness import Gateway, free_port, stop, wait_http
 from tests.deploy.k8s_support import REPO
 
 PROM_DIR = REPO / "deploy" / "prometheus"

@@ -14,7 +14,7 @@ import yaml
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Upstream
+from tests.harness import Upstream
 from tests.deploy.k8s_support import REPO, promtool
 
 LABELS = ["positive", "negative"]

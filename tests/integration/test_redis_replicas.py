@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Upstream
-from tests.inprocess import InProcessGateway
-from tests.unit.test_reliability import LABELS, config, feedback
+from tests.harness import Upstream
+from tests.harness.inprocess import InProcessGateway
+from tests.integration.test_reliability import LABELS, config, feedback
 
 
 def test_redis_store_is_shared_by_replicas(upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
-from tests.conftest import Gateway, Upstream, member
-from tests.integration.test_batches_durability import custom_ids, db_url, finish, start_batch
+from tests.harness import Gateway, Upstream, member
+from tests.harness.batches import custom_ids, finish, start_batch
+from tests.integration.test_batches_durability import db_url
 
 EVERY = 30
 POLL_S = 0.2

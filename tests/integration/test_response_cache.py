@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 
 from gateway.cli import main
-from tests.conftest import Gateway, Upstream, member
+from tests.harness import Gateway, Upstream, member
 
 MEMBERS = ["c1", "c2", "c3"]
 KEYS_ENV = "CACHE_TEST_KEYS"

@@ -23,7 +23,7 @@ from label_studio_sdk.types import Annotation, PredictionRequest
 from openai import OpenAI
 
 from gateway.cli import main
-from tests.conftest import Upstream
+from tests.harness import Upstream
 
 LABELS = ["negative", "positive"]
 TRUTH = {f"r-{i} ": LABELS[i % 2] for i in range(6)}

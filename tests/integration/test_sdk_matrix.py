@@ -23,7 +23,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import ROOT, Gateway, Upstream, member
+from tests.harness import ROOT, Gateway, Upstream, member
 from tests.sdk import install
 
 LABELS = ["positive", "negative"]

@@ -3,15 +3,13 @@ when auth is off, and each request only with `--access-log` (issue 14: it logged
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import BIN, Upstream, free_port, stop, wait_http
+from tests.harness import Upstream, start_gateway
 
 
 def serve_output(upstream: Upstream, tmp_path: Path, *extra: str) -> tuple[str, str]:
@@ -19,16 +17,12 @@ def serve_output(upstream: Upstream, tmp_path: Path, *extra: str) -> tuple[str, 
     config = {"members": [{"name": n, "base_url": upstream.base_url(n), "model": n} for n in ("l1", "l2")],
               "ensembles": [{"name": "crowd", "members": ["l1", "l2"], "quorum": 1}]}
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    env = {**os.environ, "CROWD_GATEWAY_API_KEYS": ""}
-    proc = subprocess.Popen([str(BIN / "crowd-gateway"), "serve", "--config", str(tmp_path / "gw.yaml"), "--port",
-                             str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    gw = start_gateway(tmp_path / "gw.yaml", tmp_path, env={"CROWD_GATEWAY_API_KEYS": ""}, args=extra, pipes=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        httpx.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()
+        httpx.get(f"{gw.url}/healthz").raise_for_status()
     finally:
-        stop(proc)
-    out, err = proc.communicate()
+        gw.close()
+    out, err = gw.proc.communicate()
     return out, err
 
 

@@ -15,7 +15,7 @@ import yaml
 from gateway.tools import UsageError
 from gateway.tools.embedded import embedded_gateway
 from gateway.tools.labelling import Answer, label_items
-from tests.conftest import Upstream
+from tests.harness import Upstream
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.conftest import Gateway, Upstream, free_port, member, start_gateway, stop
+from tests.harness import Gateway, Upstream, free_port, member, start_gateway, stop
 
 MEMBERS = ["t1", "t2", "t3"]
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -16,8 +16,8 @@ import yaml
 
 from gateway import cli
 from gateway.config import load_config
-from tests.conftest import Upstream
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["negative", "positive"]
 N_ITEMS = 30

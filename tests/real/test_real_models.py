@@ -20,7 +20,7 @@ from gateway.config import load_config
 from gateway.tools.pool import running_pool
 from gateway.tools.pool_status import pool_status
 from gateway.upstream.queue_depth import parse_queue_depth
-from tests.conftest import ROOT, Gateway
+from tests.harness import ROOT, Gateway
 
 pytestmark = pytest.mark.real
 POOL = ROOT / "deploy" / "local-pool.yaml"

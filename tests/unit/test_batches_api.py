@@ -13,8 +13,8 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 MAX_FILE = 65536

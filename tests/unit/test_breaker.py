@@ -4,7 +4,7 @@ injected clock."""
 from __future__ import annotations
 
 from gateway.upstream.breaker import CircuitBreaker, State
-from tests.conftest import Clock
+from tests.harness import Clock
 
 
 def test_opens_after_threshold_and_refuses() -> None:

@@ -11,8 +11,8 @@ import pytest
 from gateway.budgets import reset_text
 from gateway.config import GatewaySettings, Limits
 from gateway.tenancy import DEFAULT, key_tenant
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 HI = [{"role": "user", "content": "hello"}]
 

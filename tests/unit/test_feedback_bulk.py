@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 

@@ -10,8 +10,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 
 def gateway_config(upstream: Upstream) -> dict[str, Any]:

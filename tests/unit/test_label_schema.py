@@ -1,5 +1,6 @@
 """One label set, one schema: the same labels in any order or case share votes, gold and one fit, and every
-client is answered in its own spelling and order (issue 12: three spellings of one set were three fits)."""
+client is answered in its own spelling and order (issue 12: three spellings of one set were three fits). That they
+share one fit, made by the refit worker process, is in tests/integration/test_label_schema_fit.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 SPELLINGS = [["positive", "negative"], ["negative", "positive"], ["Positive", "Negative"]]
 
@@ -63,27 +64,6 @@ def test_a_json_schema_enum_is_the_same_schema_and_answered_in_its_spelling(clie
         "type": "object", "properties": {"sentiment": {"enum": ["NEGATIVE", "Positive"]}}}}}
     content, ann = ask(client, "a fine film", response_format=fmt)
     assert ann["schema"] == plain["schema"] and orjson.loads(content) == {"sentiment": "NEGATIVE"}
-
-
-def test_votes_gold_and_the_fit_merge_across_spellings(client: OpenAI, gateway: InProcessGateway) -> None:
-    schemas = set()
-    for i in range(6):
-        _, ann = ask(client, f"merge item {i}", labels=SPELLINGS[i % 3], item_id=f"merge-{i}")
-        schemas.add(ann["schema"])
-        gold = gateway.post("/v1/annotations/feedback", json={
-            "item_id": f"merge-{i}", "label": "NEGATIVE", "source": "gold"}).json()
-        schemas.add(gold["schema"])
-        assert gold["label"] == "negative"  # stored in the canonical spelling
-    fresh = gateway.post("/v1/annotations/feedback", json={
-        "item_id": "merge-new", "label": "Positive", "source": "gold", "labels": ["NEGATIVE", "POSITIVE"]}).json()
-    schemas.add(fresh["schema"])
-    assert len(schemas) == 1
-    (schema,) = schemas
-    refit = gateway.post("/v1/annotations/refit", timeout=120).json()
-    assert schema in refit["refitted"]
-    params = [p for p in gateway.get("/v1/annotations/params").json()["data"] if p["schema"].startswith("labels-")]
-    assert [p["schema"] for p in params] == [schema]  # one fit for the three spellings
-    assert params[0]["fitted_on"]["gold"] >= 6
 
 
 @pytest.mark.parametrize("labels", [["positive", "Positive"], ["yes", "no", "YES"]])

@@ -175,3 +175,63 @@ def test_asking_a_worker_loads_no_aggregator_and_the_transport_knows_no_prompt()
     offenders = {module_name(p): sorted(m for m in imports_of(p) if m.startswith("gateway.asking"))
                  for p in (ROOT / "gateway" / "upstream").rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+HARNESS = ROOT / "tests" / "harness"
+"""The one test harness (tests/harness/): only it starts the fake upstream and `crowd-gateway serve`."""
+
+
+def modules_imported(path: Path) -> set[str]:
+    """Every module a file imports (any package; lazy imports included), and `module.name` of each `from` import."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def process_starts(path: Path) -> list[str]:
+    """Where a file starts the fake upstream (runs or imports tests/harness/fake_upstream.py) or a gateway process (a
+    command line, or a call's arguments, holding "serve" and a computed `crowd-gateway` or `gateway.cli`: the
+    expected argv of a deploy test is all constants)."""
+    found: set[str] = set()
+    where = str(path.relative_to(ROOT))
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            text = " ".join(ast.unparse(arg) for arg in [*node.args, *(k.value for k in node.keywords)])
+            if "fake_upstream" in text:
+                found.add(f"{where}:{node.lineno}: fake upstream")
+            if re.search(r"""['"]serve['"]""", text) and re.search(r"crowd-gateway|gateway\.cli", text):
+                found.add(f"{where}:{node.lineno}: crowd-gateway serve")
+        elif isinstance(node, ast.List) and any(isinstance(e, ast.Constant) and e.value == "serve" for e in node.elts):
+            if any(not isinstance(e, ast.Constant) and re.search(r"crowd-gateway|gateway\.cli", ast.unparse(e))
+                   for e in node.elts):
+                found.add(f"{where}:{node.lineno}: crowd-gateway serve")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                "fake_upstream" in name for name in modules_imported_by(node)):
+            found.add(f"{where}:{node.lineno}: fake upstream imported")
+    return sorted(found)
+
+
+def modules_imported_by(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    return [node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)]
+
+
+def test_bench_imports_no_conftest_or_test_module() -> None:
+    """bench/ shares code with the tests through the harness only, never through a conftest or a test module."""
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in modules_imported(p) if any(
+        part == "conftest" or part.startswith("test_") for part in m.split("."))) for p in (ROOT / "bench").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_only_the_harness_starts_the_fake_upstream_and_gateway_processes() -> None:
+    files = [p for d in ("tests", "bench") for p in (ROOT / d).rglob("*.py")
+             if HARNESS not in p.parents and p != Path(__file__).resolve()]  # this file names what it looks for
+    assert [start for p in files for start in process_starts(p)] == []
+    harness = [start for p in HARNESS.rglob("*.py") for start in process_starts(p)]
+    assert any("fake upstream" in s for s in harness) and any("serve" in s for s in harness)  # the check sees them

@@ -14,7 +14,7 @@ from gateway.lifecycle import run_stop_steps
 from gateway.reliability import Reliability
 from gateway.store.health import StoreHealth
 from gateway.store.votes import ItemRecord, MemoryVoteStore
-from tests.conftest import Clock
+from tests.harness import Clock
 
 
 def store_messages(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.requestid import RequestIdFilter
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 KEYS_ENV = "SURFACE_TEST_KEYS"

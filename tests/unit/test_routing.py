@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Clock, Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Clock, Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 

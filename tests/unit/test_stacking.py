@@ -26,22 +26,25 @@ def copies() -> tuple:
     return truth, votes, test_truth, test_votes, fit("stacking", votes, truth)
 
 
-def test_a_block_of_three_copies_weighs_about_one_member(copies: tuple) -> None:
+@pytest.fixture(scope="module")
+def single() -> float:
+    """The weak member's weight in the same crowd with the weak member once."""
+    truth, votes = crowd(POOL, 1500, seed=1)
+    return vote_weight(fit("stacking", votes, truth)["members"]["weak"])
+
+
+def test_a_block_of_three_copies_weighs_about_one_member(copies: tuple, single: float) -> None:
     *_, params = copies
-    truth, votes = crowd(POOL, 1500, seed=1)  # the same crowd with the weak member once
-    single = vote_weight(fit("stacking", votes, truth)["members"]["weak"])
     block = [vote_weight(params["members"][f"weak-{c}"]) for c in range(3)]
     assert single > 0.5
     assert sum(block) == pytest.approx(single, rel=0.25)
     assert max(block) < 0.5 * single
 
 
-def test_a_known_look_alike_group_and_its_members_weigh_about_one_member(copies: tuple) -> None:
+def test_a_known_look_alike_group_and_its_members_weigh_about_one_member(copies: tuple, single: float) -> None:
     truth, votes, *_ = copies
     params = fit("stacking", votes, truth, groups=BLOCK)
     assert set(params["groups"]) == {"weak-model"} and params["group_of"] == BLOCK
-    once, votes_once = crowd(POOL, 1500, seed=1)  # the same crowd with the weak member once
-    single = vote_weight(fit("stacking", votes_once, once)["members"]["weak"])
     block = vote_weight(params["groups"]["weak-model"]) + sum(vote_weight(params["members"][m]) for m in BLOCK)
     assert block == pytest.approx(single, rel=0.25)
 

@@ -11,8 +11,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Clock, Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Clock, Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative", "neutral"]
 RESET_AFTER_S = 30.0

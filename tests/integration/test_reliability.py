@@ -1,5 +1,7 @@
-"""Reliability learned online, in-process: votes stored, refit published, feedback, calibration, escalation (to a
-litellm member), the review queue. Redis shared by two replicas is in tests/integration/test_redis_replicas.py."""
+"""Reliability learned online, in the app served in this process: votes stored, refit published (by the refit
+worker process the gateway spawns: why this module is an integration test), feedback, calibration, the review queue.
+Escalation to a litellm member is in tests/integration/test_litellm_escalation.py; Redis shared by two replicas in
+tests/integration/test_redis_replicas.py."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
-from tests.conftest import Upstream, member
-from tests.inprocess import InProcessGateway
+from tests.harness import Upstream, member
+from tests.harness.inprocess import InProcessGateway
 
 LABELS = ["positive", "negative"]
 N_ITEMS = 60
+gateway_in_this_process = True  # as in the unit tier it came from, but its members over TCP
 
 
 def truth_of(i: int) -> str:
@@ -29,7 +32,6 @@ def script_crowd(upstream: Upstream) -> None:
                    next(label for label in LABELS if label != truth_of(i)) for i in range(N_ITEMS)}
         upstream.script(name, keywords=answers)
     upstream.script("lazy", answer="positive")
-    upstream.script("strong", keywords={f"ITEM{i:03d}X": truth_of(i) for i in range(N_ITEMS)})
 
 
 def config(upstream: Upstream, **store: Any) -> dict[str, Any]:
@@ -38,13 +40,10 @@ def config(upstream: Upstream, **store: Any) -> dict[str, Any]:
         "store": store or {"backend": "memory"},
         "refit": {"every_items": 100000, "every_s": 3600, "min_items": 10, "min_gold_for_calibration": 10,
                   "poll_s": 0.2},
-        "members": [member(upstream, n, price=(1.0, 1.0)) for n in crowd]
-        + [member(upstream, "strong", price=(1.0, 1.0), dialect="litellm", model="openai/strong")],
+        "members": [member(upstream, n, price=(1.0, 1.0)) for n in crowd],
         "ensembles": [
             {"name": "ds", "members": crowd, "aggregator": "dawid_skene", "quorum": 3},
             {"name": "mv", "members": crowd, "aggregator": "majority", "quorum": 3},
-            {"name": "esc", "members": ["fair1", "fair2"], "quorum": 2,
-             "escalation": {"below": 0.99, "to": "strong"}},
             {"name": "rev", "members": ["good", "adversary"], "quorum": 2, "review": {"below": 0.6}},
         ],
     }
@@ -101,20 +100,6 @@ def test_feedback_validation(gateway: InProcessGateway) -> None:
     assert r.status_code == 200 and r.json()["label"] == "positive"
     r = feedback(gateway, item_id="x", label="positive", source="oracle")
     assert r.status_code == 400 and r.json()["error"]["param"] == "source"
-
-
-def test_escalation_asks_the_strong_member_through_litellm(client: OpenAI, upstream: Upstream) -> None:
-    upstream.script("fair1", answer="positive")
-    upstream.script("fair2", answer="negative")
-    r = client.chat.completions.create(model="esc", messages=[{"role": "user", "content": "ITEM004X"}],
-                                       extra_body={"labels": LABELS})
-    ann = r.model_extra["annotation"]
-    assert ann["escalated"] is True and [v["member"] for v in ann["votes"]] == ["fair1", "fair2", "strong"]
-    strong = ann["votes"][2]
-    assert strong["label"] == truth_of(4) and strong["error"] is None
-    sent = upstream.calls("strong")["last"]  # litellm sent the JSON-schema-constrained request
-    assert sent["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == LABELS
-    assert ann["label"] == truth_of(4)
 
 
 def test_review_queue_and_human_resolution(client: OpenAI, gateway: InProcessGateway, upstream: Upstream) -> None:

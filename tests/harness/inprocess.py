@@ -2,7 +2,8 @@
 loop thread, requests sent through httpx.ASGITransport. Tests stay synchronous and may share one app (and its
 upstream connections) across a module; the official openai client works against it through `openai()`.
 
-No port, no process: what is left to go over real HTTP is the app's own calls to the fake upstream. With `port`,
+No port, no process. Its calls to members go over TCP, or, with `connector` (an `InProcessUpstream`'s), to the fake
+upstream in this process without a socket (tests/harness/memory.py). With `port`,
 uvicorn also serves the app on 127.0.0.1 (on the same loop) for a client that needs a URL, such as a CLI run in
 the test; metrics are this process's, so a test that reads them from outside wants a gateway process instead."""
 
@@ -21,6 +22,8 @@ from openai import OpenAI
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.upstream.client import Connector, tcp_connector
+from tests.harness.gateway import Served
 
 T = TypeVar("T")
 BASE = "http://gateway.test"
@@ -45,14 +48,14 @@ class _Bridge(httpx.BaseTransport):
         return self.app.run(send())
 
 
-class InProcessGateway:
+class InProcessGateway(Served):
     """One gateway app for `config` (a dict, as in the YAML file), started and stopped with its lifespan."""
 
     url = BASE
     v1 = f"{BASE}/v1"
 
-    def __init__(self, config: dict[str, Any], port: int | None = None) -> None:
-        self.app: FastAPI = create_app(parse_config(config))
+    def __init__(self, config: dict[str, Any], port: int | None = None, connector: Connector = tcp_connector) -> None:
+        self.app: FastAPI = create_app(parse_config(config), connector)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="in-process-gateway", daemon=True)
         self.thread.start()
@@ -90,12 +93,6 @@ class InProcessGateway:
         """The official client, talking to this app without a socket."""
         return OpenAI(base_url=self.v1, api_key=api_key, max_retries=0,
                       http_client=httpx.Client(transport=_Bridge(self), timeout=60))
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.get(path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.post(path, **kwargs)
 
     def close(self) -> None:
         self.http.close()

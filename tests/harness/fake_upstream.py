@@ -17,7 +17,10 @@ how many calls arrived, how many prompts they carried (a completion's `prompt` m
 vLLM does: one choice per prompt, `index` its position), how many the client abandoned while they waited
 (`cancelled`), and the last completion call's body and headers (`last`, `headers`: a `traceparent` among them). Used by the integration tests and by bench/ as the fast upstream.
 
-Run: python tests/fake_upstream.py --port 8199
+Served two ways, one logic: as a process on 127.0.0.1 (integration tests, bench/: tests/harness/upstream.py starts
+it) and inside the test's own process over an in-memory connection (the unit tier: tests/harness/memory.py).
+
+Run: python tests/harness/fake_upstream.py --port 8199
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ class Members:
 
     def script(self, name: str) -> dict[str, Any]:
         return self.scripts.setdefault(name, {**DEFAULT, "fail": []})
+
+    def set_script(self, name: str, behaviour: dict[str, Any]) -> None:
+        self.scripts[name] = {**DEFAULT, "fail": [], **behaviour}
+
+    def report(self, name: str) -> dict[str, Any]:
+        """What `GET /_calls/{name}` answers."""
+        return {"calls": self.calls.get(name, 0), "prompts": self.prompts.get(name, 0),
+                "cancelled": self.cancelled.get(name, 0), "last": self.last.get(name), "headers": self.headers.get(name)}
 
 
 def _answer(script: dict[str, Any], body: dict[str, Any], prompt: Any = None) -> str:
@@ -85,7 +96,7 @@ def _logprobs(script: dict[str, Any], chat: bool, answer: str) -> Any:
 
 
 async def completion(request: web.Request) -> web.StreamResponse:
-    members: Members = request.app["members"]
+    members: Members = request.app[MEMBERS]
     name = request.match_info["name"]
     script = members.script(name)
     members.calls[name] = members.calls.get(name, 0) + 1
@@ -155,7 +166,7 @@ async def _stream(request: web.Request, body: dict[str, Any], answer: str, usage
     words = answer.split(" ") * 3
     for i, word in enumerate(words):
         if i and script["stream_gap_ms"] and not await _wait_unless_abandoned(request, script["stream_gap_ms"] / 1000):
-            members: Members = request.app["members"]
+            members: Members = request.app[MEMBERS]
             name = request.match_info["name"]
             members.cancelled[name] = members.cancelled.get(name, 0) + 1
             return resp
@@ -174,12 +185,12 @@ async def _stream(request: web.Request, body: dict[str, Any], answer: str, usage
 
 
 async def health(request: web.Request) -> web.Response:
-    script = request.app["members"].script(request.match_info["name"])
+    script = request.app[MEMBERS].script(request.match_info["name"])
     return web.Response(status=503 if script["down"] else 200, text="")
 
 
 async def vllm_metrics(request: web.Request) -> web.Response:
-    queue = request.app["members"].script(request.match_info["name"])["queue"]
+    queue = request.app[MEMBERS].script(request.match_info["name"])["queue"]
     if queue is None:
         return web.Response(status=404, text="no metrics")
     waiting, running = queue
@@ -194,36 +205,34 @@ async def vllm_metrics(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    script = request.app["members"].script(name)
+    script = request.app[MEMBERS].script(name)
     if script["down"]:
         return web.json_response({"error": {"message": "down", "type": "server_error"}}, status=503)
-    request.app["members"].last[f"{name}:models"] = dict(request.headers)
+    request.app[MEMBERS].last[f"{name}:models"] = dict(request.headers)
     return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
 
 
 async def set_script(request: web.Request) -> web.Response:
-    members: Members = request.app["members"]
-    name = request.match_info["name"]
-    members.scripts[name] = {**DEFAULT, "fail": [], **(await request.json())}
+    request.app[MEMBERS].set_script(request.match_info["name"], await request.json())
     return web.json_response({"ok": True})
 
 
 async def get_calls(request: web.Request) -> web.Response:
-    members: Members = request.app["members"]
-    name = request.match_info["name"]
-    return web.json_response({"calls": members.calls.get(name, 0), "prompts": members.prompts.get(name, 0),
-                              "cancelled": members.cancelled.get(name, 0),
-                              "last": members.last.get(name), "headers": members.headers.get(name)})
+    return web.json_response(request.app[MEMBERS].report(request.match_info["name"]))
 
 
 async def reset(request: web.Request) -> web.Response:
-    request.app["members"].__init__()
+    request.app[MEMBERS].__init__()
     return web.json_response({"ok": True})
 
 
-def make_app() -> web.Application:
+MEMBERS = web.AppKey("members", Members)
+
+
+def make_app(members: Members | None = None) -> web.Application:
+    """The server's app; `members` shares the scripts and counts with a handle in this process."""
     app = web.Application()
-    app["members"] = Members()
+    app[MEMBERS] = members if members is not None else Members()
     app.router.add_post("/m/{name}/v1/chat/completions", completion)
     app.router.add_post("/m/{name}/v1/completions", completion)
     app.router.add_get("/m/{name}/health", health)
