@@ -1,5 +1,7 @@
 # The two commands of the README. Everything they need is installed here, nothing by hand.
-# The gateway's venv (.venv) is made with uv from its cache in seconds; the engines live in
+# The gateway's venv (.venv) is made with uv from its cache in seconds, its packages compiled to bytecode at install
+# (uv does not by default: where PYTHONDONTWRITEBYTECODE is set, as on this machine, every test process and gateway
+# process would compile scikit-learn, scipy and FastAPI from source again, 3-4 s each); the engines live in
 # ~/.cache/crowd-gateway (deploy/engines.sh), so a fresh clone reuses them.
 PY ?= python3
 VENV ?= .venv
@@ -18,7 +20,7 @@ $(UV):
 
 $(BIN)/.installed: pyproject.toml | $(UV)
 	$(UV) venv -q --allow-existing --python $(PY) $(VENV)
-	$(UV) pip install -q --python $(BIN)/python -e '.[test]'
+	$(UV) pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'
 	$(BIN)/python -c "import gateway, routers, ensembles"
 	touch $@
 

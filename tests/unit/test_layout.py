@@ -6,6 +6,7 @@ import ast
 import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +70,10 @@ WEB_FRAMEWORKS = ("starlette", "fastapi")
 """Where the request and response types live: the HTTP layer's, which the batch worker has no use for."""
 
 
-def every_import(path: Path) -> set[str]:
+@cache
+def every_import(path: Path) -> frozenset[str]:
     """Every module a file's import statements name, project or not: inside functions and `if TYPE_CHECKING:`
-    blocks too, each `from X import Y` as X and X.Y (Y may be a module)."""
+    blocks too, each `from X import Y` as X and X.Y (Y may be a module). Cached: the walk reads a file once per run."""
     module = module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -83,7 +85,7 @@ def every_import(path: Path) -> set[str]:
             source = ".".join(part for part in (base, node.module or "") if part)
             found.add(source)
             found.update(f"{source}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def reach(start: str) -> dict[str, str | None]:
