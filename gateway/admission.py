@@ -7,8 +7,8 @@ figures, as adaptive limiters do (Envoy's adaptive concurrency, Netflix's concur
 against the one bound the contract names, the ensemble's deadline:
 
 * the gateway's own: requests in progress are limited to what keeps its event loop within
-  `max_loop_lag_ms`, and the excess is refused before the app runs (gateway/loop_gate.py,
-  gateway/connections.py; gateway/listener.py accepts every waiting connection so none waits unseen);
+  `max_loop_lag_ms`, and the excess is refused before the app runs (gateway/server/loop_gate.py,
+  gateway/server/connections.py; gateway/server/listener.py accepts every waiting connection so none waits unseen);
 * the members': a call waits in the gateway for one of a member's `max_concurrency` slots, and the
   queue drains at the member's recent latency; an item is admitted only when at least `quorum`
   members could answer it within `HEADROOM` of its deadline. Nothing queues past what can be answered,

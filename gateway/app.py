@@ -29,12 +29,12 @@ from gateway.error_handlers import (
     handle_unexpected,
 )
 from gateway.errors import APIError
-from gateway.lifecycle import on_stop_signal, run_stop_steps
-from gateway.loop_gate import GATE
+from gateway.server.lifecycle import on_stop_signal, run_stop_steps
+from gateway.server.loop_gate import GATE
 from gateway.openapi import document_routes
 from gateway.quality import declare
-from gateway.requestid import RequestIdMiddleware
-from gateway.hotpath import GatewayApp
+from gateway.server.requestid import RequestIdMiddleware
+from gateway.server.hotpath import GatewayApp
 from gateway.routes import router
 from gateway.state import GatewayState
 from gateway.upstream.client import Connector, tcp_connector

@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
-from gateway.gc_tuning import tune_for_serving
+from gateway.server.gc_tuning import tune_for_serving
 from gateway.tools import UsageError
 
 SERVE = """Serve the OpenAI-compatible gateway: POST /v1/chat/completions and /v1/completions with `model` naming
@@ -41,13 +41,13 @@ def version() -> str:
 
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging, with the gateway's own loggers at the same level and format, so `serve` shows them;
-    a gateway line logged while answering a request names its `x-request-id` (gateway/requestid.py)."""
+    a gateway line logged while answering a request names its `x-request-id` (gateway/server/requestid.py)."""
     from uvicorn.config import LOG_LEVELS as LEVELS, LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["crowd"] = {**config["formatters"]["default"],
                                      "fmt": "%(levelprefix)s %(request_tag)s%(message)s"}
-    config.setdefault("filters", {})["request_id"] = {"()": "gateway.requestid.RequestIdFilter"}
+    config.setdefault("filters", {})["request_id"] = {"()": "gateway.server.requestid.RequestIdFilter"}
     config["handlers"]["crowd"] = {**config["handlers"]["default"], "formatter": "crowd", "filters": ["request_id"]}
     config["loggers"]["crowd_gateway"] = {"handlers": ["crowd"], "level": LEVELS[level], "propagate": False}
     return config
@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.connections import DeadlineProtocol
+    from gateway.server.connections import DeadlineProtocol
 
     config = load_config(args.config)  # fail here, with the field named, before any worker starts
     if args.config:
@@ -85,9 +85,9 @@ def serve(args: argparse.Namespace) -> int:
     limits = config.gateway.connections
     http = functools.partial(DeadlineProtocol, header_timeout_s=limits.header_timeout_s,
                              body_timeout_s=limits.body_timeout_s)
-    # requests in flight get half the shutdown timeout; the app's stop steps the other half (gateway/lifecycle.py)
+    # requests in flight get half the shutdown timeout; the app's stop steps the other half (gateway/server/lifecycle.py)
     common = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=logging_config,
-                  access_log=args.access_log, loop="gateway.listener:GreedyLoop", http=http,
+                  access_log=args.access_log, loop="gateway.server.listener:GreedyLoop", http=http,
                   timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=config.gateway.shutdown_timeout_s / 2)
     if args.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crowd-gateway-metrics-"))
@@ -103,7 +103,7 @@ def worker_app() -> Any:
     """The app of one of several `serve` workers (each its own process, with its own collector to set); a worker
     whose supervisor is gone (SIGKILLed) stops as if it had been sent SIGTERM, instead of serving on as an orphan."""
     from gateway.app import create_app
-    from gateway.lifecycle import on_parent_exit
+    from gateway.server.lifecycle import on_parent_exit
 
     app = create_app()
     tune_for_serving()

@@ -173,7 +173,7 @@ class Tenant(Strict):
 
 
 class Connections(Strict):
-    """How long a client connection may idle, or take to send a request (seconds; gateway/connections.py)."""
+    """How long a client connection may idle, or take to send a request (seconds; gateway/server/connections.py)."""
 
     keep_alive_s: float = Field(65.0, gt=0)
     """An idle kept-alive connection is closed this long after its last answer (above the 60 s idle timeout of
@@ -204,12 +204,12 @@ class GatewaySettings(Strict):
     """Items one tenant runs at once, over all ensembles."""
     max_loop_lag_ms: float = Field(50.0, gt=0)
     """How late the event loop may run: completion requests in progress are limited to what keeps it within
-    this, and the excess is refused at once with 429 (gateway/loop_gate.py; `crowd-gateway serve` only)."""
+    this, and the excess is refused at once with 429 (gateway/server/loop_gate.py; `crowd-gateway serve` only)."""
     breaker: Breaker = Breaker()
     connections: Connections = Connections()
     shutdown_timeout_s: float = Field(20.0, gt=0)
     """How long a stop (SIGTERM) may take, below Kubernetes' 30 s grace: requests in flight get half of it, then
-    each stop step (background work, batch leases, connections) a share of the rest (gateway/lifecycle.py)."""
+    each stop step (background work, batch leases, connections) a share of the rest (gateway/server/lifecycle.py)."""
 
     def api_keys(self) -> dict[str, str]:
         """Every accepted key -> its tenant; empty when authentication is off."""

@@ -16,12 +16,12 @@ from gateway import metrics
 from gateway.answer import Answer
 from gateway.errors import APIError
 from gateway.http import render
-from gateway.requestid import REQUEST_ID
+from gateway.server.requestid import REQUEST_ID
 
 log = logging.getLogger("crowd_gateway")
 
 DEADLINE_PASSED = "crowd_gateway.deadline_passed"
-"""Scope key set by gateway/connections.py when it closed the request's connection (it logged that already)."""
+"""Scope key set by gateway/server/connections.py when it closed the request's connection (it logged that already)."""
 
 
 def error_response(exc: APIError) -> Response:

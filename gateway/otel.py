@@ -1,7 +1,7 @@
 """OpenTelemetry traces (the `otel` extra), imported only when tracing is on (gateway/tracing.py).
 
 Spans: one per request (FastAPI's own server span for every route, the completion routes included, which then
-go through FastAPI instead of gateway/hotpath.py; a batch line's span for lines run by the batch worker), and
+go through FastAPI instead of gateway/server/hotpath.py; a batch line's span for lines run by the batch worker), and
 under it one per member vote, `member <name>`, with the member, outcome (ok, cancelled, invalid_answer, or the
 failed call's kind: timeout, connection, http, malformed, circuit_open), tokens, cost and whether the vote came
 from the response cache. Each call to a member carries the W3C `traceparent` of its span (the global

@@ -26,7 +26,7 @@ from typing import Any
 from ensembles.refit import hard_triples, overlapping_items, refit
 from gateway import metrics
 from gateway.config import Config
-from gateway.lifecycle import end_workers, exit_with_parent
+from gateway.server.lifecycle import end_workers, exit_with_parent
 from gateway.store.health import STORE_ERRORS, StoreHealth
 from gateway.store.votes import Published, VoteStore
 

@@ -1,6 +1,6 @@
 """The completion routes: read the body, answer it with the service (gateway/completions/service.py), render.
 
-They are served before FastAPI's middleware stack (gateway/hotpath.py), and are also plain Starlette routes for
+They are served before FastAPI's middleware stack (gateway/server/hotpath.py), and are also plain Starlette routes for
 the OpenAPI document and a 405 to other methods.
 """
 
@@ -45,6 +45,6 @@ async def completions(request: Request) -> Response:
 
 HOT: dict[str, Callable[[Request], Awaitable[Response]]] = {"/v1/chat/completions": chat_completions,
                                                              "/v1/completions": completions}
-"""Served before FastAPI's middleware stack (gateway/hotpath.py)."""
+"""Served before FastAPI's middleware stack (gateway/server/hotpath.py)."""
 HOT_ROUTES = [Route(path, handler, methods=["POST"]) for path, handler in HOT.items()]
 """The same as plain Starlette routes, for the OpenAPI document and a 405 to other methods."""

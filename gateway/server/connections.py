@@ -11,7 +11,7 @@ between reads: a byte every few seconds does not extend them. `cli.serve` instal
 `gateway.connections`.
 
 It is also where the gateway's own overload is refused: past the number of completion requests that keeps
-the event loop within `gateway.max_loop_lag_ms` (gateway/loop_gate.py), a completion request is answered 429
+the event loop within `gateway.max_loop_lag_ms` (gateway/server/loop_gate.py), a completion request is answered 429
 from here, before any task or app runs and without reading its body, so a refusal costs a few percent of an
 answer and the CPU stays with the work already admitted (gateway/admission.py has the rest of admission).
 
@@ -33,8 +33,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import metrics
 from gateway.error_handlers import DEADLINE_PASSED
 from gateway.errors import APIError
-from gateway.loop_gate import GATE
-from gateway.requestid import request_id
+from gateway.server.loop_gate import GATE
+from gateway.server.requestid import request_id
 
 Stage = Literal["idle", "headers", "body"]
 """What a connection was waiting for when its deadline passed: a first request, a request's headers, its body."""

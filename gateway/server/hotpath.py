@@ -5,7 +5,7 @@ and exception middlewares, telemetry, body limit, exit stack, router, route, req
 dozen coroutine frames, about a fifth of its Python time at 400 requests/s) than in its own handler, and at
 a low rate every one of them runs cold. The handlers need none of it: they read their body themselves
 (gateway/http.py) and turn their own errors into OpenAI bodies. What the layers did for them is kept here:
-the request id (set here, as gateway/requestid.py does, and added to the response's own headers rather than through
+the request id (set here, as gateway/server/requestid.py does, and added to the response's own headers rather than through
 a wrapper of `send`), and the app's exception handlers for anything that escapes (found as Starlette finds them).
 Every other route, and any other method on these paths, goes through FastAPI as before.
 """
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.error_handlers import handle_unexpected
-from gateway.requestid import REQUEST_ID, request_id
+from gateway.server.requestid import REQUEST_ID, request_id
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -6,7 +6,7 @@ second, their requests wait there for seconds, the backlog fills, SYNs are dropp
 out, however fast the gateway would refuse them (issue 20: 44% of requests hit the client's 15 s
 timeout, none got a 429). Accepting all that are waiting (up to `MAX_ACCEPTS_PER_TURN`, as asyncio's
 own loop does) lets admission see them at once and refuse the excess in milliseconds.
-`crowd-gateway serve` passes this loop to uvicorn (`loop="gateway.listener:GreedyLoop"`), in every worker.
+`crowd-gateway serve` passes this loop to uvicorn (`loop="gateway.server.listener:GreedyLoop"`), in every worker.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ measures it directly (as Node's `toobusy` does); the limit on requests in progre
 adaptive concurrency limit (Envoy, Netflix concurrency-limits), with the loop's lag as the signal:
 cut by a fifth at each probe that finds the loop later than `max_loop_lag_ms`, raised by 5% at each
 that finds it under half that while the limit is reached, and lifted entirely after a second with nothing in progress. A burst on an
-idle gateway is admitted whole; sustained overload is refused at the limit, at once (gateway/connections.py).
+idle gateway is admitted whole; sustained overload is refused at the limit, at once (gateway/server/connections.py).
 The probe runs only while requests are in progress (the last request to end cancels it): an idle gateway runs
 nothing, and one that answers each request within a probe period never runs it at all. One per process, as the loop is.
 """

@@ -65,7 +65,7 @@ class StoreHealth:
         if self._probe is None:
             metrics.STORE_UP.set(0)
             self._back.clear()
-            # in a context of its own: the probe's log lines are no request's (gateway/requestid.py)
+            # in a context of its own: the probe's log lines are no request's (gateway/server/requestid.py)
             self._probe = asyncio.get_running_loop().create_task(self._find_end(), name="store-probe",
                                                                  context=contextvars.Context())
         self.skipped(component)

@@ -21,8 +21,8 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.connections import DeadlineProtocol
-from gateway.loop_gate import GATE
+from gateway.server.connections import DeadlineProtocol
+from gateway.server.loop_gate import GATE
 from tests.harness import Gateway, Upstream, free_port, member
 
 BODY = {"labels": ["positive", "negative"], "messages": [{"role": "user", "content": "fine"}]}
@@ -71,7 +71,7 @@ def served(upstream: Upstream) -> Iterator[int]:
                                    "ensembles": [{"name": "solo", "members": ["fast"]}]}))
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=None, log_config=None, access_log=False,
-                            loop="gateway.listener:GreedyLoop",
+                            loop="gateway.server.listener:GreedyLoop",
                             http=partial(DeadlineProtocol, header_timeout_s=10, body_timeout_s=10))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -125,7 +125,7 @@ def test_with_the_loop_gate_full_a_completion_is_refused_before_the_app(served: 
 
 def test_one_turn_accepts_every_waiting_connection() -> None:
     """libuv takes one connection per loop turn; a busy gateway's backlog then fills and clients time out."""
-    from gateway.listener import GreedyLoop, Listener
+    from gateway.server.listener import GreedyLoop, Listener
 
     loop = GreedyLoop()
     made: list[object] = []

@@ -1,4 +1,4 @@
-"""Admission by capacity (gateway/admission.py) and the loop gate (gateway/loop_gate.py), in this process.
+"""Admission by capacity (gateway/admission.py) and the loop gate (gateway/server/loop_gate.py), in this process.
 
 The member check reads live member figures (calls in the gateway, latency), set here by hand; the loop gate
 is driven by real CPU work on a private event loop: a callback that keeps the CPU busy makes the loop late.
@@ -13,11 +13,11 @@ from contextlib import ExitStack
 
 import pytest
 
-from gateway import loop_gate
+from gateway.server import loop_gate
 from gateway.admission import Admission
 from gateway.config import GatewaySettings, parse_config
 from gateway.errors import APIError
-from gateway.loop_gate import LoopGate
+from gateway.server.loop_gate import LoopGate
 from gateway.upstream.client import Upstreams
 
 

@@ -1,4 +1,4 @@
-"""The gateway's HTTP protocol (gateway/connections.py) in this process, on uvicorn's own protocol and request/response
+"""The gateway's HTTP protocol (gateway/server/connections.py) in this process, on uvicorn's own protocol and request/response
 cycle with a transport that records each write: an answer of known length leaves in one write, while a streamed
 answer's head, a `100 Continue` and a head whose body never comes still go out when they should; a request that
 arrives in one read starts no deadline timer, one that arrives in pieces does until its last piece.
@@ -16,7 +16,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
-from gateway.connections import DeadlineProtocol, OneWrite
+from gateway.server.connections import DeadlineProtocol, OneWrite
 
 
 class Recorder(asyncio.Transport):

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.config import parse_config
-from gateway.lifecycle import run_stop_steps
+from gateway.server.lifecycle import run_stop_steps
 from gateway.reliability import Reliability
 from gateway.store.health import StoreHealth
 from gateway.store.votes import ItemRecord, MemoryVoteStore

@@ -20,7 +20,7 @@ from openai import OpenAI
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.requestid import RequestIdFilter
+from gateway.server.requestid import RequestIdFilter
 from tests.harness import Upstream, member
 from tests.harness.inprocess import InProcessGateway
 
