@@ -102,18 +102,29 @@ def draws(pool: Sequence[Sequence[str]], size: int, salt: str) -> list[dict[str,
 
 
 def mean_score(name: str, votes: ItemVotes, labels: Sequence[str], golds: Sequence[Mapping[str, str]],
-               test: Mapping[str, str], groups: Mapping[str, str]) -> tuple[float, float, float]:
-    """(mean accuracy, twice its standard error over the draws, mean ECE) of `score` over the gold draws."""
+               test: Mapping[str, str], groups: Mapping[str, str]) -> tuple[float, float, float, list[float]]:
+    """(mean accuracy, twice its standard error over the draws, mean ECE, each test item's share of draws answered
+    right) of `score` over the gold draws."""
     runs = [score(name, votes, labels, gold, test, groups) for gold in golds]
-    acc = [a for a, _ in runs]
+    acc = [a for a, _, _ in runs]
     mean = sum(acc) / len(acc)
     spread = 2 * (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1) / len(acc)) ** 0.5 if len(acc) > 1 else 0.0
-    return mean, spread, sum(e for _, e in runs) / len(runs)
+    hits = [sum(run[2][i] for run in runs) / len(runs) for i in range(len(test))]
+    return mean, spread, sum(e for _, e, _ in runs) / len(runs), hits
+
+
+def paired_gap(hits: Sequence[float], other: Sequence[bool]) -> tuple[float, float]:
+    """(mean difference, twice its standard error) between two answerers' per-item correctness on the same test
+    items: whether a gap between the crowd and the best member is more than which items happened to be drawn."""
+    d = [h - float(o) for h, o in zip(hits, other)]
+    mean = sum(d) / len(d)
+    return mean, 2 * (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 
 
 def score(name: str, votes: ItemVotes, labels: Sequence[str], gold: Mapping[str, str], test: Mapping[str, str],
-          groups: Mapping[str, str]) -> tuple[float, float]:
-    """(accuracy, ECE) of one aggregator on the test items, fitted on every item's votes and `gold`."""
+          groups: Mapping[str, str]) -> tuple[float, float, list[bool]]:
+    """(accuracy, ECE, each test item answered right) of one aggregator on the test items, fitted on every item's
+    votes and `gold`."""
     params = refit(name, votes, labels, gold, MIN_GOLD, groups=groups)
     agg = get_aggregator(name)
     predicted, confidence, correct = [], [], []
@@ -124,13 +135,17 @@ def score(name: str, votes: ItemVotes, labels: Sequence[str], gold: Mapping[str,
         predicted.append(label)
         confidence.append(calibrate(params.get("calibration"), max(dist), len(cast)))
         correct.append(label == truth)
-    return m.accuracy(predicted, list(test.values())), m.ece(confidence, correct)
+    return m.accuracy(predicted, list(test.values())), m.ece(confidence, correct), correct
 
 
 def members_alone(votes: ItemVotes, test: Mapping[str, str]) -> dict[str, float]:
     names = sorted({v["member"] for item in test for v in votes.get(item, []) if not v["member"].startswith("human:")})
-    return {n: sum(any(v["member"] == n and v["label"] == truth for v in votes.get(item, []))
-                   for item, truth in test.items()) / len(test) for n in names}
+    return {n: sum(member_hits(n, votes, test)) / len(test) for n in names}
+
+
+def member_hits(name: str, votes: ItemVotes, test: Mapping[str, str]) -> list[bool]:
+    """Each test item: did member `name` answer it right."""
+    return [any(v["member"] == name and v["label"] == truth for v in votes.get(item, [])) for item, truth in test.items()]
 
 
 def baseline(gold: Mapping[str, str], test: Mapping[str, str], labels: Sequence[str]) -> tuple[str, float]:
@@ -187,9 +202,10 @@ def report_set(name: str, groups: Mapping[str, str], out: Path) -> dict[str, Any
         cells = [f"{r[0]:.3f}" + (f" ± {r[1]:.3f}" if r[1] else "") for r in (results[g][a] for g in GOLD_SIZES)]
         print(f"| {'**crowd: auto**' if a == 'auto' else a} | " + " | ".join(cells)
               + f" | {row[2]:.3f} | {100 * (row[0] - best):+.1f} pts |")
-    crowd, spread, ece = results[max(GOLD_SIZES)]["auto"]
+    crowd, spread, ece, hits = results[max(GOLD_SIZES)]["auto"]
+    gap, gap_spread = paired_gap(hits, member_hits(best_name, votes, test))
     return {"set": name, "labels": len(labels), "test": len(test), "best": best, "best_name": best_name,
-            "trivial": trivial, "crowd": crowd, "spread": spread, "ece": ece}
+            "trivial": trivial, "crowd": crowd, "spread": spread, "ece": ece, "gap_spread": gap_spread}
 
 
 def collect_people(url: str, name: str, n_test: int, dev: bool, out: Path) -> None:
@@ -235,22 +251,52 @@ def report_people(name: str, groups: Mapping[str, str], out: Path) -> dict[str, 
     out = {"set": name, "people": people, "best": max(llm.values())}
     golds = draws(saved["gold"], max(GOLD_SIZES), name)
     for a in ("stacking", "auto"):
-        acc, spread, ece = mean_score(a, votes, labels, golds, test, groups)
-        both, both_spread, both_ece = mean_score(a, with_people, labels, golds, test, groups)
+        acc, spread, ece, _ = mean_score(a, votes, labels, golds, test, groups)
+        both, both_spread, both_ece, _ = mean_score(a, with_people, labels, golds, test, groups)
         print(f"| LLM crowd, {a} | {acc:.3f} ± {spread:.3f} | {ece:.3f} |")
         print(f"| LLM crowd + people, {a} | {both:.3f} ± {both_spread:.3f} | {both_ece:.3f} |")
         if a == "auto":
             out.update(crowd=acc, both=both, spread=both_spread)
+    disagree, crowd_right, gain = overrides(votes, human, labels, golds, test, groups)
+    print(f"\nWhere the LLM crowd (auto) and the person disagree: {disagree:.1f} items, the crowd right on "
+          f"{crowd_right:.1f}; overruling the person wherever the crowd is surer than a threshold gains at most "
+          f"{gain:.1f} items, with the threshold chosen on these test items in hindsight (mean of {len(golds)} draws)")
     return out
+
+
+def overrides(votes: ItemVotes, human: Mapping[str, list[Any]], labels: Sequence[str],
+              golds: Sequence[Mapping[str, str]], test: Mapping[str, str],
+              groups: Mapping[str, str]) -> tuple[float, float, float]:
+    """(items where the LLM crowd and the person disagree, those the crowd has right, the most any confidence
+    threshold for overruling the person could gain), each the mean over the gold draws: the ceiling of what LLM votes
+    can add to one person's label, since no rule fitted on the gold can beat a threshold picked on the answers."""
+    agg = get_aggregator("auto")
+    found = []
+    for gold in golds:
+        params = refit("auto", votes, labels, gold, MIN_GOLD, groups=groups)
+        disagreements = []
+        for item, truth in test.items():
+            cast = [Vote.from_wire(v, len(labels)) for v in votes.get(item, []) if v.get("label") is not None]
+            dist = agg.posterior(cast, labels, params)
+            if labels[pick(dist)] != human[item][1]:
+                disagreements.append((max(dist), labels[pick(dist)] == truth))
+        running = best = 0
+        for _, crowd_right in sorted(disagreements, reverse=True):  # overrule the surest first
+            running += 1 if crowd_right else -1
+            best = max(best, running)
+        found.append((len(disagreements), sum(right for _, right in disagreements), best))
+    return tuple(sum(f[k] for f in found) / len(found) for k in range(3))  # type: ignore[return-value]
 
 
 def summary(sets: Sequence[dict[str, Any]], rated: Sequence[dict[str, Any]]) -> None:
     print(f"\n### Summary, 50 gold (mean of {DRAWS} draws ± twice its standard error), test ids\n")
-    print("| set | labels | test items | most frequent label | best member | crowd (auto) | crowd - best | ECE |")
+    print("| set | labels | test items | most frequent label | best member | crowd (auto) | crowd - best (± 2 SE, "
+          "paired over the test items) | ECE |")
     print("|---|---|---|---|---|---|---|---|")
     for s in sets:
         print(f"| {s['set']} | {s['labels']} | {s['test']} | {s['trivial']:.3f} | {s['best']:.3f} ({s['best_name']}) | "
-              f"**{s['crowd']:.3f}** ± {s['spread']:.3f} | {100 * (s['crowd'] - s['best']):+.1f} pts | {s['ece']:.3f} |")
+              f"**{s['crowd']:.3f}** ± {s['spread']:.3f} | {100 * (s['crowd'] - s['best']):+.1f} ± "
+              f"{100 * s['gap_spread']:.1f} pts | {s['ece']:.3f} |")
     if rated:
         print("\n| set | people alone | LLM crowd (auto) | LLM + people | gain over the better |\n|---|---|---|---|---|")
         for r in rated:
