@@ -110,7 +110,7 @@ async def _annotate(state: GatewayState, model: str, body: dict[str, Any], kind:
     if tracing.traces is not None:
         tracing.traces.annotated(model, reply.annotation, reply.usage.cost_usd)
     metrics.child(metrics.CONFIDENCE, model).observe(reply.annotation.confidence)
-    metrics.child(metrics.AGREEMENT, model).observe(outcome.agreement)
+    metrics.child(metrics.AGREEMENT, model).observe(reply.annotation.agreement)
     count_votes(model, outcome.label, outcome.votes, outcome.needs_review)
     answer = ensemble_answer(reply, body)
     answer.upstream_wait_s = outcome.upstream_wait_s
